@@ -1,0 +1,1096 @@
+package unified
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ReadFallback says what a ReadOnly statement does when no replica is
+// eligible (DSN: unified_read_fallback). The zero value is not a valid
+// setting: [ParseConfig] sets FallbackPrimary unless the DSN says otherwise.
+type ReadFallback int
+
+const (
+	// FallbackPrimary runs the read on the primary, still read-only
+	// (DSN spelling "primary", the default).
+	FallbackPrimary ReadFallback = iota + 1
+	// FallbackError fails the read with ErrNoReplica (DSN spelling "error").
+	FallbackError
+)
+
+var readFallbackNames = [...]string{
+	FallbackPrimary: "primary",
+	FallbackError:   "error",
+}
+
+// String returns the DSN spelling ("primary", "error"), or
+// "ReadFallback(n)" for a value outside the enum.
+func (f ReadFallback) String() string {
+	if f.valid() {
+		return readFallbackNames[f]
+	}
+	return fmt.Sprintf("ReadFallback(%d)", int(f))
+}
+
+func (f ReadFallback) valid() bool { return f > 0 && int(f) < len(readFallbackNames) }
+
+// parseReadFallback is the inverse of ReadFallback.String.
+func parseReadFallback(s string) (ReadFallback, bool) {
+	for f := FallbackPrimary; int(f) < len(readFallbackNames); f++ {
+		if readFallbackNames[f] == s {
+			return f, true
+		}
+	}
+	return 0, false
+}
+
+// ReplicaPolicy chooses among eligible replicas (DSN: unified_replica_policy).
+// The zero value is not a valid setting: [ParseConfig] sets PolicyRoundRobin
+// unless the DSN says otherwise.
+type ReplicaPolicy int
+
+const (
+	// PolicyRoundRobin cycles through the eligible replicas (DSN spelling
+	// "round-robin", the default).
+	PolicyRoundRobin ReplicaPolicy = iota + 1
+	// PolicyRandom picks an eligible replica at random (DSN spelling
+	// "random").
+	PolicyRandom
+	// PolicyLeastRTT picks the eligible replica with the lowest probe RTT
+	// (DSN spelling "least-rtt").
+	PolicyLeastRTT
+)
+
+var replicaPolicyNames = [...]string{
+	PolicyRoundRobin: "round-robin",
+	PolicyRandom:     "random",
+	PolicyLeastRTT:   "least-rtt",
+}
+
+// String returns the DSN spelling ("round-robin", "random", "least-rtt"),
+// or "ReplicaPolicy(n)" for a value outside the enum.
+func (p ReplicaPolicy) String() string {
+	if p.valid() {
+		return replicaPolicyNames[p]
+	}
+	return fmt.Sprintf("ReplicaPolicy(%d)", int(p))
+}
+
+func (p ReplicaPolicy) valid() bool { return p > 0 && int(p) < len(replicaPolicyNames) }
+
+// parseReplicaPolicy is the inverse of ReplicaPolicy.String.
+func parseReplicaPolicy(s string) (ReplicaPolicy, bool) {
+	for p := PolicyRoundRobin; int(p) < len(replicaPolicyNames); p++ {
+		if replicaPolicyNames[p] == s {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+// Config is a parsed unified DSN: pgx's connection settings for every host,
+// plus the unified_* settings. Make one with [ParseConfig]; the zero value is
+// not usable (no hosts), and [NewConnector] rejects it. The exported fields
+// may be changed between ParseConfig and NewConnector; NewConnector checks
+// them again with the rules ParseConfig applies to the DSN. A Config must not
+// be modified after it has been passed to [NewConnector], [OpenDB] or
+// [Register]; use [Config.Copy].
+//
+// Each field names its DSN parameter; the DSN spellings, defaults and
+// validity rules are listed at [ParseConfig]. The methods only read the
+// Config: they are safe for concurrent use while nobody modifies it.
+type Config struct {
+	// DefaultMode is the mode of statements whose context carries none
+	// (unified_default_mode, or target_session_attrs). Default ReadWrite.
+	// Must be one of the four modes: the zero Mode is not accepted here.
+	DefaultMode Mode
+	// ReadFallback: what a read does when no replica is eligible
+	// (unified_read_fallback). Default FallbackPrimary.
+	ReadFallback ReadFallback
+	// ReplicaPolicy: how a replica is chosen among the eligible ones
+	// (unified_replica_policy). Default PolicyRoundRobin.
+	ReplicaPolicy ReplicaPolicy
+	// MaxReplicaLag: a replica further behind than this (time) is not used
+	// for reads (unified_max_replica_lag). Default 10s; 0 turns the bound
+	// off; negative is invalid.
+	MaxReplicaLag time.Duration
+	// MaxReplicaLagBytes: the same bound in WAL bytes
+	// (unified_max_replica_lag_bytes). Default 0 (off).
+	MaxReplicaLagBytes uint64
+	// HealthInterval: probe period per node (unified_health_interval).
+	// Default 1s; must be > 0.
+	HealthInterval time.Duration
+	// HealthTimeout: one probe's deadline (unified_health_timeout). Default
+	// 500ms; must be > 0. A timeout longer than HealthInterval is allowed,
+	// not an error: a node's next probe waits for its previous one, so a
+	// node that answers slowly is simply probed less often.
+	HealthTimeout time.Duration
+	// FailoverTimeout: how long a write waits for a new primary before
+	// ErrNoPrimary (unified_failover_timeout), always bounded by the
+	// caller's context as well. Default 30s; 0 means do not wait: a write
+	// that finds no primary fails at once; negative is invalid.
+	FailoverTimeout time.Duration
+	// RetryMax: attempts (the first one included) for a retryable
+	// operation (unified_retry_max). Default 3; must be >= 1 (1 = no retry).
+	RetryMax int
+	// RetryBackoffInitial and RetryBackoffMax bound the jittered
+	// exponential backoff between attempts (unified_retry_backoff, written
+	// "initial..max"). Default 50ms and 1s; both must be > 0 and
+	// RetryBackoffInitial <= RetryBackoffMax.
+	RetryBackoffInitial time.Duration
+	RetryBackoffMax     time.Duration
+	// BreakerFailures: consecutive connection-class failures that open a
+	// node's breaker (unified_breaker_failures). Default 5; must be >= 1.
+	BreakerFailures uint32
+	// BreakerOpen: how long a breaker stays open before one half-open
+	// probe (unified_breaker_open). Default 5s; must be > 0.
+	BreakerOpen time.Duration
+	// MaxBatchConns: bulkhead for Batch mode, the most connections Batch
+	// work may use at once, so that bulk work cannot take every connection
+	// (unified_max_batch_conns). Default 0 (no limit); negative is invalid.
+	MaxBatchConns int
+	// Pool settings (unified_max_open_conns, unified_max_idle_conns,
+	// unified_conn_max_lifetime, unified_conn_max_idle_time), applied by
+	// [OpenDB] with the matching db.Set* call. 0 leaves database/sql's
+	// default (unlimited open, 2 idle, no lifetime or idle-time limit);
+	// negative is invalid. With sql.Open, database/sql owns the pool: these
+	// fields are ignored and the caller uses db.Set* itself.
+	MaxOpenConns    int
+	MaxIdleConns    int
+	ConnMaxLifetime time.Duration
+	ConnMaxIdleTime time.Duration
+
+	// connString is the DSN without unified_* and target_session_attrs, in
+	// the syntax the user wrote it (URL or keyword/value): the other pairs
+	// keep their text; keyword/value pairs are re-joined by single spaces.
+	connString string
+	// pgx is pgx's parse of connString: Host/Port plus Fallbacks for every
+	// host, ValidateConnect cleared.
+	pgx *pgx.ConnConfig
+}
+
+// NodeConfig is one host of a Config.
+type NodeConfig struct {
+	// Name is "host:port", unique in a Config: net.JoinHostPort for a TCP
+	// host (so "[::1]:5432" for IPv6), and the socket directory, a colon
+	// and the port for a Unix socket ("/var/run/postgresql:5432").
+	Name string
+	// ConnConfig connects to this host only: Host, Port and TLSConfig are
+	// the host's first TLS variant, Fallbacks hold only the other TLS
+	// variants of the same host:port (sslmode=prefer/allow), and
+	// ValidateConnect is nil. It is a deep copy the caller may modify.
+	ConnConfig *pgx.ConnConfig
+}
+
+// defaultConfig returns the settings a DSN without unified_* parameters
+// gets.
+func defaultConfig() Config {
+	return Config{
+		DefaultMode:         ReadWrite,
+		ReadFallback:        FallbackPrimary,
+		ReplicaPolicy:       PolicyRoundRobin,
+		MaxReplicaLag:       10 * time.Second,
+		HealthInterval:      time.Second,
+		HealthTimeout:       500 * time.Millisecond,
+		FailoverTimeout:     30 * time.Second,
+		RetryMax:            3,
+		RetryBackoffInitial: 50 * time.Millisecond,
+		RetryBackoffMax:     time.Second,
+		BreakerFailures:     5,
+		BreakerOpen:         5 * time.Second,
+	}
+}
+
+// param is one unified_* DSN parameter: how it is read, written and
+// checked. The params slice fixes the order FormatDSN and String use.
+type param struct {
+	key   string // DSN key
+	field string // Config field(s), named in errors about modified Configs
+	rule  string // what a valid value is, for error messages
+	// set stores the DSN value v in c and reports whether v is valid
+	// syntax; ok then checks the range.
+	set func(c *Config, v string) bool
+	// get is the canonical DSN spelling of c's value.
+	get func(c *Config) string
+	ok  func(c *Config) bool
+}
+
+const (
+	ruleDurationPositive = `must be a Go duration > 0, such as "500ms" or "1m30s" (a plain number is not a duration)`
+	ruleDurationNonNeg   = `must be a Go duration >= 0, such as "0s" or "1m30s" (a plain number is not a duration)`
+)
+
+func durationParam(key, field string, p func(*Config) *time.Duration, positive bool) param {
+	rule := ruleDurationNonNeg
+	if positive {
+		rule = ruleDurationPositive
+	}
+	return param{
+		key: key, field: field, rule: rule,
+		set: func(c *Config, v string) bool {
+			d, err := time.ParseDuration(v)
+			*p(c) = d
+			return err == nil
+		},
+		get: func(c *Config) string { return p(c).String() },
+		ok: func(c *Config) bool {
+			if positive {
+				return *p(c) > 0
+			}
+			return *p(c) >= 0
+		},
+	}
+}
+
+func intParam(key, field string, p func(*Config) *int, minimum int) param {
+	return param{
+		key: key, field: field, rule: fmt.Sprintf("must be an integer >= %d", minimum),
+		set: func(c *Config, v string) bool {
+			n, err := strconv.Atoi(v)
+			*p(c) = n
+			return err == nil
+		},
+		get: func(c *Config) string { return strconv.Itoa(*p(c)) },
+		ok:  func(c *Config) bool { return *p(c) >= minimum },
+	}
+}
+
+var params = []param{
+	{
+		key: "unified_default_mode", field: "DefaultMode",
+		rule: "must be read-write, read-only, batch or transactional",
+		set: func(c *Config, v string) bool {
+			m, ok := parseMode(v)
+			c.DefaultMode = m
+			return ok
+		},
+		get: func(c *Config) string { return c.DefaultMode.String() },
+		ok:  func(c *Config) bool { return c.DefaultMode.valid() },
+	},
+	{
+		key: "unified_read_fallback", field: "ReadFallback",
+		rule: "must be primary or error",
+		set: func(c *Config, v string) bool {
+			f, ok := parseReadFallback(v)
+			c.ReadFallback = f
+			return ok
+		},
+		get: func(c *Config) string { return c.ReadFallback.String() },
+		ok:  func(c *Config) bool { return c.ReadFallback.valid() },
+	},
+	{
+		key: "unified_replica_policy", field: "ReplicaPolicy",
+		rule: "must be round-robin, random or least-rtt",
+		set: func(c *Config, v string) bool {
+			p, ok := parseReplicaPolicy(v)
+			c.ReplicaPolicy = p
+			return ok
+		},
+		get: func(c *Config) string { return c.ReplicaPolicy.String() },
+		ok:  func(c *Config) bool { return c.ReplicaPolicy.valid() },
+	},
+	durationParam("unified_max_replica_lag", "MaxReplicaLag",
+		func(c *Config) *time.Duration { return &c.MaxReplicaLag }, false),
+	{
+		key: "unified_max_replica_lag_bytes", field: "MaxReplicaLagBytes",
+		rule: "must be an integer >= 0 (WAL bytes)",
+		set: func(c *Config, v string) bool {
+			n, err := strconv.ParseUint(v, 10, 64)
+			c.MaxReplicaLagBytes = n
+			return err == nil
+		},
+		get: func(c *Config) string { return strconv.FormatUint(c.MaxReplicaLagBytes, 10) },
+		ok:  func(*Config) bool { return true },
+	},
+	durationParam("unified_health_interval", "HealthInterval",
+		func(c *Config) *time.Duration { return &c.HealthInterval }, true),
+	durationParam("unified_health_timeout", "HealthTimeout",
+		func(c *Config) *time.Duration { return &c.HealthTimeout }, true),
+	durationParam("unified_failover_timeout", "FailoverTimeout",
+		func(c *Config) *time.Duration { return &c.FailoverTimeout }, false),
+	intParam("unified_retry_max", "RetryMax", func(c *Config) *int { return &c.RetryMax }, 1),
+	{
+		key: "unified_retry_backoff", field: "RetryBackoffInitial, RetryBackoffMax",
+		rule: `must be initial..max, two Go durations > 0 with initial <= max, such as "50ms..1s"`,
+		set: func(c *Config, v string) bool {
+			lo, hi, found := strings.Cut(v, "..")
+			if !found {
+				return false
+			}
+			var err1, err2 error
+			c.RetryBackoffInitial, err1 = time.ParseDuration(lo)
+			c.RetryBackoffMax, err2 = time.ParseDuration(hi)
+			return err1 == nil && err2 == nil
+		},
+		get: func(c *Config) string {
+			return c.RetryBackoffInitial.String() + ".." + c.RetryBackoffMax.String()
+		},
+		ok: func(c *Config) bool {
+			return c.RetryBackoffInitial > 0 && c.RetryBackoffInitial <= c.RetryBackoffMax
+		},
+	},
+	{
+		key: "unified_breaker_failures", field: "BreakerFailures",
+		rule: "must be an integer between 1 and 4294967295",
+		set: func(c *Config, v string) bool {
+			n, err := strconv.ParseUint(v, 10, 32)
+			c.BreakerFailures = uint32(n)
+			return err == nil
+		},
+		get: func(c *Config) string { return strconv.FormatUint(uint64(c.BreakerFailures), 10) },
+		ok:  func(c *Config) bool { return c.BreakerFailures >= 1 },
+	},
+	durationParam("unified_breaker_open", "BreakerOpen",
+		func(c *Config) *time.Duration { return &c.BreakerOpen }, true),
+	intParam("unified_max_batch_conns", "MaxBatchConns", func(c *Config) *int { return &c.MaxBatchConns }, 0),
+	intParam("unified_max_open_conns", "MaxOpenConns", func(c *Config) *int { return &c.MaxOpenConns }, 0),
+	intParam("unified_max_idle_conns", "MaxIdleConns", func(c *Config) *int { return &c.MaxIdleConns }, 0),
+	durationParam("unified_conn_max_lifetime", "ConnMaxLifetime",
+		func(c *Config) *time.Duration { return &c.ConnMaxLifetime }, false),
+	durationParam("unified_conn_max_idle_time", "ConnMaxIdleTime",
+		func(c *Config) *time.Duration { return &c.ConnMaxIdleTime }, false),
+}
+
+func lookupParam(key string) (param, bool) {
+	for _, p := range params {
+		if p.key == key {
+			return p, true
+		}
+	}
+	return param{}, false
+}
+
+const (
+	keyTargetSessionAttrs = "target_session_attrs"
+	envTargetSessionAttrs = "PGTARGETSESSIONATTRS"
+)
+
+// targetSessionAttrsMode maps a libpq target_session_attrs value to the
+// default mode it asks for.
+func targetSessionAttrsMode(v string) (Mode, bool) {
+	switch v {
+	case "read-write", "primary", "any":
+		return ReadWrite, true
+	case "read-only", "standby", "prefer-standby":
+		return ReadOnly, true
+	}
+	return 0, false
+}
+
+// ParseConfig parses a DSN: a pgx/libpq connection string, either a URL
+// (postgres://app:pw@db1:5432,db2:5432/app?sslmode=require&unified_retry_max=5)
+// or keyword/value (host=db1,db2 port=5432,5432 user=app unified_retry_max=5),
+// with any number of hosts, plus unified_* parameters.
+//
+// The unified_* parameters and target_session_attrs are taken out of the
+// text first; everything else is parsed by pgx.ParseConfig exactly as pgx
+// would (including the PG* environment variables, .pgpass and service
+// files), so pgx's rules, defaults and sslmode handling apply unchanged.
+// The parameters, their defaults and their valid values:
+//
+//	unified_default_mode           read-write | read-only | batch | transactional (read-write)
+//	unified_read_fallback          primary | error (primary)
+//	unified_replica_policy         round-robin | random | least-rtt (round-robin)
+//	unified_max_replica_lag        duration >= 0, 0 = off (10s)
+//	unified_max_replica_lag_bytes  integer >= 0, 0 = off (0)
+//	unified_health_interval        duration > 0 (1s)
+//	unified_health_timeout         duration > 0 (500ms)
+//	unified_failover_timeout       duration >= 0 (30s)
+//	unified_retry_max              integer >= 1 (3)
+//	unified_retry_backoff          initial..max, durations > 0, initial <= max (50ms..1s)
+//	unified_breaker_failures       integer 1..4294967295 (5)
+//	unified_breaker_open           duration > 0 (5s)
+//	unified_max_batch_conns        integer >= 0, 0 = no limit (0)
+//	unified_max_open_conns         integer >= 0, 0 = database/sql's default (0)
+//	unified_max_idle_conns         integer >= 0, 0 = database/sql's default (0)
+//	unified_conn_max_lifetime      duration >= 0, 0 = database/sql's default (0)
+//	unified_conn_max_idle_time     duration >= 0, 0 = database/sql's default (0)
+//
+// Durations use Go syntax ([time.ParseDuration]: "500ms", "1m30s"); a plain
+// number other than 0 is not a duration. Keys are case-sensitive and
+// lowercase, as in libpq; any other key that starts with "unified_" in any
+// case is an error naming it, and so is a unified_* key or
+// target_session_attrs given twice (libpq would keep the last). In a URL,
+// keys and values are percent-decoded as libpq does.
+//
+// target_session_attrs sets the default mode: read-write, primary and any
+// mean ReadWrite; read-only, standby and prefer-standby mean ReadOnly; any
+// other value is an error. It is never passed to pgx: routing, not a check
+// at connect time, decides which node a statement runs on. When both
+// unified_default_mode and target_session_attrs are given,
+// unified_default_mode wins (target_session_attrs must still be valid).
+// When the DSN has neither, the PGTARGETSESSIONATTRS environment variable
+// is read instead, as libpq would. A target_session_attrs in a service file
+// is ignored.
+//
+// Every host:port must be distinct: a host listed twice is an error. Each
+// becomes one node ([Config.Nodes]).
+//
+// Errors start with "unified: " and name the offending key and value. They
+// never contain the password: errors from pgx's parser are re-worded
+// without the connection string, and withheld entirely should they still
+// contain it.
+func ParseConfig(dsn string) (*Config, error) {
+	sp, ok := splitDSN(dsn)
+	if !ok {
+		// The text does not even split into pairs: let pgx, which owns the
+		// syntax, say what is wrong with it.
+		if _, err := pgx.ParseConfig(dsn); err != nil {
+			return nil, pgxError(err, sp.secrets)
+		}
+		return nil, errors.New("unified: invalid connection string: cannot separate the unified_* parameters")
+	}
+
+	c := defaultConfig()
+	seen := make(map[string]bool, len(sp.extracted))
+	tsa, tsaFromEnv := "", false
+	for _, kv := range sp.extracted {
+		if seen[kv.key] {
+			return nil, fmt.Errorf("unified: parameter %s given twice", kv.key)
+		}
+		seen[kv.key] = true
+		if kv.key == keyTargetSessionAttrs {
+			tsa = kv.value
+			continue
+		}
+		p, known := lookupParam(kv.key)
+		if !known {
+			if p, ok := lookupParam(strings.ToLower(kv.key)); ok {
+				return nil, fmt.Errorf("unified: unknown parameter %q (keys are case-sensitive: %s)", kv.key, p.key)
+			}
+			return nil, fmt.Errorf("unified: unknown parameter %q", kv.key)
+		}
+		if !p.set(&c, kv.value) || !p.ok(&c) {
+			return nil, fmt.Errorf("unified: invalid %s %q: %s", p.key, kv.value, p.rule)
+		}
+	}
+	if !seen[keyTargetSessionAttrs] && !seen["unified_default_mode"] {
+		tsa, tsaFromEnv = os.Getenv(envTargetSessionAttrs), true
+	}
+	if tsa != "" {
+		m, ok := targetSessionAttrsMode(tsa)
+		if !ok {
+			from := ""
+			if tsaFromEnv {
+				from = " (from " + envTargetSessionAttrs + ")"
+			}
+			return nil, fmt.Errorf("unified: invalid %s %q%s: must be read-write, primary, any, read-only, standby or prefer-standby",
+				keyTargetSessionAttrs, tsa, from)
+		}
+		if !seen["unified_default_mode"] {
+			c.DefaultMode = m
+		}
+	}
+
+	// target_session_attrs=any keeps pgx from applying (or rejecting) one
+	// from the environment or a service file: the default mode took it.
+	pc, err := pgx.ParseConfig(appendParams(sp.rest, [][2]string{{keyTargetSessionAttrs, "any"}}))
+	if err != nil {
+		return nil, pgxError(err, sp.secrets)
+	}
+	pc.ValidateConnect = nil
+	c.connString = sp.rest
+	c.pgx = pc
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// pgxError rewords an error from pgx.ParseConfig without the connection
+// string pgx quotes (its redaction is best effort), and withholds it
+// entirely if it would still contain one of secrets.
+func pgxError(err error, secrets []string) error {
+	msg := err.Error()
+	if pce, ok := errors.AsType[*pgconn.ParseConfigError](err); ok {
+		bare := *pce
+		bare.ConnString = ""
+		msg = strings.TrimPrefix(bare.Error(), "cannot parse ``: ")
+	}
+	for _, s := range secrets {
+		if s != "" && strings.Contains(msg, s) {
+			return errors.New("unified: invalid connection string (details withheld: they would reveal the password)")
+		}
+	}
+	return fmt.Errorf("unified: invalid connection string: %s", msg)
+}
+
+// validate checks a Config made by ParseConfig, possibly modified since,
+// with the rules ParseConfig applies to the DSN. NewConnector calls it.
+func (c *Config) validate() error {
+	if c.pgx == nil {
+		return errors.New("unified: config not created by ParseConfig")
+	}
+	for _, p := range params {
+		if !p.ok(c) {
+			return fmt.Errorf("unified: invalid %s %q (Config.%s): %s", p.key, p.get(c), p.field, p.rule)
+		}
+	}
+	_, err := nodeGroups(c.pgx)
+	return err
+}
+
+// Copy returns a deep copy of c that is safe to modify (pgx's
+// ConnConfig.Copy: TLS configs are cloned).
+func (c *Config) Copy() *Config {
+	cp := *c
+	if c.pgx != nil {
+		cp.pgx = c.pgx.Copy()
+	}
+	return &cp
+}
+
+// FormatDSN returns a DSN that ParseConfig turns back into a Config equal
+// to c, in the same environment (PG* variables, .pgpass): the connection
+// string as written (without unified_* and target_session_attrs), followed
+// by every unified_* setting that differs from its default, in the order
+// ParseConfig documents, in the DSN's own syntax. DefaultMode is written
+// as unified_default_mode (never as target_session_attrs), and written even
+// when it is read-write if PGTARGETSESSIONATTRS is set, so that the
+// variable cannot change it. The result contains the password if
+// the DSN did: treat it as a secret; use [Config.String] to log a Config.
+func (c *Config) FormatDSN() string {
+	def := defaultConfig()
+	var pairs [][2]string
+	for _, p := range params {
+		v := p.get(c)
+		if v != p.get(&def) || (p.key == "unified_default_mode" && os.Getenv(envTargetSessionAttrs) != "") {
+			pairs = append(pairs, [2]string{p.key, v})
+		}
+	}
+	return appendParams(c.connString, pairs)
+}
+
+// String describes c on one line for logs: hosts, user, database and
+// every unified_* setting. It never contains the password: neither the
+// connection string nor pgx's runtime parameters are printed, and a host,
+// user or database name that contains the password is shown as
+// "[redacted]". String has a value receiver so that printing a Config
+// value with %v or %+v cannot print its fields either.
+func (c Config) String() string {
+	password := ""
+	if c.pgx != nil {
+		password = c.pgx.Password
+	}
+	show := func(s string) string {
+		if password != "" && strings.Contains(s, password) {
+			return "[redacted]"
+		}
+		if s == "" || strings.ContainsAny(s, " \t\n\r\v\f\"") {
+			return strconv.Quote(s)
+		}
+		return s
+	}
+	var b strings.Builder
+	b.WriteString("unified: hosts=[")
+	if c.pgx != nil {
+		groups, _ := nodeGroups(c.pgx)
+		for i, g := range groups {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			b.WriteString(show(g.name))
+		}
+		b.WriteString("] user=")
+		b.WriteString(show(c.pgx.User))
+		b.WriteString(" database=")
+		b.WriteString(show(c.pgx.Database))
+	} else {
+		b.WriteString("] (config not created by ParseConfig)")
+	}
+	for _, p := range params {
+		b.WriteByte(' ')
+		b.WriteString(strings.TrimPrefix(p.key, "unified_"))
+		b.WriteByte('=')
+		b.WriteString(p.get(&c))
+	}
+	return b.String()
+}
+
+// GoString is String, so that %#v does not print the connection string.
+func (c Config) GoString() string { return c.String() }
+
+// Nodes returns one NodeConfig per host of the DSN, in DSN order, each with
+// its own deep copy of the connection settings. It returns nil for a Config
+// not made by ParseConfig.
+func (c *Config) Nodes() []NodeConfig {
+	if c.pgx == nil {
+		return nil
+	}
+	groups, err := nodeGroups(c.pgx)
+	if err != nil {
+		return nil
+	}
+	nodes := make([]NodeConfig, len(groups))
+	for i, g := range groups {
+		cc := c.pgx.Copy()
+		first := g.variants[0]
+		cc.Host, cc.Port, cc.TLSConfig = first.Host, first.Port, first.TLSConfig.Clone()
+		cc.Fallbacks = make([]*pgconn.FallbackConfig, 0, len(g.variants)-1)
+		for _, v := range g.variants[1:] {
+			cc.Fallbacks = append(cc.Fallbacks, &pgconn.FallbackConfig{Host: v.Host, Port: v.Port, TLSConfig: v.TLSConfig.Clone()})
+		}
+		cc.ValidateConnect = nil
+		nodes[i] = NodeConfig{Name: g.name, ConnConfig: cc}
+	}
+	return nodes
+}
+
+// nodeGroup is one host:port of a pgx config with its TLS variants.
+type nodeGroup struct {
+	name     string
+	variants []pgconn.FallbackConfig
+}
+
+// nodeGroups splits pgx's flat list of connection attempts (Host/Port then
+// Fallbacks) into hosts. pgx lists each host once per TLS variant, the
+// variants of one host consecutive and differing in whether TLS is used
+// (sslmode=prefer: TLS then plain; allow: plain then TLS). So a variant
+// joins the previous host when host, port match and its TLS use is not
+// already in that host; otherwise it starts a host, and a host:port seen
+// before is an error.
+func nodeGroups(pc *pgx.ConnConfig) ([]nodeGroup, error) {
+	all := make([]pgconn.FallbackConfig, 0, 1+len(pc.Fallbacks))
+	all = append(all, pgconn.FallbackConfig{Host: pc.Host, Port: pc.Port, TLSConfig: pc.TLSConfig})
+	for _, f := range pc.Fallbacks {
+		all = append(all, *f)
+	}
+	var groups []nodeGroup
+	seen := make(map[string]bool)
+	for _, v := range all {
+		if n := len(groups); n > 0 {
+			last := &groups[n-1]
+			lv := last.variants[0]
+			if lv.Host == v.Host && lv.Port == v.Port && !hasTLSUse(last.variants, v.TLSConfig != nil) {
+				last.variants = append(last.variants, v)
+				continue
+			}
+		}
+		name := nodeName(v.Host, v.Port)
+		if seen[name] {
+			return nil, fmt.Errorf("unified: invalid host list: host %q given twice", name)
+		}
+		seen[name] = true
+		groups = append(groups, nodeGroup{name: name, variants: []pgconn.FallbackConfig{v}})
+	}
+	return groups, nil
+}
+
+func hasTLSUse(vs []pgconn.FallbackConfig, tls bool) bool {
+	for _, v := range vs {
+		if (v.TLSConfig != nil) == tls {
+			return true
+		}
+	}
+	return false
+}
+
+// nodeName is "host:port"; for a Unix socket directory (pgx: a host that
+// is an absolute path) it is the directory, a colon and the port.
+func nodeName(host string, port uint16) string {
+	p := strconv.Itoa(int(port))
+	if network, _ := pgconn.NetworkAddress(host, port); network == "unix" {
+		return host + ":" + p
+	}
+	return net.JoinHostPort(host, p)
+}
+
+// The DSN splitter. It separates the unified_* and target_session_attrs
+// pairs from the rest without interpreting the rest: it follows libpq's (and
+// pgx's) syntax only as far as needed to find pairs, so that pgx parses the
+// remaining text exactly as it would have parsed it in the first place.
+
+// dsnSplit is a DSN taken apart by splitDSN.
+type dsnSplit struct {
+	// rest is the DSN without the extracted pairs.
+	rest string
+	// extracted holds the unified_* and target_session_attrs pairs, in DSN
+	// order, keys and values decoded.
+	extracted []dsnPair
+	// secrets holds every password and sslpassword value found, as written
+	// and decoded, to keep out of error messages.
+	secrets []string
+}
+
+type dsnPair struct{ key, value string }
+
+// strippedKey reports whether key is taken out of the DSN before pgx sees
+// it.
+// Keys are case-sensitive, but UNIFIED_X is taken too, to be rejected as
+// unknown rather than sent to the server as a run-time parameter.
+func strippedKey(key string) bool {
+	return key == keyTargetSessionAttrs ||
+		(len(key) >= len("unified_") && strings.EqualFold(key[:len("unified_")], "unified_"))
+}
+
+func isURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+// splitDSN separates the pairs that are stripped from the rest of dsn. It
+// reports false when dsn does not split into pairs (a syntax error pgx will
+// report); secrets is then filled as far as the split got.
+func splitDSN(dsn string) (dsnSplit, bool) {
+	if isURL(dsn) {
+		return splitURL(dsn)
+	}
+	return splitKeywordValue(dsn)
+}
+
+// splitURL splits a connection URL on its raw query: '&'-separated
+// key=value pairs, percent-decoded as libpq does. The pairs that are not
+// stripped are kept verbatim, in order.
+func splitURL(dsn string) (dsnSplit, bool) {
+	var sp dsnSplit
+	if user, ok := urlUserinfo(dsn); ok {
+		if _, pw, hasPW := strings.Cut(user, ":"); hasPW {
+			sp.addSecret(pw, uriDecode)
+		}
+	}
+	q, ok := urlQueryIndex(dsn)
+	if !ok {
+		return sp, false
+	}
+	if q < 0 {
+		sp.rest = dsn
+		return sp, true
+	}
+	var kept []string
+	splits := true // false once a pair is malformed; the scan goes on for secrets
+	// As in libpq, each pair may be followed by '&': a trailing '&' is
+	// accepted, an empty pair is not.
+	for query := dsn[q+1:]; query != ""; {
+		pair, next, _ := strings.Cut(query, "&")
+		query = next
+		rawKey, rawValue, found := strings.Cut(pair, "=")
+		if !found || strings.Contains(rawValue, "=") {
+			splits = false
+			continue
+		}
+		key, err := uriDecode(rawKey)
+		if err != nil {
+			// Not stripped whatever it is; pgx rejects it.
+			kept = append(kept, pair)
+			continue
+		}
+		if key == "password" || key == "sslpassword" {
+			sp.addSecret(rawValue, uriDecode)
+		}
+		if !strippedKey(key) {
+			kept = append(kept, pair)
+			continue
+		}
+		value, err := uriDecode(rawValue)
+		if err != nil {
+			splits = false
+			continue
+		}
+		sp.extracted = append(sp.extracted, dsnPair{key, value})
+	}
+	if !splits {
+		return sp, false
+	}
+	sp.rest = dsn[:q]
+	if len(kept) > 0 {
+		sp.rest += "?" + strings.Join(kept, "&")
+	}
+	return sp, true
+}
+
+func (sp *dsnSplit) addSecret(raw string, decode func(string) (string, error)) {
+	sp.secrets = append(sp.secrets, raw)
+	if d, err := decode(raw); err == nil && d != raw {
+		sp.secrets = append(sp.secrets, d)
+	}
+}
+
+// urlUserinfo returns the userinfo of a connection URL as libpq finds it:
+// everything before an '@' that comes before the first '/'.
+func urlUserinfo(dsn string) (string, bool) {
+	p := urlAfterScheme(dsn)
+	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
+		return p[:i], true
+	}
+	return "", false
+}
+
+func urlAfterScheme(dsn string) string {
+	if p, ok := strings.CutPrefix(dsn, "postgresql://"); ok {
+		return p
+	}
+	p, _ := strings.CutPrefix(dsn, "postgres://")
+	return p
+}
+
+// urlQueryIndex returns the index in dsn of the '?' that starts the query
+// of a connection URL, or -1 if it has none, walking the URL as libpq does:
+// userinfo, then a comma-separated list of host[:port] (an IPv6 host in
+// brackets may contain '?'), then an optional /dbname. It reports false on
+// a structure libpq rejects.
+func urlQueryIndex(dsn string) (int, bool) {
+	p := urlAfterScheme(dsn)
+	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
+		p = p[i+1:]
+	}
+	for {
+		if strings.HasPrefix(p, "[") {
+			end := strings.IndexByte(p, ']')
+			if end <= 1 {
+				return 0, false
+			}
+			p = p[end+1:]
+			if p != "" && !strings.ContainsRune(":/?,", rune(p[0])) {
+				return 0, false
+			}
+		} else if i := strings.IndexAny(p, ":/?,"); i >= 0 {
+			p = p[i:]
+		} else {
+			p = ""
+		}
+		if strings.HasPrefix(p, ":") {
+			if i := strings.IndexAny(p, "/?,"); i >= 0 {
+				p = p[i:]
+			} else {
+				p = ""
+			}
+		}
+		if !strings.HasPrefix(p, ",") {
+			break
+		}
+		p = p[1:]
+	}
+	if strings.HasPrefix(p, "/") {
+		if i := strings.IndexByte(p, '?'); i >= 0 {
+			p = p[i:]
+		} else {
+			p = ""
+		}
+	}
+	if strings.HasPrefix(p, "?") {
+		return len(dsn) - len(p), true
+	}
+	return -1, true
+}
+
+// uriDecode percent-decodes a URL component as libpq does: leading and
+// trailing spaces dropped, interior spaces and %00 rejected, '+' literal.
+func uriDecode(raw string) (string, error) {
+	s := strings.Trim(raw, " ")
+	if strings.Contains(s, " ") {
+		return "", errors.New("unexpected space")
+	}
+	if !strings.Contains(s, "%") {
+		return s, nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+2 >= len(s) {
+			return "", errors.New("invalid percent-encoding")
+		}
+		hi, ok1 := unhex(s[i+1])
+		lo, ok2 := unhex(s[i+2])
+		if !ok1 || !ok2 || hi<<4|lo == 0 {
+			return "", errors.New("invalid percent-encoding")
+		}
+		b.WriteByte(hi<<4 | lo)
+		i += 2
+	}
+	return b.String(), nil
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+const kvSpace = " \t\n\r\v\f"
+
+func isKVSpace(c byte) bool { return strings.IndexByte(kvSpace, c) >= 0 }
+
+// splitKeywordValue tokenizes a libpq keyword/value string: key = value
+// pairs separated by whitespace, spaces allowed around '=', a value either
+// unquoted (up to whitespace) or in single quotes, '\' escaping the next
+// character in both. The pairs that are not stripped keep their text and are
+// re-joined by single spaces.
+func splitKeywordValue(dsn string) (dsnSplit, bool) {
+	var sp dsnSplit
+	var kept []string
+	i := skipKVSpace(dsn, 0)
+	for i < len(dsn) {
+		eq := strings.IndexByte(dsn[i:], '=')
+		if eq < 0 {
+			return sp, false
+		}
+		eq += i
+		key := strings.TrimRight(dsn[i:eq], kvSpace)
+		if key == "" || strings.ContainsAny(key, kvSpace) {
+			return sp, false
+		}
+		j := skipKVSpace(dsn, eq+1)
+		var rawValue string // the value as written, quotes included
+		end := j
+		switch {
+		case j == len(dsn):
+		case dsn[j] != '\'':
+			for end < len(dsn) && !isKVSpace(dsn[end]) {
+				if dsn[end] == '\\' {
+					end++
+				}
+				end++
+			}
+			end = min(end, len(dsn))
+			rawValue = dsn[j:end]
+			if danglingEscape(rawValue) {
+				// A '\' at the very end escapes the end of the string:
+				// libpq drops it. Drop it from the text too, or a pair
+				// appended after it would be escaped into the value.
+				rawValue = rawValue[:len(rawValue)-1]
+			}
+		default:
+			end = j + 1
+			for ; end < len(dsn) && dsn[end] != '\''; end++ {
+				if dsn[end] == '\\' {
+					end++
+				}
+			}
+			if end >= len(dsn) {
+				return sp, false // unterminated quoted string
+			}
+			end++
+			rawValue = dsn[j:end]
+		}
+		value := unescapeKV(rawValue)
+		if strings.HasPrefix(rawValue, "'") {
+			value = unescapeKV(rawValue[1 : len(rawValue)-1])
+		}
+		if key == "password" || key == "sslpassword" {
+			sp.secrets = append(sp.secrets, rawValue, value)
+		}
+		if strippedKey(key) {
+			sp.extracted = append(sp.extracted, dsnPair{key, value})
+		} else {
+			if rawValue == "" {
+				// An empty value at the end: quote it, or a pair appended
+				// after it would become its value.
+				rawValue = "''"
+			}
+			kept = append(kept, dsn[i:j]+rawValue)
+		}
+		i = skipKVSpace(dsn, end)
+	}
+	sp.rest = strings.Join(kept, " ")
+	if isURL(sp.rest) {
+		// Keyword/value text must not turn into a URL once re-joined.
+		sp.rest = " " + sp.rest
+	}
+	return sp, true
+}
+
+func skipKVSpace(s string, i int) int {
+	for i < len(s) && isKVSpace(s[i]) {
+		i++
+	}
+	return i
+}
+
+// danglingEscape reports whether an unquoted value ends in a '\' that
+// escapes nothing (an odd run of trailing backslashes).
+func danglingEscape(raw string) bool {
+	n := 0
+	for n < len(raw) && raw[len(raw)-1-n] == '\\' {
+		n++
+	}
+	return n%2 == 1
+}
+
+// unescapeKV drops each '\' and keeps the character after it.
+func unescapeKV(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' {
+			i++
+			if i == len(s) {
+				break
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// appendParams appends key=value pairs to a connection string in its own
+// syntax: a URL query (percent-encoded) or keyword/value pairs (quoted when
+// needed). The keyword/value text must not end in a dangling '\' or an
+// empty unquoted value; splitKeywordValue guarantees that.
+func appendParams(base string, pairs [][2]string) string {
+	if len(pairs) == 0 {
+		return base
+	}
+	var b strings.Builder
+	b.WriteString(base)
+	if isURL(base) {
+		switch q, _ := urlQueryIndex(base); {
+		case q < 0:
+			b.WriteByte('?')
+		case q < len(base)-1:
+			b.WriteByte('&')
+		}
+		for i, kv := range pairs {
+			if i > 0 {
+				b.WriteByte('&')
+			}
+			b.WriteString(uriEscape(kv[0]))
+			b.WriteByte('=')
+			b.WriteString(uriEscape(kv[1]))
+		}
+		return b.String()
+	}
+	for _, kv := range pairs {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(kv[0])
+		b.WriteByte('=')
+		b.WriteString(quoteKV(kv[1]))
+	}
+	return b.String()
+}
+
+// uriEscape is url.QueryEscape with a space as %20: libpq does not decode
+// '+' to a space.
+func uriEscape(s string) string {
+	return strings.ReplaceAll(url.QueryEscape(s), "+", "%20")
+}
+
+// quoteKV quotes a keyword/value value when it is empty or holds
+// whitespace, a quote or a backslash.
+func quoteKV(s string) string {
+	if s != "" && !strings.ContainsAny(s, kvSpace+`'\`) {
+		return s
+	}
+	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	return "'" + r.Replace(s) + "'"
+}

@@ -1,0 +1,160 @@
+package unified
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+
+	"github.com/unifiedsql/unified/internal/classify"
+)
+
+// Mode is the access mode of a statement or transaction. It travels in the
+// statement's context.Context (see [WithMode]) and decides which node runs it.
+//
+// The zero value means "not set": such a statement runs in the Connector's
+// default mode ([Config.DefaultMode], [ReadWrite] unless the DSN says
+// otherwise).
+type Mode int
+
+// The access modes. Each is documented in the package manual, section Modes.
+const (
+	// ReadWrite runs on the primary, exactly as pgx stdlib would.
+	ReadWrite Mode = iota + 1
+	// ReadOnly runs on an eligible replica (healthy, breaker closed, within the
+	// lag bounds); without one it follows unified_read_fallback.
+	ReadOnly
+	// Batch runs on the primary, admitted through the unified_max_batch_conns
+	// bulkhead so that bulk work cannot take every connection.
+	Batch
+	// Transactional runs on the primary and only inside a transaction: a
+	// statement outside one fails with ErrNotInTransaction.
+	Transactional
+)
+
+var modeNames = [...]string{
+	ReadWrite:     "read-write",
+	ReadOnly:      "read-only",
+	Batch:         "batch",
+	Transactional: "transactional",
+}
+
+// String returns the mode's DSN spelling ("read-write", "read-only", "batch",
+// "transactional"), or "Mode(n)" for a value outside the enum.
+func (m Mode) String() string {
+	if m > 0 && int(m) < len(modeNames) {
+		return modeNames[m]
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// valid reports whether m is one of the declared modes.
+func (m Mode) valid() bool { return m > 0 && int(m) < len(modeNames) }
+
+// parseMode is the inverse of Mode.String.
+func parseMode(s string) (Mode, bool) {
+	for m := ReadWrite; int(m) < len(modeNames); m++ {
+		if modeNames[m] == s {
+			return m, true
+		}
+	}
+	return 0, false
+}
+
+type modeKey struct{}
+
+// WithMode returns a copy of ctx that carries the access mode m. Statements
+// and transactions started with the returned context are routed by m. An
+// invalid m (zero or out of range) is stored as given and treated as unset.
+func WithMode(ctx context.Context, m Mode) context.Context {
+	return context.WithValue(ctx, modeKey{}, m)
+}
+
+// ModeFrom returns the mode carried by ctx and whether one was set with a
+// valid value.
+func ModeFrom(ctx context.Context) (Mode, bool) {
+	m, ok := ctx.Value(modeKey{}).(Mode)
+	if !ok || !m.valid() {
+		return 0, false
+	}
+	return m, true
+}
+
+// RunTx runs fn in a transaction begun with opts (nil: the defaults) on the
+// primary (a ReadOnly opts or context begins on a replica, as BeginTx does),
+// commits it when fn returns nil and rolls it back otherwise.
+//
+// It re-runs the whole of fn, with jittered exponential backoff, when the
+// transaction failed with a serialization failure (SQLSTATE 40001), a
+// deadlock (40P01), or lost its connection before COMMIT was sent: in all
+// of these PostgreSQL rolled the transaction back, so nothing of it was
+// committed. It never re-runs after a COMMIT of unknown outcome: that
+// error, wrapping [ErrCommitUnknown], is returned. fn must therefore be
+// safe to run more than once, and side effects outside the database belong
+// after RunTx returns.
+//
+// Attempts are bounded by unified_retry_max and by ctx. For a DB that is not
+// a unified DB, the defaults apply (3 attempts, 50ms..1s) and a COMMIT whose
+// connection broke is reported as ErrCommitUnknown as well.
+func RunTx(ctx context.Context, db *sql.DB, opts *sql.TxOptions, fn func(*sql.Tx) error) error {
+	attempts, initial, maxBackoff := 3, 50*time.Millisecond, time.Second
+	if c, ok := ConnectorOf(db); ok {
+		attempts, initial, maxBackoff = c.cfg.RetryMax, c.cfg.RetryBackoffInitial, c.cfg.RetryBackoffMax
+	}
+	bo := &backoff.ExponentialBackOff{InitialInterval: initial, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: maxBackoff}
+	if _, ok := ModeFrom(ctx); !ok {
+		ctx = WithMode(ctx, Transactional)
+	}
+	for attempt := 1; ; attempt++ {
+		err := runTxOnce(ctx, db, opts, fn)
+		if err == nil || errors.Is(err, ErrCommitUnknown) || attempt >= attempts || !txRetryable(ctx, err) {
+			return err
+		}
+		t := time.NewTimer(bo.NextBackOff())
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+	}
+}
+
+func runTxOnce(ctx context.Context, db *sql.DB, opts *sql.TxOptions, fn func(*sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		if errors.Is(err, ErrCommitUnknown) {
+			return err
+		}
+		cls := classify.Of(ctx, err)
+		if (cls == classify.Connection || cls == classify.AdminShutdown) && !classify.NotSent(err) {
+			// A driver other than unified: the commit may have landed.
+			return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// txRetryable reports whether a failed transaction may be re-run: it was
+// rolled back for sure.
+func txRetryable(ctx context.Context, err error) bool {
+	switch cls := classify.Of(ctx, err); {
+	case cls.RetryTx():
+		return true
+	case cls == classify.Connection || cls == classify.AdminShutdown:
+		return true // lost before COMMIT: the server rolled it back
+	default:
+		return false
+	}
+}
