@@ -1,0 +1,78 @@
+// Package unified is a database/sql driver for PostgreSQL that turns a list
+// of hosts (one primary, streaming replicas) into one [*sql.DB] with high
+// availability. It finds the primary, routes every statement by an access
+// mode carried in its [context.Context], follows a failover when a replica is
+// promoted, and retries only what is safe. Physical connections are pgx v5
+// (github.com/jackc/pgx/v5/stdlib), so every pgx type works as with
+// sql.Open("pgx", ...).
+//
+// # Quick start
+//
+// Code that already uses *sql.DB changes one word:
+//
+//	db, err := sql.Open("unified", "postgres://app@db1:5432,db2:5432,db3:5432/app")
+//	// Without a mode: the primary, exactly as pgx would.
+//	_, err = db.ExecContext(ctx, "INSERT INTO t VALUES ($1)", 1)
+//	// With ReadOnly: a replica.
+//	rows, err := db.QueryContext(unified.WithMode(ctx, unified.ReadOnly), "SELECT * FROM t")
+//
+// # DSN
+//
+// The DSN is a pgx/libpq connection string, URL or keyword/value, with one or
+// more hosts, plus unified_* parameters that are removed before pgx sees the
+// rest (see [ParseConfig] and the README's table). target_session_attrs is
+// honoured as the default mode and never passed to pgx: unified routes per
+// statement instead of checking once per connection. Instead of a DSN,
+// sql.Open accepts the name of a configuration stored with [Register].
+//
+// # Connections
+//
+// database/sql pools logical connections ([Conn]). A logical connection
+// holds at most two physical pgx connections, opened on first need: one to
+// the primary and one for reads. Code that sets no mode opens only primary
+// connections, so session state (SET, temporary tables, advisory locks,
+// [sql.Conn]) behaves as with pgx stdlib. Pool settings keep their meaning
+// per role: SetMaxOpenConns(10) allows up to 10 primary and 10 read
+// connections. With sql.Open, database/sql owns the pool: call db.Set*; with
+// [OpenDB], the unified_max_open_conns family of parameters is applied.
+//
+// Before every statement the logical connection checks its physical
+// connection against the current topology snapshot (one atomic load): a
+// primary connection to a node that is no longer the primary is closed and
+// replaced before anything is sent, so no write reaches a demoted node.
+//
+// Use (*sql.Conn).Raw and [Conn.StdlibConn] to reach pgx-only features such
+// as CopyFrom.
+//
+// # Topology and health
+//
+// Each [Connector] runs one health monitor from its first connection until
+// Close. Every unified_health_interval it probes each node in parallel on a
+// dedicated connection, in one round trip (role, WAL position, timeline),
+// within unified_health_timeout, and publishes an immutable snapshot. When a
+// statement on the primary fails in a way that says the primary may be gone,
+// the monitor re-probes every few milliseconds until a primary is found or
+// unified_failover_timeout passes; writes wait for it within their context
+// deadline. Before any primary has been seen (a wrong DSN, a cluster with
+// no primary) a write fails with [ErrNoPrimary] after the first probe round
+// instead of waiting.
+//
+// # Errors and retries
+//
+// A statement is retried automatically only when nothing reached the server
+// (a failed dial, or what pgx reports as safe to retry), or when it is a
+// ReadOnly read outside a transaction that lost its connection: it re-runs
+// on another node. When the connection breaks after a COMMIT, or an
+// autocommit statement on the primary, was sent, the error wraps
+// [ErrCommitUnknown]: the write may have been committed and was not re-sent.
+// Errors about one node are [*NodeError] values naming the node (never a
+// password) and the operation. Each node has a circuit breaker that counts
+// only connection-class failures; an open breaker fails fast with
+// [ErrCircuitOpen].
+//
+// # Concurrency
+//
+// [Connector], [Config] (once passed to NewConnector), the package functions
+// and *sql.DB are safe for concurrent use. A [Conn] is used by one goroutine
+// at a time, as database/sql guarantees.
+package unified

@@ -1,0 +1,318 @@
+package unified
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/unifiedsql/unified/internal/classify"
+)
+
+// Operation names used in NodeError.Op.
+const (
+	opConnect  = "connect"
+	opExec     = "exec"
+	opQuery    = "query"
+	opPrepare  = "prepare"
+	opBegin    = "begin"
+	opCommit   = "commit"
+	opRollback = "rollback"
+	opPing     = "ping"
+	opProbe    = "probe"
+)
+
+// Outcomes fed to a node's breaker: only node faults count as failures;
+// the caller's cancellation is excluded from the counts.
+var (
+	errNodeFault  = errors.New("node fault")
+	errNotCounted = errors.New("not counted")
+)
+
+// breaker is a node's circuit breaker plus the last node fault, which an
+// open breaker reports alongside ErrCircuitOpen.
+type breaker struct {
+	cb      *gobreaker.TwoStepCircuitBreaker[struct{}]
+	lastErr atomic.Pointer[error]
+}
+
+func newBreaker(cfg *Config, name string) *breaker {
+	return &breaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        name,
+		MaxRequests: 1,
+		Timeout:     cfg.BreakerOpen,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return c.ConsecutiveFailures >= cfg.BreakerFailures
+		},
+		IsExcluded: func(err error) bool { return err == errNotCounted },
+	})}
+}
+
+// allow asks the breaker for one request. When it is open the error wraps
+// ErrCircuitOpen and the node's last fault.
+func (b *breaker) allow(name string) (func(ctx context.Context, err error), error) {
+	done, err := b.cb.Allow()
+	if err != nil {
+		cause := err
+		if last := b.lastErr.Load(); last != nil {
+			cause = *last
+		}
+		return nil, &NodeError{Node: name, Op: opConnect, Err: fmt.Errorf("%w: %w", ErrCircuitOpen, cause)}
+	}
+	return func(ctx context.Context, err error) { done(b.outcome(ctx, err)) }, nil
+}
+
+// outcome maps a request's error to what the breaker should count.
+func (b *breaker) outcome(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	switch cls := classify.Of(ctx, err); {
+	case cls.NodeFault():
+		b.lastErr.Store(&err)
+		return errNodeFault
+	case cls == classify.Canceled:
+		return errNotCounted
+	default:
+		return nil // the node answered: SQL errors say it is alive
+	}
+}
+
+// record counts a statement's failure on an established connection.
+func (b *breaker) record(ctx context.Context, err error) {
+	if !classify.Of(ctx, err).NodeFault() {
+		return
+	}
+	if done, aerr := b.cb.Allow(); aerr == nil {
+		done(b.outcome(ctx, err))
+	}
+}
+
+// breakerAllows reports whether node i's breaker lets new work through; the
+// router skips nodes whose breaker is open.
+func (c *Connector) breakerAllows(i int) bool {
+	return c.nodes[i].breaker.cb.State() != gobreaker.StateOpen
+}
+
+// run executes fn on the connection the statement's mode routes to: the
+// transaction's inside one, else per mode. op names the operation in errors
+// and telemetry; query is the SQL text (telemetry takes its first keyword).
+func (c *Conn) run(ctx context.Context, op, query string, fn func(*physConn) error) error {
+	m := c.mode(ctx)
+	if c.tx != nil {
+		return c.onTx(ctx, op, query, m, fn)
+	}
+	if m == Transactional {
+		return ErrNotInTransaction
+	}
+	return c.runRole(ctx, op, query, m, roleOf(m), fn)
+}
+
+// admitBatch takes a Batch bulkhead token, waiting within ctx. The returned
+// release gives it back; it is a no-op when there is no bulkhead or the
+// mode is not Batch.
+func (c *Connector) admitBatch(ctx context.Context, m Mode) (release func(), err error) {
+	if m != Batch || c.batch == nil {
+		return func() {}, nil
+	}
+	select {
+	case c.batch <- struct{}{}:
+		return func() { <-c.batch }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("unified: waiting for a batch slot (unified_max_batch_conns=%d): %w", cap(c.batch), ctx.Err())
+	}
+}
+
+// runAny is run for operations allowed outside a transaction in every mode
+// (Prepare, Ping).
+func (c *Conn) runAny(ctx context.Context, op, query string, fn func(*physConn) error) error {
+	m := c.mode(ctx)
+	if c.tx != nil {
+		return c.onTx(ctx, op, query, m, fn)
+	}
+	return c.runRole(ctx, op, query, m, roleOf(m), fn)
+}
+
+// onTx runs fn on the transaction's connection: no retry, no re-routing
+// (invariant 2). A statement inside a transaction commits nothing, so its
+// failure is never "outcome unknown"; only COMMIT can be.
+func (c *Conn) onTx(ctx context.Context, op, query string, m Mode, fn func(*physConn) error) error {
+	rec := c.c.tel.begin(ctx, op, query, m)
+	pc := c.tx.pc
+	err := fn(pc)
+	if err != nil {
+		err = c.fail(ctx, op, pc, err, false)
+	}
+	rec.end(ctx, pc.node, roleOfConn(c, pc), err)
+	return err
+}
+
+// runRole runs fn on role r's connection with the retry rules of DESIGN.md
+// §4: a failed attempt is retried (up to unified_retry_max attempts, with
+// jittered exponential backoff, within ctx) only when nothing reached the
+// server, or when it is a read outside a transaction that lost its
+// connection, which is re-run on another node. Everything else is returned
+// as is, classified: a write whose connection broke after it was sent
+// wraps ErrCommitUnknown.
+func (c *Conn) runRole(ctx context.Context, op, query string, m Mode, r role, fn func(*physConn) error) error {
+	rec := c.c.tel.begin(ctx, op, query, m)
+	pc, err := c.attempts(ctx, op, r, &rec, fn)
+	var n *node
+	if pc != nil {
+		n = pc.node
+	}
+	rec.end(ctx, n, r, err)
+	return err
+}
+
+// attempts is runRole's retry loop; it returns the physical connection of
+// the last attempt (nil if none was reached) and the caller's error.
+func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, fn func(*physConn) error) (*physConn, error) {
+	exclude := -1
+	var bo *backoff.ExponentialBackOff
+	for attempt := 1; ; attempt++ {
+		pc, err := c.physFor(ctx, r, exclude, rec)
+		if err == nil {
+			if err = fn(pc); err == nil {
+				return pc, nil
+			}
+			if errors.Is(err, driver.ErrSkip) {
+				return pc, err
+			}
+		}
+		cls := classify.Of(ctx, err)
+		var nodeIdx = -1
+		notSent := true // a failed dial or routing step sent nothing
+		if pc != nil {
+			nodeIdx = pc.node.index
+			notSent = classify.NotSent(err)
+			if pc.broken() || cls == classify.Connection || cls == classify.AdminShutdown {
+				if c.phys[r] == pc {
+					c.drop(r)
+				}
+			}
+			pc.node.breaker.record(ctx, err)
+			if r == rolePrimary && cls.LostPrimary() && c.c.mon != nil {
+				c.c.mon.suspectPrimary()
+			}
+		} else {
+			var ne *NodeError
+			if errors.As(err, &ne) && ne.Op == opConnect {
+				nodeIdx = c.c.nodeIndex(ne.Node)
+				if r == rolePrimary && cls.LostPrimary() && c.c.mon != nil {
+					c.c.mon.suspectPrimary()
+				}
+			} else {
+				return nil, err // ErrNoPrimary, ErrNoReplica, closed connector: final
+			}
+		}
+		final := cls == classify.Canceled || attempt >= c.c.cfg.RetryMax
+		var reason string
+		switch {
+		case final:
+		case errors.Is(err, ErrCircuitOpen):
+			if r == roleReader { // a read tries another node; a write fails fast
+				reason = "circuit_open"
+			}
+		case notSent:
+			reason = "not_sent"
+		case r == roleReader && (cls == classify.Connection || cls == classify.AdminShutdown || cls == classify.TooManyConnections):
+			reason = "read_failover"
+		}
+		retry := reason != ""
+		if retry {
+			if r == roleReader {
+				exclude = nodeIdx
+			}
+			if bo == nil {
+				bo = c.c.newBackoff()
+			}
+			if c.c.pause(ctx, bo.NextBackOff()) == nil {
+				c.c.counters.retries.Add(1)
+				rec.retry(reason)
+				continue
+			}
+		}
+		if pc == nil {
+			return nil, err
+		}
+		return pc, c.fail(ctx, op, pc, err, r == rolePrimary && !pc.readOnly && (op == opExec || op == opQuery))
+	}
+}
+
+// fail turns a node's error into the error the caller sees: a NodeError
+// naming node and operation, wrapping ErrCommitUnknown when mayHaveWritten
+// and the connection broke after the statement was sent (invariant 4).
+// driver.ErrBadConn stays visible only when nothing reached the server
+// (pgx returns it only then), so database/sql retries only such statements.
+func (c *Conn) fail(ctx context.Context, op string, pc *physConn, err error, mayHaveWritten bool) error {
+	if errors.Is(err, driver.ErrSkip) {
+		return err
+	}
+	if pc == nil {
+		return err
+	}
+	cls := classify.Of(ctx, err)
+	broke := cls == classify.Connection || cls == classify.AdminShutdown || pc.broken()
+	if broke && !pc.closed && c.phys[roleOfConn(c, pc)] == pc {
+		c.drop(roleOfConn(c, pc))
+	}
+	if mayHaveWritten && broke && !classify.NotSent(err) {
+		c.c.counters.commitUnknown.Add(1)
+		return &NodeError{Node: pc.node.name, Op: op, Err: fmt.Errorf("%w: %w", ErrCommitUnknown, err)}
+	}
+	return &NodeError{Node: pc.node.name, Op: op, Err: err}
+}
+
+// roleOfConn returns the role slot holding pc (rolePrimary if none does).
+func roleOfConn(c *Conn, pc *physConn) role {
+	if c.phys[roleReader] == pc {
+		return roleReader
+	}
+	return rolePrimary
+}
+
+func (c *Connector) nodeIndex(name string) int {
+	for _, n := range c.nodes {
+		if n.name == name {
+			return n.index
+		}
+	}
+	return -1
+}
+
+func (c *Connector) newBackoff() *backoff.ExponentialBackOff {
+	return &backoff.ExponentialBackOff{
+		InitialInterval:     c.cfg.RetryBackoffInitial,
+		RandomizationFactor: 0.5,
+		Multiplier:          2,
+		MaxInterval:         c.cfg.RetryBackoffMax,
+	}
+}
+
+// pause waits d before a retry, cut short when the monitor publishes a new
+// topology (the retry should see it at once), and fails when ctx ends.
+func (c *Connector) pause(ctx context.Context, d time.Duration) error {
+	var published <-chan struct{}
+	if c.mon != nil {
+		c.mon.mu.Lock()
+		published = c.mon.published
+		c.mon.mu.Unlock()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-published:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.closed:
+		return errors.New("unified: connector is closed")
+	}
+	return nil
+}

@@ -1,0 +1,403 @@
+package unified
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/unifiedsql/unified/internal/pgprobe"
+	"github.com/unifiedsql/unified/internal/topology"
+)
+
+// failoverProbeInterval is the probe cadence while the primary is missing or
+// suspected: tens of milliseconds, so that waiting writes go out right after
+// a promotion, not a health interval later.
+const failoverProbeInterval = 10 * time.Millisecond
+
+var errNotProbed = errors.New("not probed yet")
+
+// monitor is the health monitor of one Connector: one loop that launches a
+// probe per node (each on its own dedicated connection, all in parallel),
+// folds each result into a new immutable topology snapshot and publishes it.
+// A slow or hung node delays only its own probe: the loop publishes every
+// result as it arrives.
+type monitor struct {
+	c      *Connector
+	ctx    context.Context // canceled by stop
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	startOnce sync.Once
+	kickc     chan struct{} // buffered(1): "probe now"
+	results   chan probeResult
+	probes    []driver.Conn // per node; used only by that node's in-flight probe
+	// lastPrimary is the last node seen as primary (-1: none yet) and
+	// lostAt when it was lost (zero while it is primary); owned by the loop
+	// goroutine.
+	lastPrimary int
+	lostAt      time.Time
+
+	mu sync.Mutex // protects following fields
+	// published is closed and replaced at every publication, waking the
+	// statements that wait for a primary.
+	published chan struct{}
+	// suspectAt is when a statement last reported that the primary may be
+	// gone (zero: no suspicion); fast probing lasts until a probe younger
+	// than it finds a primary, or until failoverDeadline.
+	suspectAt        time.Time
+	failoverDeadline time.Time
+	everPrimary      bool // a primary has been seen since start
+	allProbed        bool // every node has been probed at least once
+}
+
+type probeResult struct {
+	node int
+	obs  topology.Observation
+}
+
+func newMonitor(c *Connector) *monitor {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &monitor{
+		c:           c,
+		ctx:         ctx,
+		cancel:      cancel,
+		kickc:       make(chan struct{}, 1),
+		results:     make(chan probeResult, len(c.nodes)),
+		probes:      make([]driver.Conn, len(c.nodes)),
+		published:   make(chan struct{}),
+		lastPrimary: -1,
+	}
+}
+
+func (m *monitor) start() {
+	m.startOnce.Do(func() {
+		m.wg.Add(1)
+		go m.run()
+	})
+}
+
+// stop ends the loop and waits for it; in-flight probes are canceled.
+func (m *monitor) stop() {
+	m.startOnce.Do(func() {}) // a monitor never started stays stopped
+	m.cancel()
+	m.wg.Wait()
+}
+
+func (m *monitor) kick() {
+	select {
+	case m.kickc <- struct{}{}:
+	default:
+	}
+}
+
+// suspectPrimary is called when a statement on the primary failed in a way
+// that says the primary may be gone (classify.Class.LostPrimary): it starts
+// fast re-probing at once. Concurrent calls coalesce into one probe round.
+func (m *monitor) suspectPrimary() {
+	now := time.Now()
+	m.mu.Lock()
+	m.suspectAt = now
+	if m.failoverDeadline.IsZero() {
+		m.failoverDeadline = now.Add(m.c.cfg.FailoverTimeout)
+	}
+	m.mu.Unlock()
+	m.kick()
+}
+
+func (m *monitor) fast() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return !m.failoverDeadline.IsZero() && time.Now().Before(m.failoverDeadline)
+}
+
+func (m *monitor) run() {
+	defer m.wg.Done()
+	n := len(m.c.nodes)
+	obs := make([]topology.Observation, n)
+	for i := range obs {
+		obs[i].Err = errNotProbed
+	}
+	inflight := make([]bool, n)
+	pending := 0
+	var hist topology.History
+	names := m.c.nodeNames()
+
+	launch := func() {
+		for i := range inflight {
+			if inflight[i] {
+				continue
+			}
+			inflight[i] = true
+			pending++
+			go m.probe(i)
+		}
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			for ; pending > 0; pending-- {
+				<-m.results
+			}
+			for i, pc := range m.probes {
+				if pc != nil {
+					_ = pc.Close()
+					m.probes[i] = nil
+				}
+			}
+			return
+		case <-timer.C:
+			launch()
+			timer.Reset(m.nextInterval())
+		case <-m.kickc:
+			launch()
+			timer.Reset(m.nextInterval())
+		case r := <-m.results:
+			pending--
+			inflight[r.node] = false
+			obs[r.node] = r.obs
+			m.publish(names, obs, &hist)
+			if m.fast() {
+				// Re-probe this node at once during a failover: the
+				// loop is driven by answers, not by the clock.
+				timer.Reset(failoverProbeInterval)
+			}
+		}
+	}
+}
+
+func (m *monitor) nextInterval() time.Duration {
+	if m.fast() {
+		return failoverProbeInterval
+	}
+	return m.c.cfg.HealthInterval
+}
+
+// probe runs one probe of node i within unified_health_timeout, dialing the
+// node's probe connection first when it has none.
+func (m *monitor) probe(i int) {
+	ctx, cancel := context.WithTimeout(m.ctx, m.c.cfg.HealthTimeout)
+	defer cancel()
+	n := m.c.nodes[i]
+	o := topology.Observation{}
+	done, err := n.breaker.allow(n.name)
+	if err != nil {
+		// Open breaker: no probe (no hot loop against a failing node)
+		// until it turns half-open.
+		o.At, o.Err = time.Now(), err
+		m.results <- probeResult{node: i, obs: o}
+		return
+	}
+	res, rtt, err := m.probeOnce(ctx, i)
+	// Classify against the monitor's context, not the probe's: a probe
+	// timeout is the node's fault, not a cancellation.
+	done(m.ctx, err)
+	o.At = time.Now()
+	if err != nil {
+		o.Err = &NodeError{Node: n.name, Op: opProbe, Err: err}
+	} else {
+		o.InRecovery, o.LSN, o.Timeline, o.RTT = res.InRecovery, res.LSN, res.Timeline, rtt
+	}
+	m.results <- probeResult{node: i, obs: o}
+}
+
+func (m *monitor) probeOnce(ctx context.Context, i int) (pgprobe.Result, time.Duration, error) {
+	pc := m.probes[i]
+	if pc == nil {
+		var err error
+		pc, err = m.c.nodes[i].rw.Connect(ctx)
+		if err != nil {
+			return pgprobe.Result{}, 0, err
+		}
+		m.probes[i] = pc
+	}
+	q, ok := pc.(driver.QueryerContext)
+	if !ok {
+		return pgprobe.Result{}, 0, fmt.Errorf("node connection %T does not implement driver.QueryerContext", pc)
+	}
+	start := time.Now()
+	res, err := pgprobe.Run(ctx, q)
+	rtt := time.Since(start)
+	if err != nil {
+		_ = pc.Close()
+		m.probes[i] = nil
+		return pgprobe.Result{}, 0, err
+	}
+	return res, rtt, nil
+}
+
+// publish builds and stores a new snapshot from the latest observations and
+// wakes every statement waiting for one.
+func (m *monitor) publish(names []string, obs []topology.Observation, hist *topology.History) {
+	prev := m.c.topo.Load()
+	now := time.Now()
+	bounds := topology.Bounds{MaxLag: m.c.cfg.MaxReplicaLag, MaxLagBytes: m.c.cfg.MaxReplicaLagBytes}
+	s := topology.Build(prev, names, obs, hist, bounds, now)
+	m.c.topo.Store(s)
+	switch {
+	case s.Primary >= 0:
+		if m.lastPrimary >= 0 && m.lastPrimary != s.Primary {
+			d := time.Duration(0)
+			if !m.lostAt.IsZero() {
+				d = now.Sub(m.lostAt)
+			}
+			m.c.counters.failovers.Add(1)
+			m.c.tel.failover(d)
+			m.c.log.Warn("unified: failover: new primary", "from", names[m.lastPrimary], "to", names[s.Primary], "duration", d)
+		}
+		m.lastPrimary, m.lostAt = s.Primary, time.Time{}
+	case prev != nil && prev.Primary >= 0:
+		m.lostAt = now
+		m.mu.Lock()
+		if !m.suspectAt.IsZero() && m.suspectAt.Before(now) {
+			m.lostAt = m.suspectAt // the first statement that saw it go
+		}
+		m.mu.Unlock()
+		m.c.log.Warn("unified: primary lost", "node", names[prev.Primary])
+	}
+	if prev == nil || s.Changed(prev) {
+		m.logChange(prev, s)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	all := true
+	for _, o := range obs {
+		if errors.Is(o.Err, errNotProbed) {
+			all = false
+		}
+	}
+	m.allProbed = all
+	if s.Primary >= 0 {
+		m.everPrimary = true
+		if m.suspectAt.IsZero() || obs[s.Primary].At.After(m.suspectAt) {
+			m.suspectAt, m.failoverDeadline = time.Time{}, time.Time{}
+		}
+	} else if m.everPrimary && m.failoverDeadline.IsZero() {
+		m.failoverDeadline = now.Add(m.c.cfg.FailoverTimeout)
+	}
+	close(m.published)
+	m.published = make(chan struct{})
+}
+
+func (m *monitor) logChange(prev, s *topology.Snapshot) {
+	for i, n := range s.Nodes {
+		if prev != nil && i < len(prev.Nodes) && prev.Nodes[i].Role == n.Role && prev.Nodes[i].State == n.State {
+			continue
+		}
+		attrs := []any{"node", n.Name, "role", n.Role.String(), "state", n.State.String()}
+		if n.LastErr != nil {
+			attrs = append(attrs, "error", n.LastErr.Error())
+		}
+		m.c.log.Info("unified: node changed", attrs...)
+	}
+}
+
+// waitPrimary returns a snapshot that names a primary. While there is none it
+// waits, within ctx and unified_failover_timeout, for the monitor to find
+// one. Before any primary has ever been seen, a round in which every node was
+// probed and none is primary fails at once: a wrong DSN must not look like a
+// failover.
+func (c *Connector) waitPrimary(ctx context.Context) (*topology.Snapshot, error) {
+	for {
+		s := c.topo.Load()
+		if s != nil && s.Primary >= 0 {
+			return s, nil
+		}
+		if c.mon == nil {
+			return nil, ErrNoPrimary
+		}
+		m := c.mon
+		m.mu.Lock()
+		ch, ever, all, deadline := m.published, m.everPrimary, m.allProbed, m.failoverDeadline
+		m.mu.Unlock()
+		if s != nil && all && !ever {
+			return nil, noPrimaryError(s)
+		}
+		if ever && !deadline.IsZero() && !time.Now().Before(deadline) {
+			return nil, noPrimaryError(s)
+		}
+		if ever {
+			m.suspectPrimary()
+		} else {
+			m.start()
+		}
+		if err := c.waitPublished(ctx, ch, deadline); err != nil {
+			return nil, fmt.Errorf("%w: waiting for a primary: %w", ErrNoPrimary, err)
+		}
+	}
+}
+
+// waitPublished waits for the publication that closes ch, until deadline
+// (zero: none), ctx or Close. Reaching the deadline is not an error: the
+// caller re-checks.
+func (c *Connector) waitPublished(ctx context.Context, ch <-chan struct{}, deadline time.Time) error {
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-ch:
+	case <-timeout:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.closed:
+		return errors.New("unified: connector is closed")
+	}
+	return nil
+}
+
+// waitFirstSnapshot starts the monitor if needed and waits until every node
+// has been probed once, so that the first reads see every replica rather
+// than whichever answered first.
+func (c *Connector) waitFirstSnapshot(ctx context.Context) (*topology.Snapshot, error) {
+	m := c.mon
+	m.start()
+	for {
+		m.mu.Lock()
+		ch, all := m.published, m.allProbed
+		m.mu.Unlock()
+		if all {
+			return c.topo.Load(), nil
+		}
+		if err := c.waitPublished(ctx, ch, time.Time{}); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// noPrimaryError wraps ErrNoPrimary with what the nodes last said.
+func noPrimaryError(s *topology.Snapshot) error {
+	if s == nil {
+		return ErrNoPrimary
+	}
+	errs := []error{ErrNoPrimary}
+	for _, n := range s.Nodes {
+		switch {
+		case n.LastErr != nil && n.State == topology.StateDown:
+			errs = append(errs, n.LastErr)
+		case n.State == topology.StateFenced:
+			errs = append(errs, fmt.Errorf("%s: fenced (claims primary on timeline %d)", n.Name, n.Timeline))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// staticSnapshot is the topology of WithStaticPrimary: fixed roles, all up.
+func staticSnapshot(names []string, primary int) *topology.Snapshot {
+	s := &topology.Snapshot{Primary: primary, At: time.Now(), Generation: 1}
+	for i, name := range names {
+		n := topology.Node{Name: name, Role: topology.RoleReplica, State: topology.StateUp, Since: s.At, LastSeen: s.At}
+		if i == primary {
+			n.Role = topology.RolePrimary
+		}
+		s.Nodes = append(s.Nodes, n)
+	}
+	return s
+}

@@ -1,0 +1,112 @@
+package unified
+
+import (
+	"database/sql/driver"
+	"fmt"
+	"log/slog"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Option configures what a DSN cannot hold. Options are applied by
+// [NewConnector], [OpenDB] and [Register].
+type Option func(*options) error
+
+type options struct {
+	meterProvider  metric.MeterProvider // nil: the global provider
+	tracerProvider trace.TracerProvider // nil: no traces
+	traceSQL       bool                 // record SQL text in spans
+	logger         *slog.Logger
+	nodeConnectors map[string]driver.Connector
+	staticPrimary  string
+	static         bool
+}
+
+func buildOptions(opts []Option) (options, error) {
+	var o options
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(&o); err != nil {
+			return options{}, err
+		}
+	}
+	if o.logger == nil {
+		o.logger = slog.New(slog.DiscardHandler)
+	}
+	return o, nil
+}
+
+// WithLogger sets the logger for topology changes, failovers, node state
+// and breaker transitions. Default: discard. Passwords are never logged.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		o.logger = l
+		return nil
+	}
+}
+
+// WithNodeConnector makes the node named name ("host:port" as listed in the
+// DSN, see [Config.Nodes]) use c for its physical connections instead of
+// pgx. Any database/sql driver's Connector works (go-sqlmock in tests, a
+// pgx connector with hooks). The health monitor probes through c as well,
+// unless [WithStaticPrimary] is given. A name that is not a node of the
+// Config is an error at NewConnector.
+func WithNodeConnector(name string, c driver.Connector) Option {
+	return func(o *options) error {
+		if c == nil {
+			return fmt.Errorf("unified: WithNodeConnector %q: nil connector", name)
+		}
+		if o.nodeConnectors == nil {
+			o.nodeConnectors = make(map[string]driver.Connector)
+		}
+		o.nodeConnectors[name] = c
+		return nil
+	}
+}
+
+// WithStaticPrimary fixes the roles instead of discovering them: the node
+// named name is the primary and every other node a healthy replica with no
+// lag. No health probe is ever sent, so no background query reaches a node.
+// It is meant for tests with mocked nodes (package unifiedtest uses it) and
+// for setups where roles are managed outside the database. Failover is off
+// in this mode. A name that is not a node of the Config is an error at
+// NewConnector.
+func WithStaticPrimary(name string) Option {
+	return func(o *options) error {
+		o.static = true
+		o.staticPrimary = name
+		return nil
+	}
+}
+
+// WithMeterProvider sets the OpenTelemetry MeterProvider for the driver's
+// metrics. Default: the global provider (otel.GetMeterProvider()), which
+// records nothing until the application installs one.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(o *options) error {
+		o.meterProvider = mp
+		return nil
+	}
+}
+
+// WithTracerProvider turns on tracing: one client span per statement and
+// transaction operation. Default: off (no spans at all, not even through the
+// global provider).
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) error {
+		o.tracerProvider = tp
+		return nil
+	}
+}
+
+// WithSQLInSpans records the SQL text of each statement in its span
+// (db.query.text). Off by default; parameters are never recorded.
+func WithSQLInSpans() Option {
+	return func(o *options) error {
+		o.traceSQL = true
+		return nil
+	}
+}

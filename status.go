@@ -1,0 +1,148 @@
+package unified
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/unifiedsql/unified/internal/topology"
+)
+
+// Health is a point-in-time view of the cluster as the Connector sees it.
+type Health struct {
+	// Primary is the name of the node writes go to; "" when there is none
+	// (during a failover, or when no node is primary).
+	Primary string `json:"primary"`
+	// Writable: a primary is known and its breaker is not open.
+	Writable bool `json:"writable"`
+	// Readable: reads can be served, by an eligible replica or, with
+	// unified_read_fallback=primary, by the primary.
+	Readable bool `json:"readable"`
+	// At is when the topology was last published; Age is how old it was
+	// when Health was called.
+	At    time.Time     `json:"at"`
+	Age   time.Duration `json:"age_ns"`
+	Nodes []NodeHealth  `json:"nodes"`
+}
+
+// NodeHealth is one node's part of Health.
+type NodeHealth struct {
+	Name string `json:"name"` // host:port, as in the DSN
+	// Role is "primary", "replica" or "unknown" (never probed successfully).
+	Role string `json:"role"`
+	// State is "up", "down", "lagging" (a replica beyond the lag bounds),
+	// "fenced" (claims primary but lost the election: no writes) or
+	// "unknown" (not probed yet).
+	State string `json:"state"`
+	// LagBytes and Lag are how far a replica is behind the primary, in WAL
+	// bytes and in time (how long ago the primary was where the replica
+	// is); 0 for the primary and when no primary is known.
+	LagBytes uint64        `json:"lag_bytes"`
+	Lag      time.Duration `json:"lag_ns"`
+	RTT      time.Duration `json:"rtt_ns"` // the last probe's round trip
+	Timeline uint32        `json:"timeline"`
+	// Breaker is the node's circuit breaker: "closed", "half-open" or "open".
+	Breaker string `json:"breaker"`
+	// LastError is the last probe's error (no password), "" when it
+	// succeeded.
+	LastError string    `json:"last_error,omitempty"`
+	LastSeen  time.Time `json:"last_seen"` // last successful probe
+	Since     time.Time `json:"since"`     // when State last changed
+}
+
+// Health returns the current topology. On a Connector that has not probed
+// yet it starts the monitor and waits, within ctx, for every node's first
+// probe; if ctx ends first it reports what is known (possibly no nodes
+// probed, every state "unknown").
+func (c *Connector) Health(ctx context.Context) Health {
+	s := c.snapshot()
+	if c.mon != nil {
+		c.mon.start()
+		if got, err := c.waitFirstSnapshot(ctx); err == nil {
+			s = got
+		} else {
+			s = c.snapshot()
+		}
+	}
+	return c.health(s, time.Now())
+}
+
+func (c *Connector) health(s *topology.Snapshot, now time.Time) Health {
+	h := Health{}
+	if s == nil {
+		for _, n := range c.nodes {
+			h.Nodes = append(h.Nodes, NodeHealth{Name: n.name, Role: "unknown", State: "unknown", Breaker: breakerName(n.breaker.cb.State())})
+		}
+		return h
+	}
+	h.At, h.Age = s.At, now.Sub(s.At)
+	for i, n := range s.Nodes {
+		nh := NodeHealth{
+			Name: n.Name, Role: n.Role.String(), State: n.State.String(),
+			LagBytes: n.LagBytes, Lag: n.Lag, RTT: n.RTT, Timeline: n.Timeline,
+			Breaker:  breakerName(c.nodes[i].breaker.cb.State()),
+			LastSeen: n.LastSeen, Since: n.Since,
+		}
+		if n.LastErr != nil {
+			nh.LastError = n.LastErr.Error()
+		}
+		h.Nodes = append(h.Nodes, nh)
+	}
+	if p, ok := s.PrimaryNode(); ok {
+		h.Primary = p.Name
+		h.Writable = c.breakerAllows(s.Primary)
+	}
+	h.Readable = pickReplica(s, PolicyRoundRobin, 0, c.breakerAllows) >= 0 ||
+		(c.cfg.ReadFallback == FallbackPrimary && h.Writable)
+	return h
+}
+
+func breakerName(s gobreaker.State) string {
+	switch s {
+	case gobreaker.StateClosed:
+		return "closed"
+	case gobreaker.StateHalfOpen:
+		return "half-open"
+	default:
+		return "open"
+	}
+}
+
+// Stats are counters since the Connector was made. Read them with
+// [Connector.Stats]; they only grow.
+type Stats struct {
+	// Failovers counts primary changes observed by the monitor (a new node
+	// became the primary after the previous one was lost).
+	Failovers uint64
+	// Retries counts statements re-sent after a failure that provably did
+	// not reach the server, or reads re-run on another node.
+	Retries uint64
+	// CommitUnknown counts errors returned wrapping ErrCommitUnknown.
+	CommitUnknown uint64
+	// ReadFallbacks counts read connections opened on the primary because
+	// no replica was eligible.
+	ReadFallbacks uint64
+	// Health is the topology at the time of the call (no waiting).
+	Health Health
+}
+
+// counters are the Connector's Stats counters.
+type counters struct {
+	failovers     atomic.Uint64
+	retries       atomic.Uint64
+	commitUnknown atomic.Uint64
+	readFallbacks atomic.Uint64
+}
+
+// Stats returns the counters and the current topology without waiting.
+func (c *Connector) Stats() Stats {
+	return Stats{
+		Failovers:     c.counters.failovers.Load(),
+		Retries:       c.counters.retries.Load(),
+		CommitUnknown: c.counters.commitUnknown.Load(),
+		ReadFallbacks: c.counters.readFallbacks.Load(),
+		Health:        c.health(c.snapshot(), time.Now()),
+	}
+}
