@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/unifiedsql/unified/internal/sockcheck"
 	"github.com/unifiedsql/unified/internal/topology"
 )
 
@@ -77,7 +78,10 @@ type physConn struct {
 	beginner driver.ConnBeginTx
 	pinger   driver.Pinger
 	resetter driver.SessionResetter
-	closed   bool
+	// sock peeks at a pgx connection's socket before it is reused for a
+	// write (nil for other drivers): see stale.
+	sock   *sockcheck.Checker
+	closed bool
 }
 
 func newPhysConn(n *node, readOnly bool, dc driver.Conn) *physConn {
@@ -88,6 +92,9 @@ func newPhysConn(n *node, readOnly bool, dc driver.Conn) *physConn {
 	pc.beginner, _ = dc.(driver.ConnBeginTx)
 	pc.pinger, _ = dc.(driver.Pinger)
 	pc.resetter, _ = dc.(driver.SessionResetter)
+	if sc, ok := dc.(*stdlib.Conn); ok && !readOnly {
+		pc.sock = sockcheck.New(sc.Conn().PgConn().Conn())
+	}
 	return pc
 }
 
@@ -157,8 +164,14 @@ func (c *Conn) drop(r role) {
 // primary connection whose node lost the primary role (invariant 1), a read
 // connection whose replica is no longer eligible, or a fallback read
 // connection while a replica is available again.
+//
+// A primary connection whose socket shows the server closed it or sent an
+// unasked message (the FATAL of a terminated idle session, as in a fast
+// shutdown) is stale too: a write sent on it would fail after it was sent,
+// and its outcome would look unknown although the server never saw it.
+// Reads need no such check: they are re-run on another node.
 func (c *Conn) stale(r role, pc *physConn, s *topology.Snapshot) bool {
-	if pc.broken() {
+	if pc.broken() || pc.sock.Unfit() {
 		return true
 	}
 	if s == nil {

@@ -172,11 +172,20 @@ func (c *Conn) runRole(ctx context.Context, op, query string, m Mode, r role, fn
 
 // attempts is runRole's retry loop; it returns the physical connection of
 // the last attempt (nil if none was reached) and the caller's error.
+//
+// A write that found the primary gone before anything was sent (a refused
+// dial, a dead pooled connection, an open breaker) is not an attempt: it
+// waits for the monitor to confirm the primary or find the new one, within
+// ctx and unified_failover_timeout, and then goes out. Other failures that
+// sent nothing, and reads that lost their connection, are attempts: up to
+// unified_retry_max with jittered exponential backoff.
 func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, fn func(*physConn) error) (*physConn, error) {
 	exclude := -1
 	var bo *backoff.ExponentialBackOff
-	for attempt := 1; ; attempt++ {
+	var waitingSince time.Time
+	for attempt := 1; ; {
 		pc, err := c.physFor(ctx, r, exclude, rec)
+		var n *node
 		if err == nil {
 			if err = fn(pc); err == nil {
 				return pc, nil
@@ -184,55 +193,53 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 			if errors.Is(err, driver.ErrSkip) {
 				return pc, err
 			}
-		}
-		cls := classify.Of(ctx, err)
-		var nodeIdx = -1
-		notSent := true // a failed dial or routing step sent nothing
-		if pc != nil {
-			nodeIdx = pc.node.index
-			notSent = classify.NotSent(err)
-			if pc.broken() || cls == classify.Connection || cls == classify.AdminShutdown {
+			n = pc.node
+			if pc.broken() || classify.Of(ctx, err) == classify.Connection || classify.Of(ctx, err) == classify.AdminShutdown {
 				if c.phys[r] == pc {
 					c.drop(r)
 				}
 			}
-			pc.node.breaker.record(ctx, err)
-			if r == rolePrimary && cls.LostPrimary() && c.c.mon != nil {
-				c.c.mon.suspectPrimary()
-			}
+			n.breaker.record(ctx, err)
 		} else {
 			var ne *NodeError
-			if errors.As(err, &ne) && ne.Op == opConnect {
-				nodeIdx = c.c.nodeIndex(ne.Node)
-				if r == rolePrimary && cls.LostPrimary() && c.c.mon != nil {
-					c.c.mon.suspectPrimary()
-				}
-			} else {
+			if !errors.As(err, &ne) || ne.Op != opConnect {
 				return nil, err // ErrNoPrimary, ErrNoReplica, closed connector: final
 			}
+			n = c.c.nodes[c.c.nodeIndex(ne.Node)]
 		}
-		final := cls == classify.Canceled || attempt >= c.c.cfg.RetryMax
-		var reason string
+		cls := classify.Of(ctx, err)
+		notSent := pc == nil || classify.NotSent(err) // a failed dial sent nothing
+		lostPrimary := r == rolePrimary && c.c.mon != nil && (cls.LostPrimary() || errors.Is(err, ErrCircuitOpen))
+		if lostPrimary {
+			c.c.mon.suspectPrimary()
+		}
+		readFailover := r == roleReader && (cls == classify.Connection || cls == classify.AdminShutdown || cls == classify.TooManyConnections || errors.Is(err, ErrCircuitOpen))
+		reason := ""
+		var wait time.Duration
 		switch {
-		case final:
-		case errors.Is(err, ErrCircuitOpen):
-			if r == roleReader { // a read tries another node; a write fails fast
-				reason = "circuit_open"
+		case cls == classify.Canceled || cls == classify.Auth:
+		case lostPrimary && notSent:
+			if waitingSince.IsZero() {
+				waitingSince = time.Now()
 			}
-		case notSent:
+			if time.Since(waitingSince) < c.c.cfg.FailoverTimeout {
+				reason, wait = "failover", 4*failoverProbeInterval
+			}
+		case attempt >= c.c.cfg.RetryMax:
+		case readFailover:
+			reason, exclude = "read_failover", n.index
+		case notSent && !errors.Is(err, ErrCircuitOpen):
 			reason = "not_sent"
-		case r == roleReader && (cls == classify.Connection || cls == classify.AdminShutdown || cls == classify.TooManyConnections):
-			reason = "read_failover"
 		}
-		retry := reason != ""
-		if retry {
-			if r == roleReader {
-				exclude = nodeIdx
+		if reason != "" {
+			if reason != "failover" {
+				attempt++
+				if bo == nil {
+					bo = c.c.newBackoff()
+				}
+				wait = bo.NextBackOff()
 			}
-			if bo == nil {
-				bo = c.c.newBackoff()
-			}
-			if c.c.pause(ctx, bo.NextBackOff()) == nil {
+			if c.c.pause(ctx, wait) == nil {
 				c.c.counters.retries.Add(1)
 				rec.retry(reason)
 				continue

@@ -1,0 +1,5 @@
+//go:build !unix
+
+package sockcheck
+
+func peek(uintptr, []byte) bool { return false }

@@ -1,0 +1,110 @@
+package sockcheck
+
+import (
+	"crypto/tls"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// pair returns a connected client and server TCP connection on loopback.
+func pair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	server = <-accepted
+	require.NotNil(t, server)
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// eventually polls Unfit: a peer's FIN or data takes a moment to arrive.
+func eventually(ch *Checker) bool {
+	for i := 0; i < 200; i++ {
+		if ch.Unfit() {
+			return true
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return false
+}
+
+func TestUnfit(t *testing.T) {
+	t.Run("idle connection is fit", func(t *testing.T) {
+		c, _ := pair(t)
+		ch := New(c)
+		assert.False(t, ch.Unfit())
+		assert.False(t, ch.Unfit(), "peeking consumes nothing")
+	})
+	t.Run("peer closed", func(t *testing.T) {
+		c, s := pair(t)
+		ch := New(c)
+		require.NoError(t, s.Close())
+		assert.True(t, eventually(ch))
+	})
+	t.Run("peer reset", func(t *testing.T) {
+		c, s := pair(t)
+		ch := New(c)
+		require.NoError(t, s.(*net.TCPConn).SetLinger(0))
+		require.NoError(t, s.Close())
+		assert.True(t, eventually(ch))
+	})
+	t.Run("unsolicited data is not consumed", func(t *testing.T) {
+		c, s := pair(t)
+		ch := New(c)
+		_, err := s.Write([]byte("E"))
+		require.NoError(t, err)
+		assert.True(t, eventually(ch))
+		buf := make([]byte, 1)
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(time.Second)))
+		n, err := c.Read(buf)
+		require.NoError(t, err)
+		assert.Equal(t, "E", string(buf[:n]), "the peeked byte is still there for the driver")
+	})
+	t.Run("closed on our side", func(t *testing.T) {
+		c, _ := pair(t)
+		ch := New(c)
+		require.NoError(t, c.Close())
+		assert.True(t, ch.Unfit())
+	})
+	t.Run("TLS wrapper is looked through", func(t *testing.T) {
+		c, s := pair(t)
+		ch := New(tls.Client(c, &tls.Config{InsecureSkipVerify: true}))
+		assert.False(t, ch.Unfit())
+		require.NoError(t, s.Close())
+		assert.True(t, eventually(ch))
+	})
+	t.Run("uninspectable connection", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		assert.False(t, New(a).Unfit())
+		var nilChecker *Checker
+		assert.False(t, nilChecker.Unfit())
+	})
+}
+
+func TestUnfitDoesNotAllocate(t *testing.T) {
+	c, _ := pair(t)
+	ch := New(c)
+	allocs := testing.AllocsPerRun(100, func() { ch.Unfit() })
+	assert.Zero(t, allocs)
+}
