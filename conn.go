@@ -561,9 +561,10 @@ func (t *tx) finish(op, query string, do func() error, mayHaveWritten bool) erro
 	rec := t.c.c.tel.begin(ctx, op, query, t.mode)
 	r := roleOfConn(t.c, t.pc)
 	t.end()
+	openBefore := !t.pc.broken()
 	err := do()
 	if err != nil {
-		err = t.c.fail(ctx, op, t.pc, err, mayHaveWritten)
+		err = t.c.fail(ctx, op, t.pc, err, mayHaveWritten, mayHaveSent(openBefore, t.pc, err))
 	}
 	rec.end(ctx, t.pc.node, r, err)
 	return err

@@ -147,15 +147,22 @@ func (c *Connector) nodeNames() []string {
 // (the pool dials in the background with no statement context, so routing
 // here would be guesswork). The first call starts the health monitor.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
-	select {
-	case <-c.closed:
+	if c.isClosed() {
 		return nil, errors.New("unified: connector is closed")
-	default:
 	}
 	if c.mon != nil {
 		c.mon.start()
 	}
 	return &Conn{c: c}, nil
+}
+
+func (c *Connector) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // Driver returns a [*Driver] bound to this Connector; [ConnectorOf] uses it.

@@ -27,6 +27,10 @@ const (
 	opProbe    = "probe"
 )
 
+// errLostAfterSend replaces driver.ErrBadConn when the connection broke
+// after the request may have reached the server.
+var errLostAfterSend = errors.New("connection lost after the request was sent")
+
 // Outcomes fed to a node's breaker: only node faults count as failures;
 // the caller's cancellation is excluded from the counts.
 var (
@@ -144,9 +148,10 @@ func (c *Conn) runAny(ctx context.Context, op, query string, fn func(*physConn) 
 func (c *Conn) onTx(ctx context.Context, op, query string, m Mode, fn func(*physConn) error) error {
 	rec := c.c.tel.begin(ctx, op, query, m)
 	pc := c.tx.pc
+	openBefore := !pc.broken()
 	err := fn(pc)
 	if err != nil {
-		err = c.fail(ctx, op, pc, err, false)
+		err = c.fail(ctx, op, pc, err, false, mayHaveSent(openBefore, pc, err))
 	}
 	rec.end(ctx, pc.node, roleOfConn(c, pc), err)
 	return err
@@ -186,10 +191,13 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 	for attempt := 1; ; {
 		pc, err := c.physFor(ctx, r, exclude, rec)
 		var n *node
+		sentAnything := false
 		if err == nil {
+			openBefore := !pc.broken()
 			if err = fn(pc); err == nil {
 				return pc, nil
 			}
+			sentAnything = mayHaveSent(openBefore, pc, err)
 			if errors.Is(err, driver.ErrSkip) {
 				return pc, err
 			}
@@ -208,7 +216,7 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 			n = c.c.nodes[c.c.nodeIndex(ne.Node)]
 		}
 		cls := classify.Of(ctx, err)
-		notSent := pc == nil || classify.NotSent(err) // a failed dial sent nothing
+		notSent := pc == nil || !sentAnything // a failed dial sent nothing
 		lostPrimary := r == rolePrimary && c.c.mon != nil && (cls.LostPrimary() || errors.Is(err, ErrCircuitOpen))
 		if lostPrimary {
 			c.c.mon.suspectPrimary()
@@ -248,8 +256,22 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 		if pc == nil {
 			return nil, err
 		}
-		return pc, c.fail(ctx, op, pc, err, r == rolePrimary && !pc.readOnly && (op == opExec || op == opQuery))
+		return pc, c.fail(ctx, op, pc, err, r == rolePrimary && !pc.readOnly && (op == opExec || op == opQuery), sentAnything)
 	}
+}
+
+// mayHaveSent reports whether a failed call on pc may have reached the
+// server. pgx's own answer (pgconn.SafeToRetry, which pgx stdlib turns into
+// driver.ErrBadConn) cannot be taken alone: pgx v5.12 reports a connection
+// that broke while reading the reply to a simple-protocol query (every
+// COMMIT) as "conn closed", which claims to be safe to retry. So a
+// connection that was open before the call and is closed after it counts as
+// "may have sent", whatever the error says.
+func mayHaveSent(openBefore bool, pc *physConn, err error) bool {
+	if !classify.NotSent(err) {
+		return true
+	}
+	return openBefore && pc.broken()
 }
 
 // fail turns a node's error into the error the caller sees: a NodeError
@@ -257,7 +279,10 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 // and the connection broke after the statement was sent (invariant 4).
 // driver.ErrBadConn stays visible only when nothing reached the server
 // (pgx returns it only then), so database/sql retries only such statements.
-func (c *Conn) fail(ctx context.Context, op string, pc *physConn, err error, mayHaveWritten bool) error {
+//
+// sent is whether the failed call may have reached the server (see
+// mayHaveSent).
+func (c *Conn) fail(ctx context.Context, op string, pc *physConn, err error, mayHaveWritten, sent bool) error {
 	if errors.Is(err, driver.ErrSkip) {
 		return err
 	}
@@ -269,7 +294,12 @@ func (c *Conn) fail(ctx context.Context, op string, pc *physConn, err error, may
 	if broke && !pc.closed && c.phys[roleOfConn(c, pc)] == pc {
 		c.drop(roleOfConn(c, pc))
 	}
-	if mayHaveWritten && broke && !classify.NotSent(err) {
+	if sent && errors.Is(err, driver.ErrBadConn) {
+		// pgx said "bad connection" for a request that may have reached
+		// the server: database/sql must not re-run it (invariant 3).
+		err = errLostAfterSend
+	}
+	if mayHaveWritten && broke && sent {
 		c.c.counters.commitUnknown.Add(1)
 		return &NodeError{Node: pc.node.name, Op: op, Err: fmt.Errorf("%w: %w", ErrCommitUnknown, err)}
 	}

@@ -2,12 +2,19 @@ package unified_test
 
 import (
 	"context"
+	"database/sql"
+	"database/sql/driver"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/internal/faultproxy"
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
@@ -139,4 +146,354 @@ func TestSwitchover(t *testing.T) {
 	assert.Zero(t, v.readsFailed, "%v", v.readErrs)
 }
 
-var _ = context.Background
+func TestHungPrimary(t *testing.T) {
+	c := pgcluster.Need(t, cluster)
+	restoreAfter(t, c)
+	ctx := t.Context()
+	primary, err := c.Primary(ctx)
+	require.NoError(t, err)
+	const interval, timeout = 200 * time.Millisecond, 300 * time.Millisecond
+	db := openUnified(t, c, "unified_health_interval=200ms", "unified_health_timeout=300ms")
+	conn, _ := unified.ConnectorOf(db)
+	_, err = db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS hung_writes (id int)")
+	require.NoError(t, err)
+	before := runtime.NumGoroutine()
+
+	require.NoError(t, c.Hang(primary))
+	hungAt := time.Now()
+	t.Cleanup(func() { _ = c.Continue(primary) })
+
+	// Callers' deadlines are honoured while the primary hangs.
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			_, err := db.ExecContext(wctx, "INSERT INTO hung_writes VALUES (1)")
+			assert.Error(t, err)
+			assert.Less(t, time.Since(start), 500*time.Millisecond+time.Second, "the caller's deadline is honoured")
+		}()
+	}
+	// The monitor marks the hung node down within two intervals plus the
+	// probe timeout (with slack for a loaded machine).
+	waitFor(t, 5*time.Second, func() bool { return conn.Health(ctx).Nodes[primary].State == "down" }, "hung primary marked down")
+	markedDown := time.Since(hungAt)
+	wg.Wait()
+	t.Logf("hung primary marked down after %v (bound %v)", markedDown.Round(time.Millisecond), 2*interval+timeout)
+	assert.LessOrEqual(t, markedDown, 2*interval+timeout+500*time.Millisecond)
+
+	// A replica is promoted while the old primary still hangs: writes move.
+	rest := others(c, primary)
+	target := mostAdvanced(t, c, rest...)
+	promotedAt, err := c.Promote(ctx, target)
+	require.NoError(t, err)
+	for _, j := range rest {
+		if j != target {
+			require.NoError(t, c.Repoint(ctx, j, target))
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = db.ExecContext(wctx, "CREATE TABLE IF NOT EXISTS hung_after (id int)")
+	require.NoError(t, err)
+	t.Logf("first write after promotion: %v", time.Since(promotedAt).Round(time.Millisecond))
+	assert.Equal(t, c.Node(target).Port, serverPort(t, ctx, db))
+
+	// No goroutine pile-up: the timed-out writes left nothing behind.
+	waitFor(t, 5*time.Second, func() bool { return runtime.NumGoroutine() <= before+5 },
+		"goroutines to settle (before %d, now %d)", before, runtime.NumGoroutine())
+}
+
+func TestReadsMoveOffFaultyReplica(t *testing.T) {
+	c := pgcluster.Need(t, cluster)
+	ctx := t.Context()
+	primary, err := c.Primary(ctx)
+	require.NoError(t, err)
+	rest := others(c, primary)
+	faulty, healthy := rest[0], rest[1]
+	proxy, err := faultproxy.New(c.Node(faulty).Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { proxy.Close() })
+	dsn := func(params ...string) string {
+		hosts := []string{c.Node(primary).Addr(), proxy.Addr(), c.Node(healthy).Addr()}
+		return "postgres://postgres@" + strings.Join(hosts, ",") + "/postgres?sslmode=disable&" +
+			strings.Join(append([]string{"unified_health_interval=100ms", "unified_health_timeout=300ms"}, params...), "&")
+	}
+	open := func(params ...string) (*sql.DB, *unified.Connector) {
+		db, err := sql.Open("unified", dsn(params...))
+		require.NoError(t, err)
+		t.Cleanup(func() { db.Close() })
+		conn, _ := unified.ConnectorOf(db)
+		return db, conn
+	}
+
+	t.Run("blackhole", func(t *testing.T) {
+		proxy.Pass()
+		db, conn := open()
+		counts := readSpread(t, db, c, 8, 200)
+		require.Positive(t, counts[faulty], "the proxied replica serves reads before the fault: %v", counts)
+		proxy.Blackhole()
+		waitFor(t, 5*time.Second, func() bool { return conn.Health(ctx).Nodes[1].State == "down" }, "blackholed replica marked down")
+		counts = readSpread(t, db, c, 8, 400)
+		assert.Zero(t, counts[faulty], "%v", counts)
+		assert.Equal(t, 400, counts[healthy], "%v", counts)
+	})
+	t.Run("latency", func(t *testing.T) {
+		proxy.Pass()
+		proxy.SetLatency(20 * time.Millisecond)
+		db, conn := open("unified_replica_policy=least-rtt")
+		waitFor(t, 5*time.Second, func() bool {
+			h := conn.Health(ctx)
+			return h.Nodes[1].State == "up" && h.Nodes[1].RTT > 30*time.Millisecond
+		}, "the slow replica's RTT to show")
+		counts := readSpread(t, db, c, 8, 400)
+		assert.Zero(t, counts[faulty], "least-rtt avoids the slow replica: %v", counts)
+		assert.Equal(t, 400, counts[healthy], "%v", counts)
+	})
+}
+
+func TestCommitUnknownAfterCut(t *testing.T) {
+	c := pgcluster.Need(t, cluster)
+	ctx := t.Context()
+	primary, err := c.Primary(ctx)
+	require.NoError(t, err)
+	proxy, err := faultproxy.New(c.Node(primary).Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { proxy.Close() })
+	db, err := sql.Open("unified", "postgres://postgres@"+proxy.Addr()+"/postgres?sslmode=disable&unified_health_interval=100ms")
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	_, err = db.ExecContext(ctx, "DROP TABLE IF EXISTS cut_writes; CREATE TABLE cut_writes (id int)")
+	require.NoError(t, err)
+	stored := func(id int) int {
+		var n int
+		require.NoError(t, c.QueryRow(ctx, primary, "SELECT count(*) FROM cut_writes WHERE id = $1", id).Scan(&n))
+		return n
+	}
+
+	t.Run("COMMIT", func(t *testing.T) {
+		tx, err := db.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		_, err = tx.ExecContext(ctx, "INSERT INTO cut_writes VALUES (1)")
+		require.NoError(t, err)
+		cuts := proxy.Cuts()
+		proxy.CutAfterCommit()
+		err = tx.Commit()
+		require.Error(t, err, "a COMMIT whose connection broke is never reported as success")
+		assert.ErrorIs(t, err, unified.ErrCommitUnknown)
+		assert.NotErrorIs(t, err, driver.ErrBadConn)
+		assert.Equal(t, cuts+1, proxy.Cuts())
+		assert.Equal(t, 1, stored(1), "the commit in fact landed, once")
+	})
+	t.Run("autocommit write", func(t *testing.T) {
+		proxy.CutAfter(func(q string) bool { return strings.Contains(q, "INSERT INTO cut_writes VALUES (2)") })
+		_, err := db.ExecContext(ctx, "INSERT INTO cut_writes VALUES (2)")
+		require.Error(t, err)
+		assert.ErrorIs(t, err, unified.ErrCommitUnknown)
+		assert.Equal(t, 1, stored(2), "the statement ran once and was not re-sent")
+	})
+	t.Run("RunTx", func(t *testing.T) {
+		attempts := 0
+		proxy.CutAfterCommit()
+		err := unified.RunTx(ctx, db, nil, func(tx *sql.Tx) error {
+			attempts++
+			_, err := tx.ExecContext(ctx, "INSERT INTO cut_writes VALUES (3)")
+			return err
+		})
+		assert.ErrorIs(t, err, unified.ErrCommitUnknown)
+		assert.Equal(t, 1, attempts, "RunTx never re-runs after a COMMIT of unknown outcome")
+		assert.Equal(t, 1, stored(3))
+	})
+	proxy.Pass()
+	conn, _ := unified.ConnectorOf(db)
+	assert.GreaterOrEqual(t, conn.Stats().CommitUnknown, uint64(3))
+}
+
+func TestOldPrimaryOnOldTimelineIsFenced(t *testing.T) {
+	c := pgcluster.Need(t, cluster)
+	restoreAfter(t, c)
+	ctx := t.Context()
+	primary, err := c.Primary(ctx)
+	require.NoError(t, err)
+	db := openUnified(t, c, haParams...)
+	conn, _ := unified.ConnectorOf(db)
+	_, err = db.ExecContext(ctx, "DROP TABLE IF EXISTS fenced_writes; CREATE TABLE fenced_writes (id int)")
+	require.NoError(t, err)
+	require.NoError(t, c.WaitCatchUp(ctx, others(c, primary)[0], primary))
+	require.NoError(t, c.WaitCatchUp(ctx, others(c, primary)[1], primary))
+
+	target, _, _ := killAndPromote(t, c, primary)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = db.ExecContext(wctx, "INSERT INTO fenced_writes VALUES (0)")
+	require.NoError(t, err)
+
+	// The old primary comes back as it was: a second primary, on the old
+	// timeline.
+	require.NoError(t, c.Start(ctx, primary))
+	inRecovery, err := c.InRecovery(ctx, primary)
+	require.NoError(t, err)
+	require.False(t, inRecovery, "the old primary claims primary again")
+	waitFor(t, 5*time.Second, func() bool { return conn.Health(ctx).Nodes[primary].State == "fenced" }, "old primary fenced")
+	h := conn.Health(ctx)
+	assert.Equal(t, c.Node(target).Addr(), h.Primary)
+
+	for i := 1; i <= 100; i++ {
+		_, err := db.ExecContext(ctx, "INSERT INTO fenced_writes VALUES ($1)", i)
+		require.NoError(t, err)
+	}
+	var onOld, onNew int
+	require.NoError(t, c.QueryRow(ctx, primary, "SELECT count(*) FROM fenced_writes WHERE id > 0").Scan(&onOld))
+	require.NoError(t, c.QueryRow(ctx, target, "SELECT count(*) FROM fenced_writes WHERE id > 0").Scan(&onNew))
+	assert.Zero(t, onOld, "the fenced old primary receives no writes")
+	assert.Equal(t, 100, onNew)
+}
+
+func TestAllNodesDown(t *testing.T) {
+	c := pgcluster.Need(t, cluster)
+	restoreAfter(t, c)
+	ctx := t.Context()
+	primary, err := c.Primary(ctx)
+	require.NoError(t, err)
+	db := openUnified(t, c, "unified_health_interval=100ms", "unified_health_timeout=300ms",
+		"unified_failover_timeout=1s", "unified_breaker_failures=3", "unified_breaker_open=500ms")
+	conn, _ := unified.ConnectorOf(db)
+	_, err = db.ExecContext(ctx, "SELECT 1")
+	require.NoError(t, err)
+
+	require.NoError(t, c.Stop(primary, "immediate"))
+	for _, j := range others(c, primary) {
+		require.NoError(t, c.Stop(j, "immediate"))
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		for _, n := range conn.Health(ctx).Nodes {
+			if n.Breaker != "open" && n.Breaker != "half-open" {
+				return false
+			}
+		}
+		return true
+	}, "every breaker to open")
+	// Once the failover timeout has passed, errors are immediate and clear.
+	time.Sleep(time.Second)
+	for i := 0; i < 5; i++ {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		start := time.Now()
+		_, err := db.ExecContext(wctx, "SELECT 1")
+		cancel()
+		require.Error(t, err)
+		assert.ErrorIs(t, err, unified.ErrNoPrimary)
+		assert.Less(t, time.Since(start), time.Second, "fails fast: %v", err)
+		var rerr error
+		rctx, rcancel := context.WithTimeout(unified.WithMode(ctx, unified.ReadOnly), 10*time.Second)
+		rerr = db.QueryRowContext(rctx, "SELECT 1").Scan(new(int))
+		rcancel()
+		assert.Error(t, rerr)
+	}
+	h := conn.Health(ctx)
+	assert.False(t, h.Writable)
+	assert.False(t, h.Readable)
+
+	// Recovery when the nodes return.
+	require.NoError(t, c.Start(ctx, primary))
+	for _, j := range others(c, primary) {
+		require.NoError(t, c.Start(ctx, j))
+	}
+	waitFor(t, 15*time.Second, func() bool {
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := db.ExecContext(wctx, "SELECT 1")
+		return err == nil
+	}, "writes to recover")
+	waitFor(t, 15*time.Second, func() bool {
+		rctx, cancel := context.WithTimeout(unified.WithMode(ctx, unified.ReadOnly), time.Second)
+		defer cancel()
+		var inRecovery bool
+		return db.QueryRowContext(rctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery) == nil && inRecovery
+	}, "reads to recover on a replica")
+}
+
+func TestAuthFailureOnReplica(t *testing.T) {
+	c := pgcluster.Need(t, cluster)
+	restoreAfter(t, c)
+	ctx := t.Context()
+	primary, err := c.Primary(ctx)
+	require.NoError(t, err)
+	rest := others(c, primary)
+	bad, good := rest[0], rest[1]
+	require.NoError(t, c.Exec(ctx, primary, "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'unified_app') THEN CREATE ROLE unified_app LOGIN; END IF; END$$"))
+	require.NoError(t, c.WaitCatchUp(ctx, bad, primary))
+	require.NoError(t, c.WaitCatchUp(ctx, good, primary))
+	t.Cleanup(func() { _ = c.WriteHBA(context.Background(), bad, nil) })
+
+	dsn := strings.Replace(c.DSN("unified_health_interval=100ms", "unified_breaker_failures=3", "unified_breaker_open=1s"),
+		"postgres://postgres@", "postgres://unified_app@", 1)
+	db, err := sql.Open("unified", dsn)
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	conn, _ := unified.ConnectorOf(db)
+	counts := readSpread(t, db, c, 8, 200)
+	require.Positive(t, counts[bad], "%v", counts)
+
+	require.NoError(t, c.WriteHBA(ctx, bad, []string{
+		"local all all trust",
+		"host all unified_app 127.0.0.1/32 reject",
+		"host all all 127.0.0.1/32 trust",
+		"host replication all 127.0.0.1/32 trust",
+	}))
+	require.NoError(t, c.Exec(ctx, bad, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'unified_app'"))
+	waitFor(t, 5*time.Second, func() bool { return conn.Health(ctx).Nodes[bad].State == "down" }, "the replica rejecting us marked down")
+	n := conn.Health(ctx).Nodes[bad]
+	assert.Contains(t, n.LastError, "28000", "a clear error naming the auth failure")
+	assert.NotContains(t, n.LastError, "password")
+
+	// No hot loop: the breaker spaces out the attempts.
+	rejections := func() int { return strings.Count(c.LogTail(bad, 100000), "pg_hba.conf rejects connection") }
+	r0 := rejections()
+	counts = readSpread(t, db, c, 8, 400)
+	time.Sleep(2 * time.Second)
+	r1 := rejections()
+	t.Logf("rejected connection attempts in ~2s: %d", r1-r0)
+	assert.LessOrEqual(t, r1-r0, 10, "connection attempts to the rejecting node are throttled")
+	assert.Zero(t, counts[bad], "%v", counts)
+	assert.Equal(t, 400, counts[good], "%v", counts)
+}
+
+func TestRapidSwitchovers(t *testing.T) {
+	c := pgcluster.Need(t, cluster)
+	restoreAfter(t, c)
+	ctx := t.Context()
+	db := openUnified(t, c, haParams...)
+	w := newWorkload(t, db, c, "rapid_switchovers")
+	w.start(4, 2, 15*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	goroutines := runtime.NumGoroutine()
+	var last int
+	for k := 0; k < 10; k++ {
+		cur, err := c.Primary(ctx)
+		require.NoError(t, err)
+		next := (cur + 1) % c.Len()
+		require.NoError(t, c.Stop(cur, "fast"))
+		promotedAt, err := c.Promote(ctx, next)
+		require.NoError(t, err)
+		for _, j := range others(c, next) {
+			if j != cur {
+				require.NoError(t, c.Repoint(ctx, j, next))
+			}
+		}
+		waitFor(t, 15*time.Second, func() bool { return w.ackedSince(promotedAt) > 0 }, "writes after switchover %d", k+1)
+		require.NoError(t, c.Rejoin(ctx, cur, next))
+		last = next
+	}
+	time.Sleep(200 * time.Millisecond)
+	w.halt()
+	v := w.check(t, c, last, time.Time{}, time.Now())
+	t.Logf("10 switchovers: %s", v)
+	assert.Zero(t, v.lost)
+	assert.Zero(t, v.dup)
+	assert.Zero(t, v.failed, "%v", v.unflaggedErrs)
+	assert.Zero(t, v.readsFailed, "%v", v.readErrs)
+	assert.LessOrEqual(t, runtime.NumGoroutine(), goroutines+10, "goroutines stable across switchovers")
+}

@@ -133,12 +133,13 @@ func runTxOnce(ctx context.Context, db *sql.DB, opts *sql.TxOptions, fn func(*sq
 		return err
 	}
 	if err := tx.Commit(); err != nil {
-		if errors.Is(err, ErrCommitUnknown) {
-			return err
+		if _, ok := ConnectorOf(db); ok {
+			return err // unified already flagged a commit of unknown outcome
 		}
-		cls := classify.Of(ctx, err)
-		if (cls == classify.Connection || cls == classify.AdminShutdown) && !classify.NotSent(err) {
-			// A driver other than unified: the commit may have landed.
+		// Another driver: a COMMIT whose connection broke may have landed,
+		// whatever the error claims (pgx reports some post-send breaks as
+		// safe to retry).
+		if cls := classify.Of(ctx, err); cls == classify.Connection || cls == classify.AdminShutdown {
 			return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 		}
 		return err

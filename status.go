@@ -14,45 +14,47 @@ import (
 type Health struct {
 	// Primary is the name of the node writes go to; "" when there is none
 	// (during a failover, or when no node is primary).
-	Primary string `json:"primary"`
+	Primary string
 	// Writable: a primary is known and its breaker is not open.
-	Writable bool `json:"writable"`
+	Writable bool
 	// Readable: reads can be served, by an eligible replica or, with
 	// unified_read_fallback=primary, by the primary.
-	Readable bool `json:"readable"`
+	Readable bool
 	// At is when the topology was last published; Age is how old it was
 	// when Health was called.
-	At    time.Time     `json:"at"`
-	Age   time.Duration `json:"age_ns"`
-	Nodes []NodeHealth  `json:"nodes"`
+	At    time.Time
+	Age   time.Duration
+	Nodes []NodeHealth
 }
 
 // NodeHealth is one node's part of Health.
 type NodeHealth struct {
-	Name string `json:"name"` // host:port, as in the DSN
-	// Role is "primary", "replica" or "unknown" (never probed successfully).
-	Role string `json:"role"`
+	Name string // host:port, as in the DSN
+	// Role is "primary", "replica" or "unknown" (never probed
+	// successfully). A node that is down keeps the role it last had.
+	Role string
 	// State is "up", "down", "lagging" (a replica beyond the lag bounds),
 	// "fenced" (claims primary but lost the election: no writes) or
 	// "unknown" (not probed yet).
-	State string `json:"state"`
+	State string
 	// LagBytes and Lag are how far a replica is behind the primary, in WAL
 	// bytes and in time (how long ago the primary was where the replica
 	// is); 0 for the primary and when no primary is known.
-	LagBytes uint64        `json:"lag_bytes"`
-	Lag      time.Duration `json:"lag_ns"`
-	RTT      time.Duration `json:"rtt_ns"` // the last probe's round trip
-	Timeline uint32        `json:"timeline"`
+	LagBytes uint64
+	Lag      time.Duration
+	RTT      time.Duration // the last probe's round trip
+	Timeline uint32
 	// Breaker is the node's circuit breaker: "closed", "half-open" or "open".
-	Breaker string `json:"breaker"`
+	Breaker string
 	// LastError is the last probe's error (no password), "" when it
 	// succeeded.
-	LastError string    `json:"last_error,omitempty"`
-	LastSeen  time.Time `json:"last_seen"` // last successful probe
-	Since     time.Time `json:"since"`     // when State last changed
+	LastError string
+	LastSeen  time.Time // last successful probe
+	Since     time.Time // when State last changed
 }
 
-// Health returns the current topology. On a Connector that has not probed
+// Health returns the current topology. The handler of [HealthHandler]
+// serves it as JSON. On a Connector that has not probed
 // yet it starts the monitor and waits, within ctx, for every node's first
 // probe; if ctx ends first it reports what is known (possibly no nodes
 // probed, every state "unknown").
@@ -96,6 +98,10 @@ func (c *Connector) health(s *topology.Snapshot, now time.Time) Health {
 	}
 	h.Readable = pickReplica(s, PolicyRoundRobin, 0, c.breakerAllows) >= 0 ||
 		(c.cfg.ReadFallback == FallbackPrimary && h.Writable)
+	if c.isClosed() {
+		// A closed Connector serves nothing, whatever it last saw.
+		h.Writable, h.Readable = false, false
+	}
 	return h
 }
 
