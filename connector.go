@@ -60,7 +60,7 @@ type node struct {
 	// For a node connector given with WithNodeConnector, ro is rw.
 	ro driver.Connector
 	// breaker counts this node's connection-class failures (dials,
-	// statements, probes).
+	// statements, probes); a successful probe closes it.
 	breaker *breaker
 }
 
@@ -89,7 +89,7 @@ func NewConnector(cfg *Config, opts ...Option) (*Connector, error) {
 	known := make(map[string]bool)
 	for i, nc := range cfg.Nodes() {
 		known[nc.Name] = true
-		n := &node{index: i, name: nc.Name, breaker: newBreaker(cfg, nc.Name)}
+		n := &node{index: i, name: nc.Name, breaker: newBreaker(cfg, nc.Name, o.logger)}
 		if custom, ok := o.nodeConnectors[nc.Name]; ok {
 			n.rw, n.ro = custom, custom
 		} else {

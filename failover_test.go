@@ -318,7 +318,9 @@ func TestOldPrimaryOnOldTimelineIsFenced(t *testing.T) {
 	ctx := t.Context()
 	primary, err := c.Primary(ctx)
 	require.NoError(t, err)
-	db := openUnified(t, c, haParams...)
+	// A short open time: the killed node's breaker must turn half-open
+	// within the test to see it come back.
+	db := openUnified(t, c, append(haParams, "unified_breaker_open=500ms")...)
 	conn, _ := unified.ConnectorOf(db)
 	_, err = db.ExecContext(ctx, "DROP TABLE IF EXISTS fenced_writes; CREATE TABLE fenced_writes (id int)")
 	require.NoError(t, err)
@@ -444,10 +446,11 @@ func TestAuthFailureOnReplica(t *testing.T) {
 		"host replication all 127.0.0.1/32 trust",
 	}))
 	require.NoError(t, c.Exec(ctx, bad, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'unified_app'"))
-	waitFor(t, 5*time.Second, func() bool { return conn.Health(ctx).Nodes[bad].State == "down" }, "the replica rejecting us marked down")
-	n := conn.Health(ctx).Nodes[bad]
-	assert.Contains(t, n.LastError, "28000", "a clear error naming the auth failure")
-	assert.NotContains(t, n.LastError, "password")
+	waitFor(t, 5*time.Second, func() bool {
+		n := conn.Health(ctx).Nodes[bad]
+		return n.State == "down" && strings.Contains(n.LastError, "28000")
+	}, "the replica rejecting us marked down with the auth error (SQLSTATE 28000): %+v", conn.Health(ctx).Nodes[bad])
+	assert.Contains(t, conn.Health(ctx).Nodes[bad].LastError, "pg_hba.conf rejects connection", "a clear error naming the auth failure")
 
 	// No hot loop: the breaker spaces out the attempts.
 	rejections := func() int { return strings.Count(c.LogTail(bad, 100000), "pg_hba.conf rejects connection") }
@@ -485,6 +488,7 @@ func TestRapidSwitchovers(t *testing.T) {
 		}
 		waitFor(t, 15*time.Second, func() bool { return w.ackedSince(promotedAt) > 0 }, "writes after switchover %d", k+1)
 		require.NoError(t, c.Rejoin(ctx, cur, next))
+		t.Logf("switchover %d: %s -> %s, promoted at %s", k+1, c.Node(cur).Name, c.Node(next).Name, promotedAt.Format("15:04:05.000"))
 		last = next
 	}
 	time.Sleep(200 * time.Millisecond)

@@ -121,13 +121,20 @@ func (m *monitor) run() {
 		obs[i].Err = errNotProbed
 	}
 	inflight := make([]bool, n)
+	// failures and notBefore give each failing node its own backoff, so a
+	// node that keeps failing (down, rejecting our credentials) is probed
+	// ever less often, up to unified_breaker_open apart, even during a
+	// failover, while the healthy ones keep their cadence.
+	failures := make([]int, n)
+	notBefore := make([]time.Time, n)
 	pending := 0
 	var hist topology.History
 	names := m.c.nodeNames()
 
 	launch := func() {
+		now := time.Now()
 		for i := range inflight {
-			if inflight[i] {
+			if inflight[i] || now.Before(notBefore[i]) {
 				continue
 			}
 			inflight[i] = true
@@ -160,6 +167,12 @@ func (m *monitor) run() {
 			pending--
 			inflight[r.node] = false
 			obs[r.node] = r.obs
+			if r.obs.Err != nil {
+				failures[r.node]++
+				notBefore[r.node] = r.obs.At.Add(probeBackoff(m.nextInterval(), m.c.cfg.BreakerOpen, failures[r.node]))
+			} else {
+				failures[r.node], notBefore[r.node] = 0, time.Time{}
+			}
 			m.publish(names, obs, &hist)
 			if m.fast() {
 				// Re-probe this node at once during a failover: the
@@ -168,6 +181,20 @@ func (m *monitor) run() {
 			}
 		}
 	}
+}
+
+// probeBackoff is how long to wait before probing again a node whose last
+// `failures` probes failed: base, doubling per failure after the first two,
+// capped at limit (and never below base).
+func probeBackoff(base, limit time.Duration, failures int) time.Duration {
+	if failures <= 2 {
+		return 0
+	}
+	d := base
+	for i := 2; i < failures && d < limit; i++ {
+		d *= 2
+	}
+	return max(min(d, limit), base)
 }
 
 func (m *monitor) nextInterval() time.Duration {
@@ -184,18 +211,14 @@ func (m *monitor) probe(i int) {
 	defer cancel()
 	n := m.c.nodes[i]
 	o := topology.Observation{}
-	done, err := n.breaker.allow(n.name)
-	if err != nil {
-		// Open breaker: no probe (no hot loop against a failing node)
-		// until it turns half-open.
-		o.At, o.Err = time.Now(), err
-		m.results <- probeResult{node: i, obs: o}
-		return
-	}
 	res, rtt, err := m.probeOnce(ctx, i)
 	// Classify against the monitor's context, not the probe's: a probe
 	// timeout is the node's fault, not a cancellation.
-	done(m.ctx, err)
+	if err != nil {
+		n.breaker.record(m.ctx, err)
+	} else {
+		n.breaker.healthy()
+	}
 	o.At = time.Now()
 	if err != nil {
 		o.Err = &NodeError{Node: n.name, Op: opProbe, Err: err}

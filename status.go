@@ -75,7 +75,7 @@ func (c *Connector) health(s *topology.Snapshot, now time.Time) Health {
 	h := Health{}
 	if s == nil {
 		for _, n := range c.nodes {
-			h.Nodes = append(h.Nodes, NodeHealth{Name: n.name, Role: "unknown", State: "unknown", Breaker: breakerName(n.breaker.cb.State())})
+			h.Nodes = append(h.Nodes, NodeHealth{Name: n.name, Role: "unknown", State: "unknown", Breaker: breakerName(n.breaker.state())})
 		}
 		return h
 	}
@@ -84,7 +84,7 @@ func (c *Connector) health(s *topology.Snapshot, now time.Time) Health {
 		nh := NodeHealth{
 			Name: n.Name, Role: n.Role.String(), State: n.State.String(),
 			LagBytes: n.LagBytes, Lag: n.Lag, RTT: n.RTT, Timeline: n.Timeline,
-			Breaker:  breakerName(c.nodes[i].breaker.cb.State()),
+			Breaker:  breakerName(c.nodes[i].breaker.state()),
 			LastSeen: n.LastSeen, Since: n.Since,
 		}
 		if n.LastErr != nil {

@@ -98,6 +98,8 @@ func (w *workload) start(writers, readers int, writeTimeout time.Duration) {
 				r := readResult{at: time.Now(), node: -1, err: err}
 				if err == nil {
 					r.node = w.ports[port]
+				} else if conn, ok := unified.ConnectorOf(w.db); ok {
+					r.err = fmt.Errorf("%w (at %s, topology then: %s)", err, r.at.Format("15:04:05.000"), describeHealth(conn.Stats().Health))
 				}
 				w.mu.Lock()
 				w.reads = append(w.reads, r)
@@ -215,4 +217,13 @@ func (w *workload) check(t *testing.T, c *pgcluster.Cluster, i int, readsFrom, r
 func (v verdict) String() string {
 	return fmt.Sprintf("acked=%d unknown=%d (stored %d) failed=%d (stored %d) lost=%d dup=%d reads ok=%d failed=%d by node=%v",
 		v.acked, v.unknown, v.unknownStored, v.failed, v.unflaggedStored, v.lost, v.dup, v.readsOK, v.readsFailed, v.readsByNode)
+}
+
+// describeHealth is a one-line view of the topology, for failure messages.
+func describeHealth(h unified.Health) string {
+	s := fmt.Sprintf("primary=%q age=%v", h.Primary, h.Age.Round(time.Millisecond))
+	for _, n := range h.Nodes {
+		s += fmt.Sprintf(" [%s %s %s breaker=%s lag=%v/%dB err=%q]", n.Name, n.Role, n.State, n.Breaker, n.Lag, n.LagBytes, n.LastError)
+	}
+	return s
 }
