@@ -25,6 +25,37 @@
 // statement instead of checking once per connection. Instead of a DSN,
 // sql.Open accepts the name of a configuration stored with [Register].
 //
+// # Modes
+//
+// A statement's mode is read from its context ([WithMode], [ModeFrom]); a
+// context without one runs in [Config.DefaultMode]. Inside a transaction
+// every statement runs on the transaction's connection, whatever its own
+// context says.
+//
+//   - [ReadWrite] (the default): the primary, exactly as pgx stdlib. Retried
+//     only when nothing reached the server. During a failover it waits for
+//     the new primary within its context deadline.
+//   - [ReadOnly]: an eligible replica (up, breaker closed, within
+//     unified_max_replica_lag and unified_max_replica_lag_bytes), chosen by
+//     unified_replica_policy when the logical connection opens its read
+//     connection, and kept while it stays eligible. With no eligible replica
+//     it runs on the primary (unified_read_fallback=primary) or fails with
+//     [ErrNoReplica] (=error). Read connections are opened with
+//     default_transaction_read_only=on, so a write sent in this mode fails
+//     with the server's SQLSTATE 25006 and never silently runs on the
+//     primary. A read that loses its connection outside a transaction is
+//     re-run on another node. BeginTx with sql.TxOptions{ReadOnly: true}
+//     or a ReadOnly context begins the transaction on a replica.
+//   - [Batch]: the primary, admitted through a bulkhead of
+//     unified_max_batch_conns statements (or transactions) at once, waiting
+//     within the context for a slot, so bulk work cannot take every
+//     connection. Not retried.
+//   - [Transactional]: the primary, inside a transaction only: a statement
+//     outside one fails with [ErrNotInTransaction]. [RunTx] runs a function
+//     in a transaction and re-runs it when PostgreSQL rolled it back
+//     (serialization failure, deadlock, connection lost before COMMIT),
+//     never after a COMMIT of unknown outcome.
+//
 // # Connections
 //
 // database/sql pools logical connections ([Conn]). A logical connection
@@ -69,6 +100,21 @@
 // password) and the operation. Each node has a circuit breaker that counts
 // only connection-class failures; an open breaker fails fast with
 // [ErrCircuitOpen].
+//
+// # Health and observability
+//
+// [Connector.Health] and [Connector.Stats] report every node's role, state
+// (up, down, lagging, fenced), lag in bytes and time, RTT, timeline, breaker
+// state and last error; [HealthHandler] serves them as JSON for load
+// balancers and Kubernetes probes. Fencing: when two nodes claim to be
+// primary, the one on the higher timeline (then the higher WAL position)
+// wins and the other gets no writes until it reports being a replica.
+//
+// # Testing code that uses unified
+//
+// Package unifiedtest builds a unified *sql.DB over go-sqlmock nodes with
+// fixed roles ([WithStaticPrimary], [WithNodeConnector]), so a test can
+// assert that a read went to a replica and a write to the primary.
 //
 // # Concurrency
 //

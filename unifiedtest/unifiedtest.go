@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
-	"testing"
 
 	"github.com/DATA-DOG/go-sqlmock"
 
@@ -86,13 +85,21 @@ func (m *Mocks) ExpectationsWereMet() error {
 	return errors.Join(errs...)
 }
 
+// T is the part of testing.TB that New uses; *testing.T and *testing.B
+// satisfy it.
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // dsnSeq makes every mock DSN of the process unique.
 var dsnSeq atomic.Uint64
 
 // New returns a unified DB over a mocked primary and replicas, closed at the
 // end of the test, and the mocks. The primary's node is named
 // "primary:5432", replica i's "replica<i>:5432" (they show in NodeError).
-func New(t testing.TB, opts ...Option) (*sql.DB, *Mocks) {
+func New(t T, opts ...Option) (*sql.DB, *Mocks) {
 	t.Helper()
 	s := settings{replicas: 2, matcher: sqlmock.QueryMatcherRegexp}
 	for _, o := range opts {
