@@ -33,7 +33,8 @@ func withDefault(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // connConfig is the pgx configuration for user on node n: nothing from the
-// environment can add fallbacks, TLS or session checks.
+// environment ($PGOPTIONS, $PGTARGETSESSIONATTRS, ...) can add options,
+// fallbacks, TLS or session checks.
 func connConfig(n *Node, user string) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(n.DSN())
 	if err != nil {
@@ -45,7 +46,8 @@ func connConfig(n *Node, user string) (*pgx.ConnConfig, error) {
 	cfg.Fallbacks = nil
 	cfg.ValidateConnect = nil
 	cfg.ConnectTimeout = connectTimeout
-	cfg.RuntimeParams["application_name"] = "pgcluster"
+	cfg.RuntimeParams = map[string]string{"application_name": "pgcluster"} // no $PGOPTIONS
+	cfg.Tracer = nil
 	// Single-use connections: no prepared statements to cache.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeDescribeExec
 	return cfg, nil
@@ -189,6 +191,7 @@ func (c *Cluster) waitReady(ctx context.Context, n *Node, since int64) error {
 		return err
 	}
 	cfg.Fallbacks, cfg.TLSConfig, cfg.ValidateConnect, cfg.Password = nil, nil, nil, ""
+	cfg.RuntimeParams = map[string]string{"application_name": "pgcluster"}
 	cfg.ConnectTimeout = 2 * time.Second
 	var last error
 	for {
@@ -454,7 +457,8 @@ func (c *Cluster) Kill(i int) error {
 	return nil
 }
 
-// Hang stops node i's whole process group with SIGSTOP: TCP connections
+// Hang stops node i with SIGSTOP, the postmaster and every child process
+// (backends call setsid, so this is not one process group): TCP connections
 // are still accepted by the kernel, nothing answers. Continue undoes it.
 func (c *Cluster) Hang(i int) error {
 	n, err := c.node(i)
@@ -465,7 +469,8 @@ func (c *Cluster) Hang(i int) error {
 	return err
 }
 
-// Continue resumes node i after Hang (SIGCONT to its process group).
+// Continue resumes node i after Hang (SIGCONT to the postmaster and every
+// child process).
 func (c *Cluster) Continue(i int) error {
 	n, err := c.node(i)
 	if err != nil {

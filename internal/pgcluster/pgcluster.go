@@ -5,11 +5,17 @@
 // replication and pg_hba.conf changes.
 //
 // The nodes run from the local server binaries (see FindBinDir) on free
-// loopback ports in a temporary directory. When the test runs as root the
-// server processes run as the "postgres" user. Every postmaster is started
-// directly (not through pg_ctl) in its own process group and dies with the
-// test process (Pdeathsig), so a crashed test leaves nothing behind; Close
-// stops everything and removes the directory.
+// loopback ports in a temporary directory (on /dev/shm when possible, see
+// Options.TempDir) holding each node's data directory and server log
+// (nodeN.log). When the test runs as root the server processes run as the
+// "postgres" user. Every postmaster is started directly (not through
+// pg_ctl) in its own process group and dies with the test process
+// (Pdeathsig), so a crashed test leaves no server behind. Close stops
+// everything and removes the directory; the next Start removes directories
+// whose owning process died without Close. Shared memory does not leak
+// either: dynamic shared memory lives in the data directory, and the System
+// V segment a SIGKILLed postmaster leaves is removed when its node is
+// closed or rebuilt.
 //
 // Node 0 is created by initdb and starts as the primary; nodes 1..N are
 // pg_basebackup copies streaming from it, with application_name "nodeN".
@@ -194,7 +200,16 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		c.uid, c.gid = uid, gid
-		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true}
+		// Its own supplementary groups, not root's.
+		var groups []uint32
+		if ids, err := u.GroupIds(); err == nil {
+			for _, id := range ids {
+				if g, err := strconv.Atoi(id); err == nil {
+					groups = append(groups, uint32(g))
+				}
+			}
+		}
+		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}
 	}
 	if opts.TempDir == "" {
 		opts.TempDir = defaultTempDir()
@@ -217,6 +232,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}()
 	if err := os.Chmod(base, 0o755); err != nil {
 		return nil, fmt.Errorf("pgcluster: %w", err)
+	}
+	if c.cred != nil {
+		if err := searchable(filepath.Dir(base)); err != nil {
+			return nil, err
+		}
 	}
 	ports, err := freePorts(opts.Replicas + 1)
 	if err != nil {
@@ -308,7 +328,28 @@ func sweepStale(tmp, self string, logf func(string, ...any)) {
 			continue // cannot tell
 		}
 		logf("pgcluster: removing %s, left by dead process %d", d, pid)
+		nodes, _ := filepath.Glob(filepath.Join(d, "node*"))
+		for _, dir := range nodes {
+			removeShm(dir)
+		}
 		_ = os.RemoveAll(d)
+	}
+}
+
+// searchable checks that the server user can reach dir: dir and its
+// parents must be searchable by others (a t.TempDir() is not: it is 0700).
+func searchable(dir string) error {
+	for d := dir; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("pgcluster: %w", err)
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("pgcluster: %s (mode %v) is not searchable by the postgres user; use a TempDir whose parents are world-searchable (0755)", d, st.Mode().Perm())
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
 	}
 }
 
@@ -346,6 +387,7 @@ func freePorts(n int) ([]int, error) {
 // mkDataDir (re)creates n's empty data directory, mode 0700, owned by the
 // server user.
 func (c *Cluster) mkDataDir(n *Node) error {
+	removeShm(n.DataDir)
 	if err := os.RemoveAll(n.DataDir); err != nil {
 		return fmt.Errorf("pgcluster: %w", err)
 	}
@@ -396,6 +438,11 @@ var baseConf = []string{
 	"shared_buffers = '32MB'",
 	"logging_collector = off",
 	"log_min_messages = warning",
+	// Dynamic shared memory in files under the data directory (pg_dynshmem),
+	// not /dev/shm/PostgreSQL.*: an immediate shutdown or a crash leaves
+	// the segments behind, and only a restart on the same data directory
+	// would remove them.
+	"dynamic_shared_memory_type = mmap",
 }
 
 // DefaultHBA is the pg_hba.conf of every node: trust for local and
@@ -557,6 +604,7 @@ func (c *Cluster) Close() error {
 				}
 			}
 			errs[k] = reapGroup(context.Background(), t.pgid, time.Second)
+			removeShm(t.n.DataDir)
 		})
 	}
 	wg.Wait()

@@ -32,6 +32,10 @@ func TestMain(m *testing.M) {
 	if cluster != nil {
 		// Close (done by Main) must leave no process of the cluster behind.
 		for _, n := range cluster.nodes {
+			if n.proc != nil && syscall.Kill(n.proc.pid, 0) != syscall.ESRCH {
+				fmt.Fprintf(os.Stderr, "pgcluster: %s: postmaster %d alive after Close\n", n.Name, n.proc.pid)
+				code = 1
+			}
 			if n.pgid != 0 && len(groupMembers(n.pgid)) > 0 {
 				fmt.Fprintf(os.Stderr, "pgcluster: %s: processes left after Close: %v\n", n.Name, groupMembers(n.pgid))
 				code = 1
@@ -188,13 +192,22 @@ func TestHangContinue(t *testing.T) {
 	c := Need(t, cluster)
 	restoreAfter(t, c)
 	ctx := ctxT(t, 30*time.Second)
+	// A session opened before the hang must hang too: backends are not in
+	// the postmaster's process group.
+	before, err := c.Connect(ctx, 1)
+	require.NoError(t, err)
+	defer before.Close(context.Background())
 	require.NoError(t, c.Hang(1))
 	assert.True(t, c.Hung(1))
+	ectx, ecancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = before.Exec(ectx, "SELECT 1")
+	ecancel()
+	require.Error(t, err, "an existing session does not answer while the node hangs")
 
 	qctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	start := time.Now()
 	var one int
-	err := c.QueryRow(qctx, 1, "SELECT 1").Scan(&one)
+	err = c.QueryRow(qctx, 1, "SELECT 1").Scan(&one)
 	cancel()
 	took := time.Since(start)
 	require.Error(t, err)
@@ -419,6 +432,14 @@ func TestStartFailure(t *testing.T) {
 	assert.Contains(t, err.Error(), "no_such_setting")
 	left, _ := filepath.Glob(filepath.Join(tmp, "pgcluster-*"))
 	assert.Empty(t, left)
+
+	if os.Geteuid() == 0 {
+		// As root, a TempDir the postgres user cannot reach is refused
+		// with a clear error.
+		_, err := Start(ctxT(t, 30*time.Second), Options{BinDir: c0.bin, TempDir: t.TempDir()})
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "not searchable")
+	}
 }
 
 // checkInitialShape: node 0 primary, both replicas streaming from it and
@@ -466,9 +487,18 @@ func TestCloseLeavesNothing(t *testing.T) {
 	conn, err := c.Connect(ctx, 0)
 	require.NoError(t, err)
 	defer conn.Close(context.Background())
+	var dsm string
+	require.NoError(t, c.QueryRow(ctx, 0, "SHOW dynamic_shared_memory_type").Scan(&dsm))
+	assert.Equal(t, "mmap", dsm, "DSM segments in /dev/shm would outlive a crash")
+	pidFile, err := os.ReadFile(filepath.Join(c.Node(0).DataDir, "postmaster.pid"))
+	require.NoError(t, err)
+	var shmKey int64
+	_, err = fmt.Sscan(strings.Split(string(pidFile), "\n")[6], &shmKey)
+	require.NoError(t, err)
 	require.NoError(t, c.Kill(0))
 	require.NoError(t, c.Hang(1))
 	base := c.BaseDir()
+	assert.True(t, shmExists(shmKey), "a killed postmaster leaves its SysV segment")
 
 	require.NoError(t, c.Close())
 	require.NoError(t, c.Close(), "second Close")
@@ -477,7 +507,20 @@ func TestCloseLeavesNothing(t *testing.T) {
 		assert.Empty(t, groupMembers(pid), "processes of group %d survived Close", pid)
 	}
 	assert.NoDirExists(t, base)
+	assert.False(t, shmExists(shmKey), "Close left the killed node's SysV segment")
 	assert.ErrorIs(t, c.Start(ctx, 0), errClosed)
+}
+
+func TestNeed(t *testing.T) {
+	var ran bool
+	t.Run("nil", func(t *testing.T) {
+		Need(t, nil)
+		ran = true
+	})
+	assert.False(t, ran, "Need(nil) did not skip")
+	if cluster != nil {
+		assert.Same(t, cluster, Need(t, cluster))
+	}
 }
 
 func TestFindBinDir(t *testing.T) {

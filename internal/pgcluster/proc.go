@@ -277,6 +277,16 @@ func (c *Cluster) signalNode(n *Node, sig syscall.Signal, group bool) (*proc, er
 	if err := syscall.Kill(pid, sig); err != nil {
 		return nil, fmt.Errorf("pgcluster: signal %v to %s: %w", sig, n.Name, err)
 	}
+	if group {
+		// PostgreSQL's children (backends, walsenders, background
+		// processes) each call setsid(): they are not in the
+		// postmaster's process group, so signal them one by one. The
+		// postmaster was signalled first, so it forks no new ones
+		// after a SIGSTOP.
+		for _, child := range childrenOf(p.pid) {
+			_ = syscall.Kill(child, sig)
+		}
+	}
 	switch sig {
 	case syscall.SIGSTOP:
 		n.hung = true
@@ -345,4 +355,75 @@ func (n *Node) logSince(off int64) string {
 	return string(b[:nr])
 }
 
+// removeShm removes the System V shared memory segment named in the
+// postmaster.pid of dataDir. A postmaster removes it (and the file) when it
+// exits, even on SIGQUIT, but not when it is SIGKILLed; a restart on the
+// same directory would, a deleted or rebuilt directory never does, and
+// each leak uses up one of the system's SHMMNI segments. Call it only when
+// the node's processes are gone. The segment is removed only if its key
+// still maps to the recorded id.
+func removeShm(dataDir string) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 7 {
+		return
+	}
+	f := strings.Fields(lines[6]) // LOCK_FILE_LINE_SHMEM_KEY: "key id"
+	if len(f) != 2 {
+		return
+	}
+	key, err1 := strconv.ParseInt(f[0], 10, 32)
+	id, err2 := strconv.ParseInt(f[1], 10, 32)
+	if err1 != nil || err2 != nil || key <= 0 || id < 0 {
+		return
+	}
+	got, _, errno := syscall.RawSyscall(syscall.SYS_SHMGET, uintptr(key), 0, 0)
+	if errno != 0 || int64(got) != id {
+		return
+	}
+	const ipcRMID = 0
+	_, _, _ = syscall.RawSyscall(syscall.SYS_SHMCTL, uintptr(id), ipcRMID, 0)
+}
+
+// shmExists reports whether a System V segment with key exists.
+func shmExists(key int64) bool {
+	_, _, errno := syscall.RawSyscall(syscall.SYS_SHMGET, uintptr(key), 0, 0)
+	return errno == 0
+}
+
 var errClosed = errors.New("pgcluster: cluster is closed")
+
+// childrenOf lists the live processes whose parent is ppid (from /proc; none
+// without it).
+func childrenOf(ppid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 2 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		if pp, _ := strconv.Atoi(f[1]); pp == ppid {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

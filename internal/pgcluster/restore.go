@@ -31,9 +31,21 @@ func (c *Cluster) Restore(ctx context.Context) error {
 			}
 		}
 		if !c.Running(i) {
-			if err := c.Start(ctx, i); err != nil {
+			// A standby that cannot reach a consistent state (its WAL
+			// source lacks what it needs) would never accept connections.
+			since := c.nodes[i].logSize()
+			sctx, scancel := context.WithTimeout(ctx, 15*time.Second)
+			err := c.startProcess(sctx, c.nodes[i])
+			if err == nil {
+				err = c.waitReady(sctx, c.nodes[i], since)
+			}
+			scancel()
+			if err != nil {
 				c.logf("pgcluster: restore: %v", err)
 				broken[i] = true
+				if err := c.StopContext(ctx, i, "immediate"); err != nil {
+					return err
+				}
 				continue
 			}
 		}
@@ -155,7 +167,10 @@ func (c *Cluster) Restore(ctx context.Context) error {
 	}
 	for j := 1; j < N; j++ {
 		if err := c.waitStreaming(ctx, j, 0, c.nodes[j].logSize()); err != nil {
-			return fmt.Errorf("pgcluster: restore: %w", err)
+			c.logf("pgcluster: restore: %v; rejoining", err)
+			if err := c.Rejoin(ctx, j, 0); err != nil {
+				return fmt.Errorf("pgcluster: restore: %w", err)
+			}
 		}
 	}
 	c.logf("pgcluster: restored in %v", time.Since(t0).Round(time.Millisecond))
@@ -163,19 +178,23 @@ func (c *Cluster) Restore(ctx context.Context) error {
 }
 
 // ensureStandby makes node j a standby streaming from node p: nothing to do
-// if it already is, Repoint if it is a running standby (3 s to stream up to
-// p's current position), Rejoin otherwise.
+// if it already is one (it must stream p's new WAL within 3 s: a standby
+// that cannot follow p also shows "streaming" for a moment on each retry),
+// Repoint if it is a running standby of another node (3 s), Rejoin
+// otherwise or when that fails.
 func (c *Cluster) ensureStandby(ctx context.Context, j, p int) error {
 	if c.Running(j) && !c.Hung(j) {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		rec, err := c.InRecovery(qctx, j)
 		cancel()
 		if err == nil && rec {
-			if ok, _ := c.Streaming(ctx, j, p); ok {
-				return nil
-			}
+			since := c.nodes[j].logSize()
 			rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			err := c.Repoint(rctx, j, p)
+			if ok, _ := c.Streaming(rctx, j, p); ok {
+				err = c.waitStreaming(rctx, j, p, since)
+			} else {
+				err = c.Repoint(rctx, j, p)
+			}
 			cancel()
 			if err == nil {
 				return nil
