@@ -2,44 +2,774 @@ package unified
 
 import (
 	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/unifiedsql/unified/internal/classify"
+	"github.com/unifiedsql/unified/internal/topology"
 )
 
-// telemetry records metrics and traces. STUB: the OpenTelemetry
-// implementation replaces this file; the call sites and signatures below
-// are the contract.
-type telemetry struct{}
+// instrumentationName names the meter and the tracer.
+const instrumentationName = "github.com/unifiedsql/unified"
 
-func newTelemetry(c *Connector, o options) (*telemetry, error) { return &telemetry{}, nil }
+// Bounds of the telemetry caches. Operation names come from user SQL, so
+// their number is capped; the attribute-set cache is bounded so that a
+// stream of distinct SQLSTATEs cannot grow it without limit (beyond it the
+// attribute set is built per operation, which allocates).
+const (
+	maxOperationNames = 64   // distinct first words beyond the PostgreSQL commands
+	maxKeywordLen     = 16   // longer first words are not commands: "_OTHER"
+	maxOpSets         = 1024 // cached attribute sets of db.client.operation.duration
+)
+
+// otherValue is the semantic conventions' value for "none of the known
+// ones" (error.type, and db.operation.name beyond the cap).
+const otherValue = "_OTHER"
+
+// Attribute keys of the project's own attributes.
+const (
+	keyMode        = attribute.Key("unified.mode")
+	keyRole        = attribute.Key("unified.role")
+	keyNode        = attribute.Key("unified.node")
+	keyRetryReason = attribute.Key("unified.retry.reason")
+	keyWaitSeconds = attribute.Key("unified.failover_wait.duration")
+)
+
+// Bucket boundaries in seconds: the semantic conventions' advice for
+// db.client.operation.duration, and a range for failovers (detection takes
+// a probe interval or a statement error, promotion seconds).
+var (
+	operationBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10}
+	failoverBuckets  = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+)
+
+// telemetry records the driver's metrics and, when a TracerProvider is set,
+// its spans. It is safe for concurrent use. When the MeterProvider records
+// nothing (the global provider before the application installs an SDK, or
+// a no-op provider) and tracing is off, an operation costs one
+// Enabled check and allocates nothing.
+type telemetry struct {
+	c *Connector
+
+	duration      metric.Float64Histogram // db.client.operation.duration
+	retries       metric.Int64Counter
+	fallbacks     metric.Int64Counter
+	commitUnknown metric.Int64Counter
+	failovers     metric.Int64Counter
+	failoverTime  metric.Float64Histogram
+
+	conns    metric.Int64ObservableUpDownCounter // db.client.connection.count
+	nodeUp   metric.Int64ObservableGauge
+	nodeRole metric.Int64ObservableGauge
+	lag      metric.Float64ObservableGauge
+	lagBytes metric.Int64ObservableGauge
+	rtt      metric.Float64ObservableGauge
+	breaker  metric.Int64ObservableGauge
+	reg      metric.Registration
+
+	tracer   trace.Tracer // nil: tracing off
+	traceSQL bool
+
+	common    []attribute.KeyValue // db.system.name, db.namespace
+	nodes     []nodeTelemetry      // by node index
+	retryOpts map[string][]metric.AddOption
+	names     operationNames
+	opSets    opSetCache
+	closeOnce sync.Once
+	roleAttrs [2][]attribute.KeyValue // unified.role, by role
+}
+
+// nodeTelemetry is one node's attributes and physical connection counts.
+type nodeTelemetry struct {
+	attrs   []attribute.KeyValue // server.address, server.port, unified.node
+	observe metric.ObserveOption
+	add     []metric.AddOption
+	// conn[primary][used] are db.client.connection.count's options: the
+	// node's role at collection time (1: primary) and the state (1: used).
+	conn [2][2]metric.ObserveOption
+
+	open atomic.Int64 // physical connections open (probe connections excluded)
+	used atomic.Int64 // of which a statement or transaction is running on
+}
+
+func newTelemetry(c *Connector, o options) (*telemetry, error) {
+	t := &telemetry{c: c, traceSQL: o.traceSQL}
+	t.common = []attribute.KeyValue{semconv.DBSystemNamePostgreSQL}
+	cfgNodes := c.cfg.Nodes()
+	if len(cfgNodes) > 0 && cfgNodes[0].ConnConfig != nil && cfgNodes[0].ConnConfig.Database != "" {
+		t.common = append(t.common, semconv.DBNamespaceKey.String(cfgNodes[0].ConnConfig.Database))
+	}
+	for r, name := range [...]string{rolePrimary: "primary", roleReader: "replica"} {
+		t.roleAttrs[r] = []attribute.KeyValue{keyRole.String(name)}
+	}
+
+	t.nodes = make([]nodeTelemetry, len(c.nodes))
+	for i, n := range c.nodes {
+		host, port := splitNodeName(n.name)
+		if i < len(cfgNodes) && cfgNodes[i].Name == n.name && cfgNodes[i].ConnConfig != nil {
+			host, port = cfgNodes[i].ConnConfig.Host, int(cfgNodes[i].ConnConfig.Port)
+		}
+		nt := &t.nodes[i]
+		nt.attrs = []attribute.KeyValue{
+			semconv.ServerAddressKey.String(host),
+			semconv.ServerPortKey.Int(port),
+			keyNode.String(n.name),
+		}
+		set := attribute.NewSet(nt.attrs...)
+		nt.observe = metric.WithAttributeSet(set)
+		nt.add = []metric.AddOption{metric.WithAttributeSet(set)}
+		for p, role := range [...]string{"replica", "primary"} {
+			for u, state := range [...]attribute.KeyValue{semconv.DBClientConnectionStateIdle, semconv.DBClientConnectionStateUsed} {
+				kv := append(append([]attribute.KeyValue{}, nt.attrs...),
+					semconv.DBClientConnectionPoolNameKey.String(n.name), state, keyRole.String(role))
+				nt.conn[p][u] = metric.WithAttributeSet(attribute.NewSet(kv...))
+			}
+		}
+	}
+	t.retryOpts = make(map[string][]metric.AddOption)
+	for _, reason := range []string{"not_sent", "read_failover", "failover"} {
+		t.retryOpts[reason] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(keyRetryReason.String(reason)))}
+	}
+
+	if o.tracerProvider != nil {
+		t.tracer = o.tracerProvider.Tracer(instrumentationName, trace.WithSchemaURL(semconv.SchemaURL))
+	}
+	mp := o.meterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	if err := t.instruments(mp.Meter(instrumentationName, metric.WithSchemaURL(semconv.SchemaURL))); err != nil {
+		return nil, fmt.Errorf("unified: telemetry: %w", err)
+	}
+	return t, nil
+}
+
+// instruments creates the instruments and registers the one callback that
+// observes the asynchronous ones.
+func (t *telemetry) instruments(m metric.Meter) error {
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var err error
+	t.duration, err = m.Float64Histogram("db.client.operation.duration",
+		metric.WithUnit("s"), metric.WithDescription("Duration of database client operations."),
+		metric.WithExplicitBucketBoundaries(operationBuckets...))
+	check(err)
+	t.retries, err = m.Int64Counter("unified.retry.count", metric.WithUnit("{retry}"),
+		metric.WithDescription("Operations re-sent after a failure that provably did not reach the server, reads re-run on another node, and writes that waited for a new primary."))
+	check(err)
+	t.fallbacks, err = m.Int64Counter("unified.read.fallback", metric.WithUnit("{operation}"),
+		metric.WithDescription("Read-only operations served by the primary because no replica was eligible."))
+	check(err)
+	t.commitUnknown, err = m.Int64Counter("unified.commit_unknown.count", metric.WithUnit("{operation}"),
+		metric.WithDescription("Operations that returned ErrCommitUnknown: the connection broke after a COMMIT or an autocommit write was sent."))
+	check(err)
+	t.failovers, err = m.Int64Counter("unified.failover.count", metric.WithUnit("{failover}"),
+		metric.WithDescription("Primary changes: a new node became the primary after the previous one was lost."))
+	check(err)
+	t.failoverTime, err = m.Float64Histogram("unified.failover.duration", metric.WithUnit("s"),
+		metric.WithDescription("Time from the loss of the primary to the new primary being in use."),
+		metric.WithExplicitBucketBoundaries(failoverBuckets...))
+	check(err)
+
+	t.conns, err = m.Int64ObservableUpDownCounter("db.client.connection.count", metric.WithUnit("{connection}"),
+		metric.WithDescription("Physical connections per node, by state: used while a statement or transaction runs on it."))
+	check(err)
+	t.nodeUp, err = m.Int64ObservableGauge("unified.node.up", metric.WithUnit("1"),
+		metric.WithDescription("1 when the node's last health probe succeeded, else 0."))
+	check(err)
+	t.nodeRole, err = m.Int64ObservableGauge("unified.node.role", metric.WithUnit("1"),
+		metric.WithDescription("The node's role: 1 primary (writes go there), 2 replica, 3 fenced (claims primary, gets no writes), 0 unknown."))
+	check(err)
+	t.lag, err = m.Float64ObservableGauge("unified.replica.lag", metric.WithUnit("s"),
+		metric.WithDescription("How long ago the primary was at the replica's replay position."))
+	check(err)
+	t.lagBytes, err = m.Int64ObservableGauge("unified.replica.lag_bytes", metric.WithUnit("By"),
+		metric.WithDescription("WAL bytes between the primary's position and the replica's replay position."))
+	check(err)
+	t.rtt, err = m.Float64ObservableGauge("unified.node.rtt", metric.WithUnit("s"),
+		metric.WithDescription("Round-trip time of the node's last successful health probe."))
+	check(err)
+	t.breaker, err = m.Int64ObservableGauge("unified.breaker.state", metric.WithUnit("1"),
+		metric.WithDescription("The node's circuit breaker: 0 closed, 1 half-open, 2 open."))
+	check(err)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	t.reg, err = m.RegisterCallback(t.observe, t.conns, t.nodeUp, t.nodeRole, t.lag, t.lagBytes, t.rtt, t.breaker)
+	return err
+}
+
+// observe reports the asynchronous instruments from the current topology
+// snapshot and the breakers. It runs on the metric reader's goroutine.
+func (t *telemetry) observe(_ context.Context, o metric.Observer) error {
+	s := t.c.snapshot()
+	for i, n := range t.c.nodes {
+		nt := &t.nodes[i]
+		var tn *topology.Node
+		if s != nil && i < len(s.Nodes) {
+			tn = &s.Nodes[i]
+		}
+		reachable := tn != nil && tn.State != topology.StateDown && tn.State != topology.StateUnknown
+		primary := s != nil && s.Primary == i
+
+		o.ObserveInt64(t.nodeUp, b2i(reachable), nt.observe)
+		o.ObserveInt64(t.nodeRole, nodeRoleValue(tn, primary), nt.observe)
+		o.ObserveInt64(t.breaker, breakerValue(n.breaker.state()), nt.observe)
+		if reachable {
+			o.ObserveFloat64(t.rtt, tn.RTT.Seconds(), nt.observe)
+			if tn.Role == topology.RoleReplica {
+				o.ObserveFloat64(t.lag, tn.Lag.Seconds(), nt.observe)
+				o.ObserveInt64(t.lagBytes, int64(min(tn.LagBytes, 1<<63-1)), nt.observe)
+			}
+		}
+		open, used := nt.open.Load(), nt.used.Load()
+		used = min(max(used, 0), max(open, 0)) // the two loads are not one snapshot
+		p := b2i(primary)
+		o.ObserveInt64(t.conns, used, nt.conn[p][1])
+		o.ObserveInt64(t.conns, max(open, 0)-used, nt.conn[p][0])
+	}
+	return nil
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func nodeRoleValue(n *topology.Node, primary bool) int64 {
+	switch {
+	case primary:
+		return 1
+	case n == nil:
+		return 0
+	case n.State == topology.StateFenced:
+		return 3 // claims primary but lost the election
+	case n.Role == topology.RoleReplica:
+		return 2
+	}
+	return 0 // never probed, or a lost primary that has not answered since
+}
+
+func breakerValue(s gobreaker.State) int64 {
+	switch s {
+	case gobreaker.StateClosed:
+		return 0
+	case gobreaker.StateHalfOpen:
+		return 1
+	}
+	return 2
+}
+
+// splitNodeName splits a node name ("host:port", "[::1]:5432",
+// "/socket/dir:5432") for server.address and server.port.
+func splitNodeName(name string) (string, int) {
+	host, p, err := net.SplitHostPort(name)
+	if err != nil {
+		i := strings.LastIndexByte(name, ':')
+		if i < 0 {
+			return name, 0
+		}
+		host, p = name[:i], name[i+1:]
+	}
+	port, _ := strconv.Atoi(p)
+	return host, port
+}
+
+// close unregisters the asynchronous instruments' callback. It is
+// idempotent.
+func (t *telemetry) close() error {
+	var err error
+	t.closeOnce.Do(func() {
+		if t.reg != nil {
+			err = t.reg.Unregister()
+		}
+	})
+	return err
+}
 
 // opRecord is one statement or transaction operation in flight. It is a
-// value: starting one must not allocate when metrics and traces are off.
+// value: starting one does not allocate when metrics and traces are off.
 type opRecord struct {
-	t     *telemetry
-	start time.Time
+	t       *telemetry
+	ctx     context.Context // the span's context for exemplars; nil without a span
+	start   time.Time       // zero when neither metrics nor traces were on at begin
+	name    string          // db.operation.name; "" when unknown
+	mode    Mode
+	metrics bool       // the duration histogram was enabled at begin
+	span    trace.Span // nil: tracing off
 }
 
 // begin starts an operation: op is one of the op* names, query the SQL
-// text (only its first keyword may be recorded, unless the user opted in),
-// mode the statement's mode.
+// text (only its first keyword is recorded, unless the user opted in to
+// SQL in spans), mode the statement's mode. The node is not known yet:
+// end sets the server attributes.
 func (t *telemetry) begin(ctx context.Context, op, query string, mode Mode) opRecord {
-	return opRecord{t: t, start: time.Now()}
+	if t == nil {
+		return opRecord{}
+	}
+	r := opRecord{t: t, mode: mode, metrics: t.duration.Enabled(ctx)}
+	if !r.metrics && t.tracer == nil {
+		return r
+	}
+	r.name = t.names.operation(op, query)
+	r.start = time.Now()
+	if t.tracer != nil {
+		r.ctx, r.span = t.startSpan(ctx, op, query, r.name, mode)
+	}
+	return r
+}
+
+func (t *telemetry) startSpan(ctx context.Context, op, query, name string, mode Mode) (context.Context, trace.Span) {
+	spanName := name
+	if spanName == "" || spanName == otherValue {
+		spanName = "postgresql"
+	}
+	attrs := make([]attribute.KeyValue, 0, len(t.common)+3)
+	attrs = append(attrs, t.common...)
+	if name != "" {
+		attrs = append(attrs, semconv.DBOperationNameKey.String(name))
+	}
+	if mode.valid() {
+		attrs = append(attrs, keyMode.String(mode.String()))
+	}
+	if t.traceSQL && query != "" && op != opPing {
+		attrs = append(attrs, semconv.DBQueryTextKey.String(query))
+	}
+	return t.tracer.Start(ctx, spanName, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+}
+
+// spanParent returns a context that carries only ctx's span, for an
+// operation that runs later without a context of its own (COMMIT and
+// ROLLBACK get none from database/sql): BeginTx keeps it so that their
+// spans are children of the caller's. Without tracing it is
+// context.Background() and allocates nothing.
+func (t *telemetry) spanParent(ctx context.Context) context.Context {
+	if t == nil || t.tracer == nil {
+		return context.Background()
+	}
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return context.Background()
+	}
+	return trace.ContextWithSpanContext(context.Background(), sc)
 }
 
 // retry notes that the operation is re-sent (reason: "not_sent",
-// "read_failover", "circuit_open").
-func (r *opRecord) retry(reason string) {}
+// "read_failover", "failover"; any other value is recorded as given).
+func (r *opRecord) retry(reason string) {
+	if r == nil || r.t == nil {
+		return
+	}
+	opts, ok := r.t.retryOpts[reason]
+	if !ok {
+		opts = []metric.AddOption{metric.WithAttributes(keyRetryReason.String(reason))}
+	}
+	r.t.retries.Add(r.context(), 1, opts...)
+	if r.span != nil {
+		r.span.AddEvent("unified.retry", trace.WithAttributes(keyRetryReason.String(reason)))
+	}
+}
 
 // failoverWait notes that the operation waited d for a new primary.
-func (r *opRecord) failoverWait(d time.Duration) {}
+func (r *opRecord) failoverWait(d time.Duration) {
+	if r == nil || r.span == nil {
+		return
+	}
+	r.span.AddEvent("unified.failover_wait", trace.WithAttributes(keyWaitSeconds.Float64(d.Seconds())))
+}
+
+func (r *opRecord) context() context.Context {
+	if r.ctx != nil {
+		return r.ctx
+	}
+	return context.Background()
+}
 
 // end finishes the operation on node n (nil when no node was reached) in
-// role ro; err is what the caller gets.
-func (r *opRecord) end(ctx context.Context, n *node, ro role, err error) {}
+// role ro (the connection slot: roleReader for a read, even one that fell
+// back to the primary); err is what the caller gets.
+func (r *opRecord) end(ctx context.Context, n *node, ro role, err error) {
+	t := r.t
+	if t == nil {
+		return
+	}
+	primary := ro == rolePrimary
+	if n != nil && !primary {
+		if s := t.c.snapshot(); s != nil && s.Primary == n.index {
+			primary = true // a read that fell back to the primary
+			t.fallbacks.Add(r.contextOr(ctx), 1, t.nodes[n.index].add...)
+		}
+	}
+	if err != nil && errors.Is(err, ErrCommitUnknown) {
+		var opts []metric.AddOption
+		if n != nil {
+			opts = t.nodes[n.index].add
+		}
+		t.commitUnknown.Add(r.contextOr(ctx), 1, opts...)
+	}
+	if r.start.IsZero() {
+		return
+	}
+	if errors.Is(err, driver.ErrSkip) {
+		// Not an outcome: database/sql runs the statement again as
+		// Prepare + Exec, which are recorded themselves.
+		if r.span != nil {
+			r.span.End()
+		}
+		return
+	}
+	var errType, code string
+	if err != nil {
+		errType, code = errorType(ctx, err)
+	}
+	if r.metrics {
+		k := opKey{node: -1, primary: primary, mode: r.mode, name: r.name, errType: errType, code: code}
+		if n != nil {
+			k.node = n.index
+		}
+		t.duration.Record(r.contextOr(ctx), time.Since(r.start).Seconds(), t.opSets.get(t, k)...)
+	}
+	if r.span != nil {
+		if n != nil {
+			r.span.SetAttributes(t.nodes[n.index].attrs...)
+		}
+		r.span.SetAttributes(t.roleAttrs[b2i(!primary)]...)
+		if err != nil {
+			if code != "" {
+				r.span.SetAttributes(semconv.DBResponseStatusCodeKey.String(code))
+			}
+			r.span.SetAttributes(semconv.ErrorTypeKey.String(errType))
+			r.span.SetStatus(codes.Error, errType)
+		}
+		r.span.End()
+	}
+}
+
+// contextOr is the span's context when there is a span (so exemplars point
+// at it), else ctx.
+func (r *opRecord) contextOr(ctx context.Context) context.Context {
+	if r.ctx != nil {
+		return r.ctx
+	}
+	return ctx
+}
+
+// errorType returns error.type for err, a low-cardinality value: the
+// driver's own outcomes first ("commit_unknown", "circuit_open",
+// "no_primary", "no_replica", "not_in_transaction"), then the SQLSTATE of
+// a server error, then the error's class ("connection", "canceled", ...),
+// "_OTHER" for anything else. The message is never used: it may hold
+// data. code is the SQLSTATE, "" when there is none.
+func errorType(ctx context.Context, err error) (typ, code string) {
+	if c := classify.SQLState(err); validSQLState(c) {
+		code = c
+	}
+	switch {
+	case errors.Is(err, ErrCommitUnknown):
+		return "commit_unknown", code
+	case errors.Is(err, ErrCircuitOpen):
+		return "circuit_open", code
+	case errors.Is(err, ErrNoPrimary):
+		return "no_primary", code
+	case errors.Is(err, ErrNoReplica):
+		return "no_replica", code
+	case errors.Is(err, ErrNotInTransaction):
+		return "not_in_transaction", code
+	case code != "":
+		return code, code
+	}
+	switch cls := classify.Of(ctx, err); cls {
+	case classify.None, classify.Other, classify.SQL:
+		return otherValue, ""
+	default:
+		return cls.String(), ""
+	}
+}
+
+// validSQLState: five digits or upper-case letters. Anything else (another
+// driver's notion of a state) is not recorded.
+func validSQLState(s string) bool {
+	if len(s) != 5 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'A' || c > 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// opKey identifies one attribute set of db.client.operation.duration.
+type opKey struct {
+	node    int // -1: no node reached
+	primary bool
+	mode    Mode
+	name    string
+	errType string
+	code    string
+}
+
+// opSetCache maps opKey to the options Record needs: copy-on-write, so a
+// hit is one atomic load and one map lookup, without locks or allocation.
+type opSetCache struct {
+	m  atomic.Pointer[map[opKey][]metric.RecordOption]
+	mu sync.Mutex // serializes writers
+}
+
+func (c *opSetCache) get(t *telemetry, k opKey) []metric.RecordOption {
+	if m := c.m.Load(); m != nil {
+		if opts, ok := (*m)[k]; ok {
+			return opts
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.m.Load()
+	if old != nil {
+		if opts, ok := (*old)[k]; ok {
+			return opts
+		}
+	}
+	opts := []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(t.opAttrs(k)...))}
+	if old != nil && len(*old) >= maxOpSets {
+		return opts
+	}
+	next := make(map[opKey][]metric.RecordOption, 1+lenOf(old))
+	if old != nil {
+		for kk, v := range *old {
+			next[kk] = v
+		}
+	}
+	k.errType, k.code = strings.Clone(k.errType), strings.Clone(k.code) // do not pin the error
+	next[k] = opts
+	c.m.Store(&next)
+	return opts
+}
+
+func lenOf[M ~map[K]V, K comparable, V any](m *M) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
+}
+
+// opAttrs lists the attributes of one db.client.operation.duration series.
+func (t *telemetry) opAttrs(k opKey) []attribute.KeyValue {
+	attrs := append([]attribute.KeyValue{}, t.common...)
+	if k.name != "" {
+		attrs = append(attrs, semconv.DBOperationNameKey.String(k.name))
+	}
+	if k.node >= 0 && k.node < len(t.nodes) {
+		// server.address and server.port: unified.node would repeat them,
+		// and the SDK's cost per Record grows with the attribute count.
+		attrs = append(attrs, t.nodes[k.node].attrs[:2]...)
+	}
+	if k.mode.valid() {
+		attrs = append(attrs, keyMode.String(k.mode.String()))
+	}
+	attrs = append(attrs, t.roleAttrs[b2i(!k.primary)]...)
+	if k.errType != "" {
+		attrs = append(attrs, semconv.ErrorTypeKey.String(k.errType))
+	}
+	if k.code != "" {
+		attrs = append(attrs, semconv.DBResponseStatusCodeKey.String(k.code))
+	}
+	return attrs
+}
 
 // failover records a completed failover: d from primary loss to new
 // primary in use.
-func (t *telemetry) failover(d time.Duration) {}
+func (t *telemetry) failover(d time.Duration) {
+	if t == nil {
+		return
+	}
+	ctx := context.Background()
+	t.failovers.Add(ctx, 1)
+	t.failoverTime.Record(ctx, d.Seconds())
+}
 
-// close unregisters the asynchronous instruments' callbacks.
-func (t *telemetry) close() error { return nil }
+// physOpened counts a physical connection opened to n for statements
+// (probe connections are not counted). Call exactly once per connection,
+// with physClosed when it is closed.
+func (t *telemetry) physOpened(n *node) {
+	if t != nil && n != nil {
+		t.nodes[n.index].open.Add(1)
+	}
+}
+
+// physClosed counts a physical connection to n closed.
+func (t *telemetry) physClosed(n *node) {
+	if t != nil && n != nil {
+		t.nodes[n.index].open.Add(-1)
+	}
+}
+
+// physUsed marks one physical connection to n as used: a statement or a
+// transaction starts running on it. Pair with physIdle.
+func (t *telemetry) physUsed(n *node) {
+	if t != nil && n != nil {
+		t.nodes[n.index].used.Add(1)
+	}
+}
+
+// physIdle ends a physUsed.
+func (t *telemetry) physIdle(n *node) {
+	if t != nil && n != nil {
+		t.nodes[n.index].used.Add(-1)
+	}
+}
+
+// operationNames turns a statement's first keyword into db.operation.name
+// without allocating: PostgreSQL's commands are a fixed set; other first
+// words (a statement the server will reject, another node driver's
+// dialect) are kept up to maxOperationNames, then recorded as "_OTHER".
+type operationNames struct {
+	extra atomic.Pointer[map[string]string]
+	mu    sync.Mutex // serializes writers of extra
+}
+
+// sqlCommands are the first words of PostgreSQL's SQL commands, and the
+// names the driver gives its own operations.
+var sqlCommands = func() map[string]string {
+	m := map[string]string{}
+	for _, w := range strings.Fields(`ABORT ALTER ANALYZE BEGIN CALL CHECKPOINT CLOSE CLUSTER
+		COMMENT COMMIT COPY CREATE DEALLOCATE DECLARE DELETE DISCARD DO DROP END EXECUTE
+		EXPLAIN FETCH GRANT IMPORT INSERT LISTEN LOAD LOCK MERGE MOVE NOTIFY PREPARE
+		REASSIGN REFRESH REINDEX RELEASE RESET REVOKE ROLLBACK SAVEPOINT SECURITY SELECT
+		SET SHOW START TABLE TRUNCATE UNLISTEN UPDATE VACUUM VALUES WITH PING`) {
+		m[w] = w
+	}
+	return m
+}()
+
+// operation returns db.operation.name for an operation: a fixed name for
+// begin, commit, rollback, prepare and ping, else the first keyword of
+// query, upper-cased; "" when there is none.
+func (o *operationNames) operation(op, query string) string {
+	switch op {
+	case opBegin:
+		return "BEGIN"
+	case opCommit:
+		return "COMMIT"
+	case opRollback:
+		return "ROLLBACK"
+	case opPing:
+		return "PING"
+	case opPrepare:
+		return "PREPARE"
+	}
+	var buf [maxKeywordLen]byte
+	n, ok := firstKeyword(query, &buf)
+	if !ok {
+		return otherValue
+	}
+	if n == 0 {
+		return ""
+	}
+	if name, ok := sqlCommands[string(buf[:n])]; ok {
+		return name
+	}
+	if m := o.extra.Load(); m != nil {
+		if name, ok := (*m)[string(buf[:n])]; ok {
+			return name
+		}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	old := o.extra.Load()
+	if old != nil {
+		if name, ok := (*old)[string(buf[:n])]; ok {
+			return name
+		}
+		if len(*old) >= maxOperationNames {
+			return otherValue
+		}
+	}
+	next := make(map[string]string, 1+lenOf(old))
+	if old != nil {
+		for k, v := range *old {
+			next[k] = v
+		}
+	}
+	name := string(buf[:n])
+	next[name] = name
+	o.extra.Store(&next)
+	return name
+}
+
+// firstKeyword writes the first word of query, upper-cased, into buf and
+// returns its length: leading white space, '(' and comments (-- to the end
+// of the line, nested /* */) are skipped, and the word is the run of ASCII
+// letters that follows (0 when it starts with anything else). ok is false
+// when the word does not fit in buf.
+func firstKeyword(query string, buf *[maxKeywordLen]byte) (n int, ok bool) {
+	i := 0
+	for i < len(query) {
+		c := query[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '(':
+			i++
+		case c == '-' && i+1 < len(query) && query[i+1] == '-':
+			j := strings.IndexByte(query[i:], '\n')
+			if j < 0 {
+				return 0, true
+			}
+			i += j + 1
+		case c == '/' && i+1 < len(query) && query[i+1] == '*':
+			i += 2
+			for depth := 1; depth > 0; {
+				if i+1 >= len(query) {
+					return 0, true // unterminated
+				}
+				switch {
+				case query[i] == '/' && query[i+1] == '*':
+					depth++
+					i += 2
+				case query[i] == '*' && query[i+1] == '/':
+					depth--
+					i += 2
+				default:
+					i++
+				}
+			}
+		default:
+			for ; i < len(query); i++ {
+				c := query[i]
+				if 'a' <= c && c <= 'z' {
+					c -= 'a' - 'A'
+				} else if c < 'A' || c > 'Z' {
+					break
+				}
+				if n == len(buf) {
+					return 0, false
+				}
+				buf[n] = c
+				n++
+			}
+			return n, true
+		}
+	}
+	return 0, true
+}
