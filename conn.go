@@ -69,6 +69,7 @@ var (
 // physConn is one physical connection to one node and the optional
 // interfaces it offers, asserted once at dial.
 type physConn struct {
+	tel      *telemetry
 	node     *node
 	readOnly bool // opened with default_transaction_read_only=on
 	dc       driver.Conn
@@ -80,12 +81,16 @@ type physConn struct {
 	resetter driver.SessionResetter
 	// sock peeks at a pgx connection's socket before it is reused for a
 	// write (nil for other drivers): see stale.
-	sock   *sockcheck.Checker
+	sock *sockcheck.Checker
+	// abort closes the socket from another goroutine, interrupting a
+	// statement in flight (nil for drivers other than pgx); see
+	// node.abortWriters.
+	abort  func()
 	closed bool
 }
 
-func newPhysConn(n *node, readOnly bool, dc driver.Conn) *physConn {
-	pc := &physConn{node: n, readOnly: readOnly, dc: dc}
+func newPhysConn(tel *telemetry, n *node, readOnly bool, dc driver.Conn) *physConn {
+	pc := &physConn{tel: tel, node: n, readOnly: readOnly, dc: dc}
 	pc.execer, _ = dc.(driver.ExecerContext)
 	pc.queryer, _ = dc.(driver.QueryerContext)
 	pc.preparer, _ = dc.(driver.ConnPrepareContext)
@@ -93,14 +98,22 @@ func newPhysConn(n *node, readOnly bool, dc driver.Conn) *physConn {
 	pc.pinger, _ = dc.(driver.Pinger)
 	pc.resetter, _ = dc.(driver.SessionResetter)
 	if sc, ok := dc.(*stdlib.Conn); ok && !readOnly {
-		pc.sock = sockcheck.New(sc.Conn().PgConn().Conn())
+		raw := sc.Conn().PgConn().Conn()
+		pc.sock = sockcheck.New(raw)
+		pc.abort = func() { _ = raw.Close() }
+		n.trackWriter(pc)
 	}
+	tel.physOpened(n)
 	return pc
 }
 
 func (pc *physConn) close() {
 	if !pc.closed {
 		pc.closed = true
+		if pc.abort != nil {
+			pc.node.untrackWriter(pc)
+		}
+		pc.tel.physClosed(pc.node)
 		_ = pc.dc.Close()
 	}
 }
@@ -237,7 +250,7 @@ func (c *Conn) physFor(ctx context.Context, r role, exclude int, rec *opRecord) 
 	if err != nil {
 		return nil, &NodeError{Node: n.name, Op: "connect", Err: err}
 	}
-	pc := newPhysConn(n, readOnly, dc)
+	pc := newPhysConn(c.c.tel, n, readOnly, dc)
 	c.phys[r] = pc
 	return pc, nil
 }
@@ -261,6 +274,13 @@ func (c *Connector) readNode(ctx context.Context, exclude int) (*node, error) {
 	}
 	if i := pickReplica(s, c.cfg.ReplicaPolicy, cursor, allowed); i >= 0 {
 		return c.nodes[i], nil
+	}
+	if exclude >= 0 {
+		// The node that just failed this read is the only eligible one:
+		// try it again rather than fall back (or fail) for a blip.
+		if i := pickReplica(s, c.cfg.ReplicaPolicy, cursor, c.breakerAllows); i >= 0 {
+			return c.nodes[i], nil
+		}
 	}
 	if c.cfg.ReadFallback == FallbackError {
 		return nil, ErrNoReplica
@@ -391,7 +411,9 @@ func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		}
 		return nil, err
 	}
-	c.tx = &tx{c: c, pc: on, inner: inner, readOnly: r == roleReader || opts.ReadOnly, mode: c.mode(ctx), release: release}
+	c.tx = &tx{c: c, pc: on, inner: inner, readOnly: r == roleReader || opts.ReadOnly, mode: c.mode(ctx), release: release,
+		parent: c.c.tel.spanParent(ctx)}
+	c.c.tel.physUsed(on.node)
 	return c.tx, nil
 }
 
@@ -533,10 +555,14 @@ type tx struct {
 	readOnly bool
 	mode     Mode   // the mode BeginTx ran in, for telemetry
 	release  func() // gives back a Batch bulkhead token; nil without one
+	// parent carries BeginTx's span to COMMIT/ROLLBACK (database/sql gives
+	// them no context); context.Background() when tracing is off.
+	parent context.Context
 }
 
 // end detaches the transaction from its connection.
 func (t *tx) end() {
+	t.c.c.tel.physIdle(t.pc.node)
 	t.c.tx = nil
 	if t.release != nil {
 		t.release()
@@ -557,7 +583,7 @@ func (t *tx) Rollback() error {
 }
 
 func (t *tx) finish(op, query string, do func() error, mayHaveWritten bool) error {
-	ctx := context.Background()
+	ctx := t.parent
 	rec := t.c.c.tel.begin(ctx, op, query, t.mode)
 	r := roleOfConn(t.c, t.pc)
 	t.end()

@@ -62,6 +62,41 @@ type node struct {
 	// breaker counts this node's connection-class failures (dials,
 	// statements, probes); a successful probe closes it.
 	breaker *breaker
+
+	mu sync.Mutex // protects following fields
+	// writers are the open read-write pgx connections to this node, so
+	// that a failover can interrupt the statements still waiting on it.
+	writers map[*physConn]struct{}
+}
+
+func (n *node) trackWriter(pc *physConn) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.writers == nil {
+		n.writers = make(map[*physConn]struct{})
+	}
+	n.writers[pc] = struct{}{}
+}
+
+func (n *node) untrackWriter(pc *physConn) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.writers, pc)
+}
+
+// abortWriters closes the sockets of every read-write connection to the
+// node. The monitor calls it when another node has become the primary: a
+// statement still waiting on the old primary (hung, or cut off from the
+// network) then fails at once, with ErrCommitUnknown for a write (it may
+// have run there), instead of at its own deadline. The connections' owners
+// find them broken and drop them.
+func (n *node) abortWriters() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for pc := range n.writers {
+		pc.abort()
+	}
+	return len(n.writers)
 }
 
 // NewConnector validates cfg and returns a Connector for it. cfg is copied;

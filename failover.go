@@ -227,7 +227,10 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 		sentAnything := false
 		if err == nil {
 			openBefore := !pc.broken()
-			if err = fn(pc); err == nil {
+			c.c.tel.physUsed(pc.node)
+			err = fn(pc)
+			c.c.tel.physIdle(pc.node)
+			if err == nil {
 				return pc, nil
 			}
 			sentAnything = mayHaveSent(openBefore, pc, err)

@@ -15,7 +15,7 @@ import (
 // failoverProbeInterval is the probe cadence while the primary is missing or
 // suspected: tens of milliseconds, so that waiting writes go out right after
 // a promotion, not a health interval later.
-const failoverProbeInterval = 10 * time.Millisecond
+const failoverProbeInterval = 5 * time.Millisecond
 
 var errNotProbed = errors.New("not probed yet")
 
@@ -123,10 +123,14 @@ func (m *monitor) run() {
 	inflight := make([]bool, n)
 	// failures and notBefore give each failing node its own backoff, so a
 	// node that keeps failing (down, rejecting our credentials) is probed
-	// ever less often, up to unified_breaker_open apart, even during a
-	// failover, while the healthy ones keep their cadence.
+	// ever less often (see probeBackoffLimit), even during a failover,
+	// while the healthy ones keep their cadence.
 	failures := make([]int, n)
 	notBefore := make([]time.Time, n)
+	// launched is when each node's last probe started: a node is never
+	// probed more often than every failoverProbeInterval, however often
+	// statements ask.
+	launched := make([]time.Time, n)
 	pending := 0
 	var hist topology.History
 	names := m.c.nodeNames()
@@ -134,9 +138,10 @@ func (m *monitor) run() {
 	launch := func() {
 		now := time.Now()
 		for i := range inflight {
-			if inflight[i] || now.Before(notBefore[i]) {
+			if inflight[i] || now.Before(notBefore[i]) || now.Sub(launched[i]) < failoverProbeInterval {
 				continue
 			}
+			launched[i] = now
 			inflight[i] = true
 			pending++
 			go m.probe(i)
@@ -169,7 +174,7 @@ func (m *monitor) run() {
 			obs[r.node] = r.obs
 			if r.obs.Err != nil {
 				failures[r.node]++
-				notBefore[r.node] = r.obs.At.Add(probeBackoff(m.nextInterval(), m.c.cfg.BreakerOpen, failures[r.node]))
+				notBefore[r.node] = r.obs.At.Add(probeBackoff(m.nextInterval(), m.probeBackoffLimit(), failures[r.node]))
 			} else {
 				failures[r.node], notBefore[r.node] = 0, time.Time{}
 			}
@@ -195,6 +200,14 @@ func probeBackoff(base, limit time.Duration, failures int) time.Duration {
 		d *= 2
 	}
 	return max(min(d, limit), base)
+}
+
+// probeBackoffLimit caps a failing node's probe backoff: the health
+// interval, or up to 1 s (and never beyond unified_breaker_open) when the
+// interval is shorter. A node that comes back is seen within that time; a
+// node that keeps refusing us is asked at most about once a second.
+func (m *monitor) probeBackoffLimit() time.Duration {
+	return max(m.c.cfg.HealthInterval, min(m.c.cfg.BreakerOpen, time.Second))
 }
 
 func (m *monitor) nextInterval() time.Duration {
@@ -270,7 +283,9 @@ func (m *monitor) publish(names []string, obs []topology.Observation, hist *topo
 			}
 			m.c.counters.failovers.Add(1)
 			m.c.tel.failover(d)
-			m.c.log.Warn("unified: failover: new primary", "from", names[m.lastPrimary], "to", names[s.Primary], "duration", d)
+			aborted := m.c.nodes[m.lastPrimary].abortWriters()
+			m.c.log.Warn("unified: failover: new primary", "from", names[m.lastPrimary], "to", names[s.Primary],
+				"duration", d, "interrupted_connections", aborted)
 		}
 		m.lastPrimary, m.lostAt = s.Primary, time.Time{}
 	case prev != nil && prev.Primary >= 0:
@@ -326,6 +341,7 @@ func (m *monitor) logChange(prev, s *topology.Snapshot) {
 // probed and none is primary fails at once: a wrong DSN must not look like a
 // failover.
 func (c *Connector) waitPrimary(ctx context.Context) (*topology.Snapshot, error) {
+	asked := false
 	for {
 		s := c.topo.Load()
 		if s != nil && s.Primary >= 0 {
@@ -344,10 +360,16 @@ func (c *Connector) waitPrimary(ctx context.Context) (*topology.Snapshot, error)
 		if ever && !deadline.IsZero() && !time.Now().Before(deadline) {
 			return nil, noPrimaryError(s)
 		}
-		if ever {
-			m.suspectPrimary()
-		} else {
-			m.start()
+		if !asked {
+			// Once: the monitor keeps probing fast until it finds a
+			// primary; asking again at every publication would turn its
+			// cadence into a busy loop.
+			asked = true
+			if ever {
+				m.suspectPrimary()
+			} else {
+				m.start()
+			}
 		}
 		if err := c.waitPublished(ctx, ch, deadline); err != nil {
 			return nil, fmt.Errorf("%w: waiting for a primary: %w", ErrNoPrimary, err)
