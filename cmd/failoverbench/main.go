@@ -1,0 +1,254 @@
+// Command failoverbench measures how database/sql clients come through the
+// failure of the PostgreSQL primary: unified, and side by side in the same
+// run pgx stdlib with a multi-host DSN, on a local primary + 2 streaming
+// replicas (internal/pgcluster).
+//
+//	go run ./cmd/failoverbench [-trials 5] [-sync] [-json] [-scenarios kill,hang] [-drivers unified,pgx]
+//
+// It needs the PostgreSQL server binaries (Debian: apt-get install
+// postgresql; or set UNIFIED_PG_BIN). With the defaults it runs for about
+// four minutes on two cores.
+//
+// # Scenarios
+//
+// Each trial starts from the restored cluster (node0 primary, node1 and node2
+// streaming from it; Cluster.Restore), runs 8 writers and 4 readers for a
+// second, then:
+//
+//   - kill: SIGKILL the primary's postmaster (a crash);
+//   - hang: SIGSTOP the primary's processes (a hung host: TCP handshakes
+//     complete, nothing answers); SIGCONT once the trial is measured.
+//
+// Then, as a failover manager would, it promotes the replica that received
+// the most WAL and re-points the other one, and waits until writes resume,
+// at most -bound (15 s) after the promotion ("no recovery" otherwise).
+//
+// # Clients
+//
+// unified: one *sql.DB from sql.Open("unified", dsn) over the three hosts
+// (driver defaults unless -unified-params); writers use no mode, readers
+// unified.ReadOnly. pgx: sql.Open("pgx", dsn) over the same three hosts with
+// connect_timeout=2, target_session_attrs=read-write for the writers and
+// prefer-standby for the readers. Writers INSERT unique ids into a table
+// without a unique constraint, each INSERT with a -write-timeout (10 s)
+// deadline, pausing 2 ms after a failed one; readers run SELECT
+// inet_server_port() with a 2 s deadline.
+//
+// # Measures
+//
+//   - client recovery: the first acknowledged write after the promotion minus
+//     the moment the promoted node first accepted writes (Cluster.Promote
+//     polls pg_is_in_recovery() directly);
+//   - longest write outage: the longest gap between consecutive acknowledged
+//     writes over all writers;
+//   - reads during the outage (from the fault to the first write after the
+//     promotion): share that succeeded, and how the successful ones spread
+//     over the nodes (by inet_server_port());
+//   - lost: acknowledged writes absent from the new primary; dup: ids stored
+//     more than once; unflagged: writes that returned an error not wrapping
+//     unified.ErrCommitUnknown yet were stored (every stored failed pgx write
+//     is unflagged); flagged: writes that returned ErrCommitUnknown, and how
+//     many of them were stored.
+//
+// The result is a Markdown table (scenario × driver), or with -json the
+// trials and the table's rows as JSON. Progress goes to stderr. SIGINT or
+// SIGTERM stops the run; every PostgreSQL process is stopped on exit.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/unifiedsql/unified/internal/pgcluster"
+)
+
+// config is the command line.
+type config struct {
+	trials        int
+	sync          bool
+	asJSON        bool
+	scenarios     []string
+	drivers       []string
+	writers       int
+	readers       int
+	writeTimeout  time.Duration
+	bound         time.Duration
+	warmup        time.Duration
+	unifiedParams []string
+	verbose       bool
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run is the command without its process; it returns the exit status: 0
+// when every trial ran, 1 when the cluster or a trial failed, 2 on a usage
+// error.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if _, err := pgcluster.FindBinDir(); err != nil {
+		fmt.Fprintln(stderr, "failoverbench:", err)
+		return 1
+	}
+	progress := func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }
+	progress("starting a local primary + 2 streaming replicas ...")
+	opts := pgcluster.Options{Replicas: 2, Synchronous: cfg.sync}
+	if cfg.verbose {
+		opts.Logf = progress
+	}
+	cl, err := pgcluster.Start(ctx, opts)
+	if err != nil {
+		fmt.Fprintln(stderr, "failoverbench:", err)
+		return 1
+	}
+	defer cl.Close()
+	var pgVersion string
+	if err := cl.QueryRow(ctx, 0, "SHOW server_version").Scan(&pgVersion); err != nil {
+		fmt.Fprintln(stderr, "failoverbench:", err)
+		return 1
+	}
+
+	t0 := time.Now()
+	var trials []trialResult
+	fresh := true
+	for n := 1; n <= cfg.trials; n++ {
+		for _, scenario := range cfg.scenarios {
+			for _, driver := range cfg.drivers {
+				if !fresh {
+					if err := restore(ctx, cl, cfg.sync); err != nil {
+						if ctx.Err() != nil {
+							fmt.Fprintln(stderr, "failoverbench: interrupted; stopping the cluster")
+							return 1
+						}
+						fmt.Fprintln(stderr, "failoverbench: restore:", err)
+						return 1
+					}
+				}
+				fresh = false
+				r, err := runTrial(ctx, cl, cfg, scenario, driver, n)
+				if ctx.Err() != nil {
+					fmt.Fprintln(stderr, "failoverbench: interrupted; stopping the cluster")
+					return 1
+				}
+				if err != nil {
+					fmt.Fprintf(stderr, "failoverbench: %s/%s trial %d: %v\n", scenario, driver, n, err)
+					return 1
+				}
+				progress("%-4s %-7s trial %d/%d: %s", scenario, driver, n, cfg.trials, r)
+				trials = append(trials, r)
+			}
+		}
+	}
+	rows := aggregate(trials, cfg.scenarios, cfg.drivers)
+	progress("done in %v", time.Since(t0).Round(time.Second))
+	if cfg.asJSON {
+		if err := writeJSON(stdout, cfg, pgVersion, trials, rows); err != nil {
+			fmt.Fprintln(stderr, "failoverbench:", err)
+			return 1
+		}
+		return 0
+	}
+	writeTable(stdout, cfg, pgVersion, rows)
+	return 0
+}
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	fs := flag.NewFlagSet("failoverbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg config
+	fs.IntVar(&cfg.trials, "trials", 5, "trials per scenario and driver")
+	fs.BoolVar(&cfg.sync, "sync", false, "synchronous replication (synchronous_standby_names = 'ANY 1 (*)')")
+	fs.BoolVar(&cfg.asJSON, "json", false, "print the trials and the summary rows as JSON instead of the Markdown table")
+	scenarios := fs.String("scenarios", "kill,hang", "comma-separated scenarios: kill (SIGKILL), hang (SIGSTOP)")
+	drivers := fs.String("drivers", "unified,pgx", "comma-separated drivers: unified, pgx")
+	fs.IntVar(&cfg.writers, "writers", 8, "concurrent writers")
+	fs.IntVar(&cfg.readers, "readers", 4, "concurrent readers")
+	fs.DurationVar(&cfg.writeTimeout, "write-timeout", 10*time.Second, "deadline of each INSERT")
+	fs.DurationVar(&cfg.bound, "bound", 15*time.Second, "how long after the promotion writes may take to resume")
+	fs.DurationVar(&cfg.warmup, "warmup", time.Second, "load before the fault")
+	params := fs.String("unified-params", "", "extra unified_* DSN parameters for unified, &-separated (default: the driver's defaults)")
+	fs.BoolVar(&cfg.verbose, "v", false, "log what the cluster does")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: failoverbench [flags]\n\n"+
+			"Kills (SIGKILL) and hangs (SIGSTOP) the primary of a local PostgreSQL cluster under load and\n"+
+			"measures unified and pgx side by side. Prints a Markdown table.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	cfg.scenarios = splitList(*scenarios)
+	cfg.drivers = splitList(*drivers)
+	for _, p := range strings.Split(*params, "&") {
+		if p = strings.TrimSpace(p); p != "" {
+			cfg.unifiedParams = append(cfg.unifiedParams, p)
+		}
+	}
+	bad := func(format string, args ...any) (config, error) {
+		fmt.Fprintf(stderr, "failoverbench: "+format+"\n", args...)
+		fs.Usage()
+		return cfg, errors.New("usage")
+	}
+	switch {
+	case fs.NArg() > 0:
+		return bad("unexpected argument %q", fs.Arg(0))
+	case cfg.trials < 1:
+		return bad("-trials must be at least 1")
+	case cfg.writers < 1 || cfg.readers < 1:
+		return bad("-writers and -readers must be at least 1")
+	}
+	for _, s := range cfg.scenarios {
+		if s != "kill" && s != "hang" {
+			return bad("unknown scenario %q (want kill, hang)", s)
+		}
+	}
+	for _, d := range cfg.drivers {
+		if d != "unified" && d != "pgx" {
+			return bad("unknown driver %q (want unified, pgx)", d)
+		}
+	}
+	if len(cfg.scenarios) == 0 || len(cfg.drivers) == 0 {
+		return bad("no scenario or no driver")
+	}
+	return cfg, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// restore brings the cluster back to node0 primary with both replicas
+// streaming from it, synchronous when asked.
+func restore(ctx context.Context, cl *pgcluster.Cluster, sync bool) error {
+	if err := cl.Restore(ctx); err != nil {
+		return err
+	}
+	if sync {
+		return cl.SetSynchronous(ctx, 0, true)
+	}
+	return nil
+}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"runtime"
+	"slices"
+	"strings"
+)
+
+// row is one line of the table: a scenario and a driver over all trials.
+type row struct {
+	Scenario string `json:"scenario"`
+	Driver   string `json:"driver"`
+	Trials   int    `json:"trials"`
+	// NoRecovery counts trials where writes did not resume within -bound.
+	NoRecovery int `json:"no_recovery"`
+	// RecoveryMedianMS and RecoveryMaxMS are nil when that trial (the
+	// median one, or any) did not recover.
+	RecoveryMedianMS *float64       `json:"recovery_median_ms"`
+	RecoveryMaxMS    *float64       `json:"recovery_max_ms"`
+	OutageMedianMS   float64        `json:"longest_outage_median_ms"`
+	ReadsOK          int            `json:"outage_reads_ok"`
+	ReadsFailed      int            `json:"outage_reads_failed"`
+	ReadsByNode      map[string]int `json:"outage_reads_by_node"`
+	Lost             int            `json:"lost"`
+	Dup              int            `json:"dup"`
+	Unflagged        int            `json:"unflagged"`
+	Flagged          int            `json:"flagged"`
+	FlaggedStored    int            `json:"flagged_stored"`
+}
+
+func aggregate(trials []trialResult, scenarios, drivers []string) []row {
+	var rows []row
+	for _, s := range scenarios {
+		for _, d := range drivers {
+			r := row{Scenario: s, Driver: d, ReadsByNode: map[string]int{}}
+			var rec []*float64
+			var outage []float64
+			for _, t := range trials {
+				if t.Scenario != s || t.Driver != d {
+					continue
+				}
+				r.Trials++
+				if t.RecoveryMS == nil {
+					r.NoRecovery++
+				}
+				rec = append(rec, t.RecoveryMS)
+				outage = append(outage, t.LongestOutageMS)
+				r.ReadsOK += t.ReadsOK
+				r.ReadsFailed += t.ReadsFailed
+				for n, c := range t.ReadsByNode {
+					r.ReadsByNode[n] += c
+				}
+				r.Lost += t.Lost
+				r.Dup += t.Dup
+				r.Unflagged += t.Unflagged
+				r.Flagged += t.Flagged
+				r.FlaggedStored += t.FlaggedStored
+			}
+			if r.Trials == 0 {
+				continue
+			}
+			// A trial without recovery sorts last, as an infinite time.
+			slices.SortFunc(rec, func(a, b *float64) int {
+				switch {
+				case a == nil && b == nil:
+					return 0
+				case a == nil:
+					return 1
+				case b == nil:
+					return -1
+				}
+				return cmp.Compare(*a, *b)
+			})
+			r.RecoveryMedianMS = rec[(len(rec)-1)/2] // the lower median for an even count
+			r.RecoveryMaxMS = rec[len(rec)-1]
+			slices.Sort(outage)
+			r.OutageMedianMS = outage[(len(outage)-1)/2]
+			rows = append(rows, r)
+		}
+	}
+	return rows
+}
+
+func writeTable(w io.Writer, cfg config, pgVersion string, rows []row) {
+	repl := "asynchronous"
+	if cfg.sync {
+		repl = "synchronous (ANY 1)"
+	}
+	params := "driver defaults"
+	if len(cfg.unifiedParams) > 0 {
+		params = strings.Join(cfg.unifiedParams, "&")
+	}
+	fmt.Fprintf(w, "Failover: %d trials per row, %d writers + %d readers, %s replication, PostgreSQL %s, %d CPUs.\n",
+		cfg.trials, cfg.writers, cfg.readers, repl, pgVersion, runtime.NumCPU())
+	fmt.Fprintf(w, "unified: %s; pgx: connect_timeout=2, target_session_attrs=read-write (writers) / prefer-standby (readers).\n", params)
+	fmt.Fprintf(w, "Write deadline %v; no recovery = no write acknowledged within %v of the promotion.\n\n", cfg.writeTimeout, cfg.bound)
+	fmt.Fprintln(w, "| scenario | driver | client recovery median | client recovery max | longest write outage (median) | reads ok during outage | read spread | lost | dup | unflagged | flagged (stored) |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|")
+	for _, r := range rows {
+		max := recovery(r.RecoveryMaxMS)
+		if r.NoRecovery > 0 {
+			max = fmt.Sprintf("no recovery (%d/%d)", r.NoRecovery, r.Trials)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d (%d) |\n",
+			scenarioName(r.Scenario), r.Driver, recovery(r.RecoveryMedianMS), max, msText(r.OutageMedianMS),
+			readShare(r.ReadsOK, r.ReadsFailed), spread(r.ReadsByNode, r.ReadsOK),
+			r.Lost, r.Dup, r.Unflagged, r.Flagged, r.FlaggedStored)
+	}
+}
+
+func scenarioName(s string) string {
+	switch s {
+	case "kill":
+		return "kill (SIGKILL)"
+	case "hang":
+		return "hang (SIGSTOP)"
+	}
+	return s
+}
+
+func recovery(v *float64) string {
+	if v == nil {
+		return "no recovery"
+	}
+	return msText(*v)
+}
+
+func msText(v float64) string {
+	if v >= 1000 {
+		return fmt.Sprintf("%.2f s", v/1000)
+	}
+	return fmt.Sprintf("%.0f ms", v)
+}
+
+func readShare(ok, failed int) string {
+	if ok+failed == 0 {
+		return "no reads"
+	}
+	return fmt.Sprintf("%.2f %% of %d", 100*float64(ok)/float64(ok+failed), ok+failed)
+}
+
+func spread(byNode map[string]int, total int) string {
+	if total == 0 {
+		return "-"
+	}
+	var parts []string
+	for _, n := range slices.Sorted(maps.Keys(byNode)) {
+		parts = append(parts, fmt.Sprintf("%s %.0f %%", n, 100*float64(byNode[n])/float64(total)))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func writeJSON(w io.Writer, cfg config, pgVersion string, trials []trialResult, rows []row) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(struct {
+		Trials        int           `json:"trials_per_row"`
+		Writers       int           `json:"writers"`
+		Readers       int           `json:"readers"`
+		Synchronous   bool          `json:"synchronous"`
+		PostgreSQL    string        `json:"postgresql"`
+		UnifiedParams []string      `json:"unified_params"`
+		WriteTimeout  string        `json:"write_timeout"`
+		Bound         string        `json:"bound"`
+		Rows          []row         `json:"rows"`
+		Results       []trialResult `json:"results"`
+	}{cfg.trials, cfg.writers, cfg.readers, cfg.sync, pgVersion, cfg.unifiedParams,
+		cfg.writeTimeout.String(), cfg.bound.String(), rows, trials})
+}

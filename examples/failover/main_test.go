@@ -1,0 +1,45 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/internal/pgcluster"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestDemo runs the demo as `go run ./examples/failover -duration 8s` would.
+func TestDemo(t *testing.T) {
+	if _, err := pgcluster.FindBinDir(); err != nil {
+		if os.Getenv(pgcluster.RequireEnv) == "require" {
+			t.Fatalf("%s=require: %v", pgcluster.RequireEnv, err)
+		}
+		t.Skip("pgcluster: skipping cluster test: ", err)
+	}
+	var out bytes.Buffer
+	sum, err := run(t.Context(), &out, options{duration: 8 * time.Second, writers: 4, readers: 4, failover: true, sync: true})
+	t.Log("\n" + out.String())
+	require.NoError(t, err)
+
+	assert.Zero(t, sum.Lost, "acknowledged writes lost")
+	assert.Zero(t, sum.Duplicates, "ids stored twice")
+	assert.Regexp(t, `(?m)^  acknowledged writes lost +0$`, out.String())
+	assert.Regexp(t, `(?m)^  duplicates +0$`, out.String())
+
+	// The failover happened and the driver followed it.
+	assert.Regexp(t, `>>> SIGKILL node0, the primary`, out.String())
+	assert.Regexp(t, `>>> node[12] promoted`, out.String())
+	assert.Regexp(t, `(?m)^  failover detected after +\d+ ms`, out.String())
+	assert.GreaterOrEqual(t, sum.Detected, time.Duration(0), "unified's Health noticed the crash")
+	assert.GreaterOrEqual(t, sum.Resumed, time.Duration(0), "writes resumed on the new primary")
+	assert.Positive(t, sum.OutageReadsOK, "reads were served during the outage")
+}
