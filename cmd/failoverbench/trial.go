@@ -116,10 +116,12 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 			return r, err
 		}
 	case "hang":
-		kids, err := hang(cl, primary)
-		// Resume it once measured (or interrupted); the next Restore turns
+		// Every process of the server stopped (pgcluster stops the
+		// postmaster and each backend): TCP handshakes still complete,
+		// nothing answers. Resumed once measured; the next Restore turns
 		// it into a standby again.
-		defer resume(cl, primary, kids)
+		err := cl.Hang(primary)
+		defer cl.Continue(primary)
 		if err != nil {
 			return r, err
 		}
