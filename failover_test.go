@@ -22,33 +22,17 @@ import (
 // enough that a test sees the monitor react within a second.
 var haParams = []string{"unified_health_interval=100ms", "unified_health_timeout=300ms"}
 
-// mostAdvanced returns, among candidates, the replica that received the
-// most WAL: the one a failover manager promotes so that no acknowledged
-// synchronous commit is lost.
+// mostAdvanced is the replica a failover manager promotes (see
+// pgcluster.MostAdvanced).
 func mostAdvanced(t *testing.T, c *pgcluster.Cluster, candidates ...int) int {
 	t.Helper()
-	best, bestLSN := -1, int64(-1)
-	for _, i := range candidates {
-		var lsn int64
-		require.NoError(t, c.QueryRow(t.Context(), i,
-			"SELECT COALESCE((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::int8, 0)").Scan(&lsn))
-		if lsn > bestLSN {
-			best, bestLSN = i, lsn
-		}
-	}
-	return best
+	i, err := c.MostAdvanced(t.Context(), candidates...)
+	require.NoError(t, err)
+	return i
 }
 
 // others returns the node indexes other than i.
-func others(c *pgcluster.Cluster, i int) []int {
-	var out []int
-	for j := 0; j < c.Len(); j++ {
-		if j != i {
-			out = append(out, j)
-		}
-	}
-	return out
-}
+func others(c *pgcluster.Cluster, i int) []int { return c.Others(i) }
 
 // killAndPromote SIGKILLs the primary under load, promotes the most
 // advanced replica and re-points the other one, and returns the new

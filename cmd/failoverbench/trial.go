@@ -132,7 +132,7 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 			rest = append(rest, i)
 		}
 	}
-	target, err := mostAdvanced(ctx, cl, rest)
+	target, err := cl.MostAdvanced(ctx, rest...)
 	if err != nil {
 		return r, err
 	}
@@ -400,36 +400,6 @@ func (w *clients) judge(r *trialResult, stored map[int64]int, faultAt, promotedA
 		} else {
 			r.ReadsOK++
 			r.ReadsByNode[rd.node]++
-		}
-	}
-}
-
-// mostAdvanced returns the candidate that received the most WAL: promoting
-// it loses the fewest commits (none that a synchronous commit waited for).
-// WAL the failed primary sent just before it went may still be arriving, so
-// it first waits (up to 2 s) until no candidate's position moves.
-func mostAdvanced(ctx context.Context, cl *pgcluster.Cluster, candidates []int) (int, error) {
-	var prev []int64
-	for deadline := time.Now().Add(2 * time.Second); ; {
-		lsns := make([]int64, len(candidates))
-		for k, i := range candidates {
-			err := cl.QueryRow(ctx, i, "SELECT COALESCE((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::int8, 0)").Scan(&lsns[k])
-			if err != nil {
-				return -1, err
-			}
-		}
-		if slices.Equal(lsns, prev) || time.Now().After(deadline) {
-			best := 0
-			for k := range lsns {
-				if lsns[k] > lsns[best] {
-					best = k
-				}
-			}
-			return candidates[best], nil
-		}
-		prev = lsns
-		if !sleep(ctx, 20*time.Millisecond) {
-			return -1, ctx.Err()
 		}
 	}
 }

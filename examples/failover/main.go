@@ -37,7 +37,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -250,7 +249,7 @@ func (s *scenario) run(ctx context.Context, duration time.Duration) error {
 			rest = append(rest, i)
 		}
 	}
-	target, err := mostAdvanced(ctx, s.cl, rest)
+	target, err := s.cl.MostAdvanced(ctx, rest...)
 	if err != nil {
 		return err
 	}
@@ -293,36 +292,6 @@ func (s *scenario) run(ctx context.Context, duration time.Duration) error {
 	}
 	s.con.event(time.Now(), ">>> %s rejoined: a replica streaming from %s", s.nodes.name(old), s.nodes.name(target))
 	return nil
-}
-
-// mostAdvanced returns the candidate that received the most WAL: promoting
-// it loses the fewest commits (none that a synchronous commit waited for).
-// WAL the failed primary sent just before it went may still be arriving, so
-// it first waits (up to 2 s) until no candidate's position moves.
-func mostAdvanced(ctx context.Context, cl *pgcluster.Cluster, candidates []int) (int, error) {
-	var prev []int64
-	for deadline := time.Now().Add(2 * time.Second); ; {
-		lsns := make([]int64, len(candidates))
-		for k, i := range candidates {
-			err := cl.QueryRow(ctx, i, "SELECT COALESCE((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::int8, 0)").Scan(&lsns[k])
-			if err != nil {
-				return -1, err
-			}
-		}
-		if slices.Equal(lsns, prev) || time.Now().After(deadline) {
-			best := 0
-			for k := range lsns {
-				if lsns[k] > lsns[best] {
-					best = k
-				}
-			}
-			return candidates[best], nil
-		}
-		prev = lsns
-		if !sleep(ctx, 20*time.Millisecond) {
-			return -1, ctx.Err()
-		}
-	}
 }
 
 // countStored returns how many times each id is stored on the current

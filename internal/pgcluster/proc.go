@@ -227,36 +227,16 @@ func reapGroup(ctx context.Context, pgid int, grace time.Duration) error {
 // by scanning /proc. Zombies are ignored: orphans are reaped by init, which
 // in some containers never happens.
 func groupMembers(pgid int) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
+	pids, ok := procsWhere(func(stat []string) bool {
+		g, _ := strconv.Atoi(stat[2])
+		return g == pgid
+	})
+	if !ok {
 		// No /proc: fall back to kill(-pgid, 0), which counts zombies.
 		if syscall.Kill(-pgid, 0) == nil {
 			return []int{pgid}
 		}
 		return nil
-	}
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...; comm may contain anything.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		if g, _ := strconv.Atoi(f[2]); g == pgid {
-			pids = append(pids, pid)
-		}
 	}
 	return pids
 }
@@ -396,14 +376,24 @@ func shmExists(key int64) bool {
 
 var errClosed = errors.New("pgcluster: cluster is closed")
 
-// childrenOf lists the live processes whose parent is ppid (from /proc; none
-// without it).
+// childrenOf lists the live processes whose parent is ppid (none without
+// /proc).
 func childrenOf(ppid int) []int {
+	pids, _ := procsWhere(func(stat []string) bool {
+		pp, _ := strconv.Atoi(stat[1])
+		return pp == ppid
+	})
+	return pids
+}
+
+// procsWhere lists the live (not zombie) processes whose /proc/PID/stat
+// fields after the command name (state, ppid, pgrp, ...) satisfy match; ok
+// is false when /proc cannot be read.
+func procsWhere(match func(stat []string) bool) (pids []int, ok bool) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return nil
+		return nil, false
 	}
-	var pids []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -413,17 +403,18 @@ func childrenOf(ppid int) []int {
 		if err != nil {
 			continue
 		}
+		// pid (comm) state ppid pgrp ...; comm may contain anything.
 		i := bytes.LastIndexByte(b, ')')
 		if i < 0 {
 			continue
 		}
 		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 2 || f[0] == "Z" || f[0] == "X" {
+		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
 			continue
 		}
-		if pp, _ := strconv.Atoi(f[1]); pp == ppid {
+		if match(f) {
 			pids = append(pids, pid)
 		}
 	}
-	return pids
+	return pids, true
 }

@@ -1,0 +1,53 @@
+package pgcluster
+
+import (
+	"context"
+	"slices"
+	"time"
+)
+
+// Others returns the indexes of every node but i, in order.
+func (c *Cluster) Others(i int) []int {
+	var out []int
+	for j := 0; j < c.Len(); j++ {
+		if j != i {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// MostAdvanced returns the candidate standby that received the most WAL:
+// promoting it loses the fewest commits (none that a synchronous commit
+// waited for), as a failover manager would choose. WAL the failed primary
+// sent just before it went may still be arriving, so it first waits (up to
+// 2 s) until no candidate's receive position moves.
+func (c *Cluster) MostAdvanced(ctx context.Context, candidates ...int) (int, error) {
+	var prev []int64
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		lsns := make([]int64, len(candidates))
+		for k, i := range candidates {
+			err := c.QueryRow(ctx, i, "SELECT COALESCE((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::int8, 0)").Scan(&lsns[k])
+			if err != nil {
+				return -1, err
+			}
+		}
+		if slices.Equal(lsns, prev) || time.Now().After(deadline) {
+			best := 0
+			for k := range lsns {
+				if lsns[k] > lsns[best] {
+					best = k
+				}
+			}
+			return candidates[best], nil
+		}
+		prev = lsns
+		t := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return -1, ctx.Err()
+		}
+	}
+}
