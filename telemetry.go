@@ -193,10 +193,10 @@ func (t *telemetry) instruments(m metric.Meter) error {
 	t.conns, err = m.Int64ObservableUpDownCounter("db.client.connection.count", metric.WithUnit("{connection}"),
 		metric.WithDescription("Physical connections per node, by state: used while a statement or transaction runs on it."))
 	check(err)
-	t.nodeUp, err = m.Int64ObservableGauge("unified.node.up", metric.WithUnit("1"),
+	t.nodeUp, err = m.Int64ObservableGauge("unified.node.up",
 		metric.WithDescription("1 when the node's last health probe succeeded, else 0."))
 	check(err)
-	t.nodeRole, err = m.Int64ObservableGauge("unified.node.role", metric.WithUnit("1"),
+	t.nodeRole, err = m.Int64ObservableGauge("unified.node.role",
 		metric.WithDescription("The node's role: 1 primary (writes go there), 2 replica, 3 fenced (claims primary, gets no writes), 0 unknown."))
 	check(err)
 	t.lag, err = m.Float64ObservableGauge("unified.replica.lag", metric.WithUnit("s"),
@@ -208,7 +208,7 @@ func (t *telemetry) instruments(m metric.Meter) error {
 	t.rtt, err = m.Float64ObservableGauge("unified.node.rtt", metric.WithUnit("s"),
 		metric.WithDescription("Round-trip time of the node's last successful health probe."))
 	check(err)
-	t.breaker, err = m.Int64ObservableGauge("unified.breaker.state", metric.WithUnit("1"),
+	t.breaker, err = m.Int64ObservableGauge("unified.breaker.state",
 		metric.WithDescription("The node's circuit breaker: 0 closed, 1 half-open, 2 open."))
 	check(err)
 	if err := errors.Join(errs...); err != nil {

@@ -439,6 +439,12 @@ func (c *Cluster) Kill(i int) error {
 	}
 	c.mu.Lock()
 	wasHung := n.hung
+	var kids []int
+	if wasHung && n.proc != nil {
+		// Listed before the kill: once the postmaster is gone its
+		// children are re-parented and can no longer be found by parent.
+		kids = childrenOf(n.proc.pid)
+	}
 	c.mu.Unlock()
 	p, err := c.signalNode(n, syscall.SIGKILL, false)
 	if err != nil {
@@ -448,7 +454,7 @@ func (c *Cluster) Kill(i int) error {
 		return fmt.Errorf("pgcluster: %s (pid %d) does not exit after SIGKILL", n.Name, p.pid)
 	}
 	if wasHung {
-		_ = syscall.Kill(-p.pid, syscall.SIGCONT)
+		resumeTree(p.pid, kids)
 	}
 	c.mu.Lock()
 	n.hung = false
@@ -515,7 +521,7 @@ func (c *Cluster) StopContext(ctx context.Context, i int, mode string) error {
 		return nil
 	}
 	if n.hung {
-		_ = syscall.Kill(-p.pid, syscall.SIGCONT)
+		resumeTree(p.pid, childrenOf(p.pid))
 		n.hung = false
 	}
 	err = syscall.Kill(p.pid, sig)

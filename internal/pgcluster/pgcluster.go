@@ -591,7 +591,11 @@ func (c *Cluster) Close() error {
 			if t.pgid == 0 {
 				return
 			}
-			_ = syscall.Kill(-t.pgid, syscall.SIGCONT)
+			if t.p != nil && !t.p.exited() {
+				resumeTree(t.pgid, childrenOf(t.p.pid)) // a hung node's children too
+			} else {
+				_ = syscall.Kill(-t.pgid, syscall.SIGCONT)
+			}
 			if t.p != nil && !t.p.exited() {
 				_ = syscall.Kill(t.p.pid, syscall.SIGQUIT)
 				if !t.p.wait(context.Background(), 3*time.Second) {

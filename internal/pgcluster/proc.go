@@ -418,3 +418,13 @@ func procsWhere(match func(stat []string) bool) (pids []int, ok bool) {
 	}
 	return pids, true
 }
+
+// resumeTree sends SIGCONT to the process group pgid and to each of kids
+// (PostgreSQL's children are session leaders, outside that group), so that
+// no process of a hung node stays stopped.
+func resumeTree(pgid int, kids []int) {
+	_ = syscall.Kill(-pgid, syscall.SIGCONT)
+	for _, k := range kids {
+		_ = syscall.Kill(k, syscall.SIGCONT)
+	}
+}
