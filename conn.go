@@ -46,7 +46,10 @@ const (
 type Conn struct {
 	c    *Connector
 	phys [2]*physConn
-	tx   *tx // the open transaction, nil outside one
+	tx   *tx // the open transaction (&txState), nil outside one
+	// txState holds the open transaction's state, so BeginTx allocates
+	// nothing.
+	txState tx
 
 	closed        bool
 	ownsConnector bool // opened by Driver.Open: Close closes the Connector too
@@ -178,13 +181,8 @@ func (c *Conn) drop(r role) {
 // connection whose replica is no longer eligible, or a fallback read
 // connection while a replica is available again.
 //
-// A primary connection whose socket shows the server closed it or sent an
-// unasked message (the FATAL of a terminated idle session, as in a fast
-// shutdown) is stale too: a write sent on it would fail after it was sent,
-// and its outcome would look unknown although the server never saw it.
-// Reads need no such check: they are re-run on another node.
 func (c *Conn) stale(r role, pc *physConn, s *topology.Snapshot) bool {
-	if pc.broken() || pc.sock.Unfit() {
+	if pc.broken() {
 		return true
 	}
 	if s == nil {
@@ -210,7 +208,13 @@ func (c *Conn) physFor(ctx context.Context, r role, exclude int, rec *opRecord) 
 	}
 	s := c.c.snapshot()
 	if pc := c.phys[r]; pc != nil {
-		if !c.stale(r, pc, s) && pc.node.index != exclude {
+		// Before a primary connection is reused, one non-blocking peek at
+		// its socket: if the server closed it or sent an unasked message
+		// (the FATAL of a terminated idle session, as in a fast shutdown),
+		// a statement sent on it would fail after it was sent and its
+		// outcome would look unknown although the server never saw it.
+		// Reads need no such check: they are re-run on another node.
+		if !c.stale(r, pc, s) && pc.node.index != exclude && !pc.sock.Unfit() {
 			return pc, nil
 		}
 		c.drop(r)
@@ -383,17 +387,21 @@ func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if c.tx != nil {
 		return nil, errors.New("unified: a transaction is already open on this connection")
 	}
+	m := c.mode(ctx)
 	r := rolePrimary
-	if opts.ReadOnly || c.mode(ctx) == ReadOnly {
+	if opts.ReadOnly || m == ReadOnly {
 		r = roleReader
 	}
-	release, err := c.admit(ctx)
-	if err != nil {
-		return nil, err
+	var release func()
+	if c.c.batch != nil && m == Batch {
+		var err error
+		if release, err = c.c.admitBatch(ctx, m); err != nil {
+			return nil, err
+		}
 	}
 	var inner driver.Tx
 	var on *physConn
-	err = c.runRole(ctx, opBegin, "BEGIN", c.mode(ctx), r, func(pc *physConn) (err error) {
+	err := c.runRole(ctx, opBegin, "BEGIN", m, r, func(pc *physConn) (err error) {
 		on = pc
 		if pc.beginner != nil {
 			inner, err = pc.beginner.BeginTx(ctx, opts)
@@ -411,8 +419,10 @@ func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		}
 		return nil, err
 	}
-	c.tx = &tx{c: c, pc: on, inner: inner, readOnly: r == roleReader || opts.ReadOnly, mode: c.mode(ctx), release: release,
+	// The transaction lives in the Conn (one at a time): no allocation.
+	c.txState = tx{c: c, pc: on, inner: inner, readOnly: r == roleReader || opts.ReadOnly, mode: m, release: release,
 		parent: c.c.tel.spanParent(ctx)}
+	c.tx = &c.txState
 	c.c.tel.physUsed(on.node)
 	return c.tx, nil
 }
@@ -477,21 +487,11 @@ func (c *Conn) ResetSession(ctx context.Context) error {
 }
 
 // IsValid is called by database/sql before a connection goes back to the
-// pool. It drops physical connections the current topology no longer allows
-// (no network round trip) and reports whether the logical connection can be
-// reused.
-func (c *Conn) IsValid() bool {
-	if c.closed {
-		return false
-	}
-	s := c.c.snapshot()
-	for r, pc := range c.phys {
-		if pc != nil && c.stale(role(r), pc, s) {
-			c.drop(role(r))
-		}
-	}
-	return true
-}
+// pool; it reports whether the logical connection can be reused. It does no
+// work: physical connections the topology no longer allows are dropped by
+// ResetSession when the connection is next taken from the pool, and by the
+// per-statement check.
+func (c *Conn) IsValid() bool { return !c.closed }
 
 // Close closes the physical connections.
 func (c *Conn) Close() error {
