@@ -180,7 +180,6 @@ func (c *Conn) drop(r role) {
 // primary connection whose node lost the primary role (invariant 1), a read
 // connection whose replica is no longer eligible, or a fallback read
 // connection while a replica is available again.
-//
 func (c *Conn) stale(r role, pc *physConn, s *topology.Snapshot) bool {
 	if pc.broken() {
 		return true
