@@ -1,11 +1,14 @@
 package unified
 
 import (
+	"bytes"
 	"context"
 	"database/sql/driver"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -273,4 +276,64 @@ func TestProbeBackoff(t *testing.T) {
 		assert.Equal(t, w, probeBackoff(base, limit, failures), "failures=%d", failures)
 	}
 	assert.Equal(t, base, probeBackoff(base, base/2, 5), "never below base")
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestLogsTopologyFailoverAndBreaker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var out syncBuffer
+		logger := slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		cfg, err := ParseConfig("postgres://u:s3cr3t-pw@n0:5432,n1:5432,n2:5432/db?unified_health_interval=100ms&unified_breaker_failures=2")
+		require.NoError(t, err)
+		nodes := []*fakeNode{{lsn: 100, timeline: 1}, {inRecovery: true, lsn: 100}, {inRecovery: true, lsn: 100}}
+		opts := []Option{WithLogger(logger)}
+		for i, n := range cfg.Nodes() {
+			opts = append(opts, WithNodeConnector(n.Name, nodes[i]))
+		}
+		c, err := NewConnector(cfg, opts...)
+		require.NoError(t, err)
+		defer c.Close()
+		require.True(t, c.Health(t.Context()).Writable)
+
+		nodes[0].set(func(f *fakeNode) { f.down = true })
+		time.Sleep(300 * time.Millisecond)
+		nodes[1].set(func(f *fakeNode) { f.inRecovery, f.timeline = false, 2 })
+		time.Sleep(300 * time.Millisecond)
+		nodes[0].set(func(f *fakeNode) { f.down = false }) // back, still claiming primary on timeline 1
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		require.NoError(t, c.Close())
+
+		logs := out.String()
+		for _, want := range []string{
+			`msg="unified: node changed" node=n0:5432 role=primary state=up`,
+			`msg="unified: primary lost" node=n0:5432`,
+			`msg="unified: node changed" node=n0:5432 role=primary state=down`,
+			`msg="unified: breaker changed" node=n0:5432 from=closed to=open`,
+			`msg="unified: failover: new primary" from=n0:5432 to=n1:5432 duration=`,
+			`msg="unified: node changed" node=n0:5432 role=primary state=fenced`,
+			`msg="unified: breaker changed" node=n0:5432 from=open to=closed`,
+		} {
+			assert.Contains(t, logs, want)
+		}
+		assert.NotContains(t, logs, "s3cr3t-pw")
+		assert.Equal(t, 1, strings.Count(logs, "failover: new primary"), "one line per failover")
+	})
 }
