@@ -88,9 +88,19 @@ type physConn struct {
 	// abort closes the socket from another goroutine, interrupting a
 	// statement in flight (nil for drivers other than pgx); see
 	// node.abortWriters.
-	abort  func()
-	closed bool
+	abort func()
+	// lastUsed is when the last statement on it ended (zero: never used).
+	lastUsed time.Time
+	closed   bool
 }
+
+// sockCheckAfter is how long a primary connection must have been idle before
+// its socket is peeked at on reuse. A connection used again within it was
+// answering a moment ago; skipping the system call keeps it off the hot path
+// of busy connections. If such a connection did die in between, the write
+// is reported as ErrCommitUnknown rather than retried: less precise, never
+// wrong.
+const sockCheckAfter = time.Millisecond
 
 func newPhysConn(tel *telemetry, n *node, readOnly bool, dc driver.Conn) *physConn {
 	pc := &physConn{tel: tel, node: n, readOnly: readOnly, dc: dc}
@@ -207,13 +217,15 @@ func (c *Conn) physFor(ctx context.Context, r role, exclude int, rec *opRecord) 
 	}
 	s := c.c.snapshot()
 	if pc := c.phys[r]; pc != nil {
-		// Before a primary connection is reused, one non-blocking peek at
-		// its socket: if the server closed it or sent an unasked message
+		// Before a primary connection idle for sockCheckAfter is reused,
+		// one non-blocking peek at its socket: if the server closed it or
+		// sent an unasked message
 		// (the FATAL of a terminated idle session, as in a fast shutdown),
 		// a statement sent on it would fail after it was sent and its
 		// outcome would look unknown although the server never saw it.
 		// Reads need no such check: they are re-run on another node.
-		if !c.stale(r, pc, s) && pc.node.index != exclude && !pc.sock.Unfit() {
+		if !c.stale(r, pc, s) && pc.node.index != exclude &&
+			(pc.sock == nil || time.Since(pc.lastUsed) < sockCheckAfter || !pc.sock.Unfit()) {
 			return pc, nil
 		}
 		c.drop(r)

@@ -230,6 +230,9 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 			c.c.tel.physUsed(pc.node)
 			err = fn(pc)
 			c.c.tel.physIdle(pc.node)
+			if pc.sock != nil {
+				pc.lastUsed = time.Now()
+			}
 			if err == nil {
 				return pc, nil
 			}
