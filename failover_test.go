@@ -46,11 +46,8 @@ func killAndPromote(t *testing.T, c *pgcluster.Cluster, primary int) (int, time.
 	target := mostAdvanced(t, c, rest...)
 	promotedAt, err := c.Promote(ctx, target)
 	require.NoError(t, err)
-	for _, j := range rest {
-		if j != target {
-			require.NoError(t, c.Repoint(ctx, j, target))
-		}
-	}
+	_, err = c.Follow(ctx, target, rest...)
+	require.NoError(t, err)
 	return target, killedAt, promotedAt
 }
 
@@ -114,11 +111,8 @@ func TestSwitchover(t *testing.T) {
 	target := mostAdvanced(t, c, rest...)
 	promotedAt, err := c.Promote(ctx, target)
 	require.NoError(t, err)
-	for _, j := range rest {
-		if j != target {
-			require.NoError(t, c.Repoint(ctx, j, target))
-		}
-	}
+	_, err = c.Follow(ctx, target, rest...)
+	require.NoError(t, err)
 	waitFor(t, 15*time.Second, func() bool { return w.ackedSince(promotedAt) >= 50 }, "writes to resume")
 	w.halt()
 	resumed := w.firstAckAfter(promotedAt)
@@ -174,11 +168,8 @@ func TestHungPrimary(t *testing.T) {
 	target := mostAdvanced(t, c, rest...)
 	promotedAt, err := c.Promote(ctx, target)
 	require.NoError(t, err)
-	for _, j := range rest {
-		if j != target {
-			require.NoError(t, c.Repoint(ctx, j, target))
-		}
-	}
+	_, err = c.Follow(ctx, target, rest...)
+	require.NoError(t, err)
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err = db.ExecContext(wctx, "CREATE TABLE IF NOT EXISTS hung_after (id int)")
@@ -465,11 +456,14 @@ func TestRapidSwitchovers(t *testing.T) {
 		require.NoError(t, c.Stop(cur, "fast"))
 		promotedAt, err := c.Promote(ctx, next)
 		require.NoError(t, err)
+		var third []int
 		for _, j := range others(c, next) {
 			if j != cur {
-				require.NoError(t, c.Repoint(ctx, j, next))
+				third = append(third, j)
 			}
 		}
+		_, err = c.Follow(ctx, next, third...)
+		require.NoError(t, err)
 		waitFor(t, 15*time.Second, func() bool { return w.ackedSince(promotedAt) > 0 }, "writes after switchover %d", k+1)
 		require.NoError(t, c.Rejoin(ctx, cur, next))
 		t.Logf("switchover %d: %s -> %s, promoted at %s", k+1, c.Node(cur).Name, c.Node(next).Name, promotedAt.Format("15:04:05.000"))

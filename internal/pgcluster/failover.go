@@ -51,3 +51,23 @@ func (c *Cluster) MostAdvanced(ctx context.Context, candidates ...int) (int, err
 		}
 	}
 }
+
+// Follow makes each standby stream from primary after a promotion: Repoint,
+// or, when the standby cannot follow (it replayed past the point where the
+// new primary's timeline forked off), Rejoin, which rewinds or rebuilds it.
+// It returns the standbys that had to be rejoined.
+func (c *Cluster) Follow(ctx context.Context, primary int, standbys ...int) (rejoined []int, err error) {
+	for _, j := range standbys {
+		if j == primary {
+			continue
+		}
+		if err := c.Repoint(ctx, j, primary); err != nil {
+			c.logf("pgcluster: %s cannot follow %s (%v); rejoining it", c.nodes[j].Name, c.nodes[primary].Name, err)
+			if err := c.Rejoin(ctx, j, primary); err != nil {
+				return rejoined, err
+			}
+			rejoined = append(rejoined, j)
+		}
+	}
+	return rejoined, nil
+}
