@@ -315,7 +315,7 @@ func killAndPromote(ctx context.Context, cl *pgcluster.Cluster, say func(string,
 			rest = append(rest, i)
 		}
 	}
-	target, err := mostAdvanced(ctx, cl, rest)
+	target, err := cl.MostAdvanced(ctx, rest...)
 	if err != nil {
 		return err
 	}
@@ -324,48 +324,20 @@ func killAndPromote(ctx context.Context, cl *pgcluster.Cluster, say func(string,
 		return err
 	}
 	say(">>> %s promoted (%v after the kill)", cl.Node(target).Name, promotedAt.Sub(killedAt).Round(time.Millisecond))
+	rejoined, err := cl.Follow(ctx, target, rest...)
+	if err != nil {
+		return err
+	}
 	for _, j := range rest {
-		if j == target {
-			continue
+		switch {
+		case j == target:
+		case slices.Contains(rejoined, j):
+			say(">>> %s could not follow %s: rejoined it (pg_rewind)", cl.Node(j).Name, cl.Node(target).Name)
+		default:
+			say(">>> %s re-pointed: streams from %s", cl.Node(j).Name, cl.Node(target).Name)
 		}
-		if err := cl.Repoint(ctx, j, target); err != nil {
-			say(">>> %s cannot follow %s (%v); rejoining it (pg_rewind) ...", cl.Node(j).Name, cl.Node(target).Name, err)
-			if err := cl.Rejoin(ctx, j, target); err != nil {
-				return err
-			}
-		}
-		say(">>> %s re-pointed: streams from %s", cl.Node(j).Name, cl.Node(target).Name)
 	}
 	return nil
-}
-
-// mostAdvanced returns the candidate with the highest
-// pg_last_wal_receive_lsn, once no candidate's position moves (WAL the dead
-// primary sent may still be arriving) or after 2 s.
-func mostAdvanced(ctx context.Context, cl *pgcluster.Cluster, candidates []int) (int, error) {
-	var prev []int64
-	for deadline := time.Now().Add(2 * time.Second); ; {
-		lsns := make([]int64, len(candidates))
-		for k, i := range candidates {
-			err := cl.QueryRow(ctx, i, "SELECT COALESCE((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::int8, 0)").Scan(&lsns[k])
-			if err != nil {
-				return -1, err
-			}
-		}
-		if slices.Equal(lsns, prev) || time.Now().After(deadline) {
-			best := 0
-			for k := range lsns {
-				if lsns[k] > lsns[best] {
-					best = k
-				}
-			}
-			return candidates[best], nil
-		}
-		prev = lsns
-		if !sleep(ctx, 20*time.Millisecond) {
-			return -1, ctx.Err()
-		}
-	}
 }
 
 // settle waits (up to 10 s) until the Connector has counted the failover
