@@ -199,7 +199,7 @@ func (c *Conn) onTx(ctx context.Context, op, query string, m Mode, fn func(*phys
 // wraps ErrCommitUnknown.
 func (c *Conn) runRole(ctx context.Context, op, query string, m Mode, r role, fn func(*physConn) error) error {
 	rec := c.c.tel.begin(ctx, op, query, m)
-	pc, err := c.attempts(ctx, op, r, &rec, fn)
+	pc, err := c.attempts(ctx, op, m, r, &rec, fn)
 	var n *node
 	if pc != nil {
 		n = pc.node
@@ -216,8 +216,10 @@ func (c *Conn) runRole(ctx context.Context, op, query string, m Mode, r role, fn
 // waits for the monitor to confirm the primary or find the new one, within
 // ctx and unified_failover_timeout, and then goes out. Other failures that
 // sent nothing, and reads that lost their connection, are attempts: up to
-// unified_retry_max with jittered exponential backoff.
-func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, fn func(*physConn) error) (*physConn, error) {
+// unified_retry_max with jittered exponential backoff. Batch statements are
+// never retried (DESIGN.md §3): bulk jobs own their retry policy, and a
+// bulkhead slot must not be held through backoff.
+func (c *Conn) attempts(ctx context.Context, op string, m Mode, r role, rec *opRecord, fn func(*physConn) error) (*physConn, error) {
 	exclude := -1
 	var bo *backoff.ExponentialBackOff
 	var waitingSince time.Time
@@ -236,17 +238,11 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 			if err == nil {
 				return pc, nil
 			}
-			sentAnything = mayHaveSent(openBefore, pc, err)
 			if errors.Is(err, driver.ErrSkip) {
 				return pc, err
 			}
+			sentAnything = mayHaveSent(openBefore, pc, err)
 			n = pc.node
-			if pc.broken() || classify.Of(ctx, err) == classify.Connection || classify.Of(ctx, err) == classify.AdminShutdown {
-				if c.phys[r] == pc {
-					c.drop(r)
-				}
-			}
-			n.breaker.record(ctx, err)
 		} else {
 			var ne *NodeError
 			if !errors.As(err, &ne) || ne.Op != opConnect {
@@ -255,6 +251,14 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 			n = c.c.nodes[c.c.nodeIndex(ne.Node)]
 		}
 		cls := classify.Of(ctx, err)
+		if pc != nil {
+			if pc.broken() || cls == classify.Connection || cls == classify.AdminShutdown {
+				if c.phys[r] == pc {
+					c.drop(r)
+				}
+			}
+			n.breaker.record(ctx, err)
+		}
 		notSent := pc == nil || !sentAnything // a failed dial sent nothing
 		lostPrimary := r == rolePrimary && c.c.mon != nil && (cls.LostPrimary() || errors.Is(err, ErrCircuitOpen))
 		if lostPrimary {
@@ -264,7 +268,7 @@ func (c *Conn) attempts(ctx context.Context, op string, r role, rec *opRecord, f
 		reason := ""
 		var wait time.Duration
 		switch {
-		case cls == classify.Canceled || cls == classify.Auth:
+		case cls == classify.Canceled || cls == classify.Auth || m == Batch:
 		case lostPrimary && notSent:
 			if waitingSince.IsZero() {
 				waitingSince = time.Now()

@@ -337,3 +337,31 @@ func TestLogsTopologyFailoverAndBreaker(t *testing.T) {
 		assert.Equal(t, 1, strings.Count(logs, "failover: new primary"), "one line per failover")
 	})
 }
+
+func TestBatchIsNeverRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg, err := ParseConfig("postgres://u@n0:5432/db?unified_retry_max=3&unified_breaker_failures=100")
+		require.NoError(t, err)
+		node := &fakeNode{lsn: 1, timeline: 1, down: true}
+		c, err := NewConnector(cfg, WithNodeConnector("n0:5432", node), WithStaticPrimary("n0:5432"))
+		require.NoError(t, err)
+		defer c.Close()
+		dc, err := c.Connect(t.Context())
+		require.NoError(t, err)
+		conn := dc.(*Conn)
+		defer conn.Close()
+		dials := func() int {
+			node.mu.Lock()
+			defer node.mu.Unlock()
+			return node.dials
+		}
+
+		_, err = conn.ExecContext(t.Context(), "INSERT", nil)
+		require.Error(t, err)
+		assert.Equal(t, 3, dials(), "read-write: a dial that sent nothing is retried up to unified_retry_max")
+
+		_, err = conn.ExecContext(WithMode(t.Context(), Batch), "INSERT", nil)
+		require.Error(t, err)
+		assert.Equal(t, 4, dials(), "batch: one attempt, no retry")
+	})
+}
