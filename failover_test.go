@@ -22,32 +22,27 @@ import (
 // enough that a test sees the monitor react within a second.
 var haParams = []string{"unified_health_interval=100ms", "unified_health_timeout=300ms"}
 
-// mostAdvanced is the replica a failover manager promotes (see
-// pgcluster.MostAdvanced).
-func mostAdvanced(t *testing.T, c *pgcluster.Cluster, candidates ...int) int {
-	t.Helper()
-	i, err := c.MostAdvanced(t.Context(), candidates...)
-	require.NoError(t, err)
-	return i
-}
-
 // others returns the node indexes other than i.
 func others(c *pgcluster.Cluster, i int) []int { return c.Others(i) }
 
-// killAndPromote SIGKILLs the primary under load, promotes the most
-// advanced replica and re-points the other one, and returns the new
+// failOver promotes the most advanced replica after node failed was lost
+// and makes the other follow it (pgcluster.FailOver); it returns the new
 // primary and the moment it accepted writes.
+func failOver(t *testing.T, c *pgcluster.Cluster, failed int) (int, time.Time) {
+	t.Helper()
+	target, promotedAt, _, err := c.FailOver(t.Context(), failed)
+	require.NoError(t, err)
+	return target, promotedAt
+}
+
+// killAndPromote SIGKILLs the primary under load and fails over; it
+// returns the new primary, the moment of the kill and the moment the new
+// primary accepted writes.
 func killAndPromote(t *testing.T, c *pgcluster.Cluster, primary int) (int, time.Time, time.Time) {
 	t.Helper()
-	ctx := t.Context()
 	require.NoError(t, c.Kill(primary))
 	killedAt := time.Now()
-	rest := others(c, primary)
-	target := mostAdvanced(t, c, rest...)
-	promotedAt, err := c.Promote(ctx, target)
-	require.NoError(t, err)
-	_, err = c.Follow(ctx, target, rest...)
-	require.NoError(t, err)
+	target, promotedAt := failOver(t, c, primary)
 	return target, killedAt, promotedAt
 }
 
@@ -107,12 +102,7 @@ func TestSwitchover(t *testing.T) {
 
 	require.NoError(t, c.Stop(primary, "fast"))
 	stoppedAt := time.Now()
-	rest := others(c, primary)
-	target := mostAdvanced(t, c, rest...)
-	promotedAt, err := c.Promote(ctx, target)
-	require.NoError(t, err)
-	_, err = c.Follow(ctx, target, rest...)
-	require.NoError(t, err)
+	target, promotedAt := failOver(t, c, primary)
 	waitFor(t, 15*time.Second, func() bool { return w.ackedSince(promotedAt) >= 50 }, "writes to resume")
 	w.halt()
 	resumed := w.firstAckAfter(promotedAt)
@@ -164,12 +154,7 @@ func TestHungPrimary(t *testing.T) {
 	assert.LessOrEqual(t, markedDown, 2*interval+timeout+500*time.Millisecond)
 
 	// A replica is promoted while the old primary still hangs: writes move.
-	rest := others(c, primary)
-	target := mostAdvanced(t, c, rest...)
-	promotedAt, err := c.Promote(ctx, target)
-	require.NoError(t, err)
-	_, err = c.Follow(ctx, target, rest...)
-	require.NoError(t, err)
+	target, promotedAt := failOver(t, c, primary)
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err = db.ExecContext(wctx, "CREATE TABLE IF NOT EXISTS hung_after (id int)")

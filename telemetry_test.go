@@ -769,11 +769,7 @@ func TestTelemetryFailoverCluster(t *testing.T) {
 	assert.EqualValues(t, 20, inserts[0].count)
 
 	require.NoError(t, c.Kill(primary))
-	other, err = c.MostAdvanced(ctx, c.Others(primary)...)
-	require.NoError(t, err)
-	_, err = c.Promote(ctx, other)
-	require.NoError(t, err)
-	_, err = c.Follow(ctx, other, c.Others(primary)...)
+	other, _, _, err = c.FailOver(ctx, primary)
 	require.NoError(t, err)
 	waitFor(t, 30*time.Second, func() bool {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -157,18 +157,8 @@ type verdict struct {
 // check counts the ids stored on node i (the current primary).
 func (w *workload) check(t *testing.T, c *pgcluster.Cluster, i int, readsFrom, readsTo time.Time) verdict {
 	t.Helper()
-	conn, err := c.Connect(t.Context(), i)
+	stored, err := c.IDCounts(t.Context(), i, w.table)
 	require.NoError(t, err)
-	defer conn.Close(context.Background())
-	rows, err := conn.Query(t.Context(), "SELECT id, count(*) FROM "+w.table+" GROUP BY id")
-	require.NoError(t, err)
-	stored := map[int64]int{}
-	for rows.Next() {
-		var id, n int64
-		require.NoError(t, rows.Scan(&id, &n))
-		stored[id] = int(n)
-	}
-	require.NoError(t, rows.Err())
 
 	w.mu.Lock()
 	defer w.mu.Unlock()

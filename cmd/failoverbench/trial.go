@@ -126,31 +126,13 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 			return r, err
 		}
 	}
-	var rest []int
-	for i := 0; i < cl.Len(); i++ {
-		if i != primary {
-			rest = append(rest, i)
-		}
+	target, promotedAt, rejoined, err := cl.FailOver(ctx, primary)
+	for _, j := range rejoined {
+		// It replayed past the new timeline's fork point: it was rewound.
+		r.Notes = append(r.Notes, fmt.Sprintf("%s could not follow %s; rejoined it", cl.Node(j).Name, cl.Node(target).Name))
 	}
-	target, err := cl.MostAdvanced(ctx, rest...)
 	if err != nil {
 		return r, err
-	}
-	promotedAt, err := cl.Promote(ctx, target)
-	if err != nil {
-		return r, err
-	}
-	for _, j := range rest {
-		if j == target {
-			continue
-		}
-		if err := cl.Repoint(ctx, j, target); err != nil {
-			// It replayed past the new timeline's fork point: rewind it.
-			r.Notes = append(r.Notes, fmt.Sprintf("re-pointing %s failed (%v); rejoined it", cl.Node(j).Name, err))
-			if err := cl.Rejoin(ctx, j, target); err != nil {
-				return r, err
-			}
-		}
 	}
 	r.Killed, r.Promoted = cl.Node(primary).Name, cl.Node(target).Name
 	r.PromotedMS = ms(promotedAt.Sub(faultAt))
@@ -169,7 +151,7 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 		return r, ctx.Err()
 	}
 
-	stored, err := countStored(ctx, cl, target, table)
+	stored, err := cl.IDCounts(ctx, target, table)
 	if err != nil {
 		return r, err
 	}
@@ -402,29 +384,6 @@ func (w *clients) judge(r *trialResult, stored map[int64]int, faultAt, promotedA
 			r.ReadsByNode[rd.node]++
 		}
 	}
-}
-
-// countStored returns how many times each id is stored on node i, read
-// directly.
-func countStored(ctx context.Context, cl *pgcluster.Cluster, i int, table string) (map[int64]int, error) {
-	conn, err := cl.Connect(ctx, i)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, "SELECT id, count(*) FROM "+table+" GROUP BY id")
-	if err != nil {
-		return nil, err
-	}
-	stored := map[int64]int{}
-	for rows.Next() {
-		var id, n int64
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, err
-		}
-		stored[id] = int(n)
-	}
-	return stored, rows.Err()
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -37,6 +37,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -166,7 +167,11 @@ func run(ctx context.Context, out io.Writer, o options) (*summary, error) {
 	}
 
 	// The verdict: what the new primary holds against what the clients saw.
-	stored, err := countStored(ctx, cl)
+	p, err := cl.Primary(ctx)
+	if err != nil {
+		return nil, err
+	}
+	stored, err := cl.IDCounts(ctx, p, table)
 	if err != nil {
 		return nil, err
 	}
@@ -243,12 +248,7 @@ func (s *scenario) run(ctx context.Context, duration time.Duration) error {
 		return err
 	}
 
-	var rest []int
-	for i := 0; i < s.cl.Len(); i++ {
-		if i != old {
-			rest = append(rest, i)
-		}
-	}
+	rest := s.cl.Others(old)
 	target, err := s.cl.MostAdvanced(ctx, rest...)
 	if err != nil {
 		return err
@@ -259,19 +259,20 @@ func (s *scenario) run(ctx context.Context, duration time.Duration) error {
 	}
 	s.con.event(s.promotedAt, ">>> %s promoted: it accepts writes (%v after the kill)",
 		s.nodes.name(target), ms(s.promotedAt.Sub(s.killedAt)))
+	// The other replica follows the new primary; one that replayed past the
+	// point where the new timeline forked off is rewound (pg_rewind).
+	rejoined, err := s.cl.Follow(ctx, target, rest...)
+	if err != nil {
+		return err
+	}
 	for _, j := range rest {
-		if j == target {
-			continue
+		switch {
+		case j == target:
+		case slices.Contains(rejoined, j):
+			s.con.event(time.Now(), ">>> %s could not follow %s: rejoined it (pg_rewind)", s.nodes.name(j), s.nodes.name(target))
+		default:
+			s.con.event(time.Now(), ">>> %s re-pointed: streams from %s", s.nodes.name(j), s.nodes.name(target))
 		}
-		if err := s.cl.Repoint(ctx, j, target); err != nil {
-			// It replayed past the point where the new primary's timeline
-			// forked off: rewind it instead.
-			s.con.event(time.Now(), ">>> %s cannot follow %s (%v); rejoining it (pg_rewind) ...", s.nodes.name(j), s.nodes.name(target), err)
-			if err := s.cl.Rejoin(ctx, j, target); err != nil {
-				return err
-			}
-		}
-		s.con.event(time.Now(), ">>> %s re-pointed: streams from %s", s.nodes.name(j), s.nodes.name(target))
 	}
 	if s.sync {
 		if err := s.cl.SetSynchronous(ctx, target, true); err != nil {
@@ -292,33 +293,6 @@ func (s *scenario) run(ctx context.Context, duration time.Duration) error {
 	}
 	s.con.event(time.Now(), ">>> %s rejoined: a replica streaming from %s", s.nodes.name(old), s.nodes.name(target))
 	return nil
-}
-
-// countStored returns how many times each id is stored on the current
-// primary, read directly (not through unified).
-func countStored(ctx context.Context, cl *pgcluster.Cluster) (map[int64]int, error) {
-	p, err := cl.Primary(ctx)
-	if err != nil {
-		return nil, err
-	}
-	conn, err := cl.Connect(ctx, p)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, "SELECT id, count(*) FROM "+table+" GROUP BY id")
-	if err != nil {
-		return nil, err
-	}
-	stored := map[int64]int{}
-	for rows.Next() {
-		var id, n int64
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, err
-		}
-		stored[id] = int(n)
-	}
-	return stored, rows.Err()
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.

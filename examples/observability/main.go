@@ -309,12 +309,7 @@ func killAndPromote(ctx context.Context, cl *pgcluster.Cluster, say func(string,
 	if err := cl.Kill(old); err != nil {
 		return err
 	}
-	var rest []int
-	for i := 0; i < cl.Len(); i++ {
-		if i != old {
-			rest = append(rest, i)
-		}
-	}
+	rest := cl.Others(old)
 	target, err := cl.MostAdvanced(ctx, rest...)
 	if err != nil {
 		return err
