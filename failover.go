@@ -229,9 +229,15 @@ func (c *Conn) attempts(ctx context.Context, op string, m Mode, r role, rec *opR
 		sentAnything := false
 		if err == nil {
 			openBefore := !pc.broken()
-			c.c.tel.physUsed(pc.node)
+			// "used" is only visible to a metrics collection that runs
+			// during the statement: no shared-counter traffic without one.
+			if rec.metrics {
+				c.c.tel.physUsed(pc.node)
+			}
 			err = fn(pc)
-			c.c.tel.physIdle(pc.node)
+			if rec.metrics {
+				c.c.tel.physIdle(pc.node)
+			}
 			if pc.sock != nil {
 				pc.lastUsed = time.Now()
 			}
