@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"testing"
 	"time"
 
@@ -19,12 +18,7 @@ func TestMain(m *testing.M) {
 
 // TestDemo runs the demo as `go run ./examples/failover -duration 8s` would.
 func TestDemo(t *testing.T) {
-	if _, err := pgcluster.FindBinDir(); err != nil {
-		if os.Getenv(pgcluster.RequireEnv) == "require" {
-			t.Fatalf("%s=require: %v", pgcluster.RequireEnv, err)
-		}
-		t.Skip("pgcluster: skipping cluster test: ", err)
-	}
+	pgcluster.NeedBinaries(t)
 	var out bytes.Buffer
 	sum, err := run(t.Context(), &out, options{duration: 8 * time.Second, writers: 4, readers: 4, failover: true, sync: true})
 	t.Log("\n" + out.String())

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"regexp"
 	"strconv"
 	"testing"
@@ -22,12 +21,7 @@ func TestMain(m *testing.M) {
 // TestExample runs the example as `go run ./examples/observability
 // -duration 3s` would, and checks what it scraped from its own /metrics.
 func TestExample(t *testing.T) {
-	if _, err := pgcluster.FindBinDir(); err != nil {
-		if os.Getenv(pgcluster.RequireEnv) == "require" {
-			t.Fatalf("%s=require: %v", pgcluster.RequireEnv, err)
-		}
-		t.Skip("pgcluster: skipping cluster test: " + err.Error())
-	}
+	pgcluster.NeedBinaries(t)
 	var out bytes.Buffer
 	res, err := run(t.Context(), &out, options{duration: 3 * time.Second, failover: true})
 	t.Log("\n" + out.String())

@@ -137,3 +137,16 @@ func Need(t testing.TB, c *Cluster) *Cluster {
 	}
 	return c
 }
+
+// NeedBinaries is for tests that start their own cluster (an example's run
+// function) instead of sharing Main's: it skips t when the PostgreSQL server
+// binaries are missing, or fails it when $UNIFIED_TEST_CLUSTER is "require".
+func NeedBinaries(t testing.TB) {
+	t.Helper()
+	if _, err := FindBinDir(); err != nil {
+		if os.Getenv(RequireEnv) == "require" {
+			t.Fatalf("pgcluster: cluster required (%s=require) but unavailable: %v", RequireEnv, err)
+		}
+		t.Skip("pgcluster: skipping cluster test: ", err)
+	}
+}
