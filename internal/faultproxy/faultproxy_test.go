@@ -625,3 +625,25 @@ func TestNoCutAfterTLS(t *testing.T) {
 	require.NoError(t, pc.untilReady())
 	assert.Equal(t, 0, p.Cuts())
 }
+
+func TestCutAfterReplyKeepsTheFirstBytes(t *testing.T) {
+	b := startBackend(t, 'N')
+	p := newProxy(t, b.addr())
+	pc := connectPG(t, p.Addr(), false)
+
+	// The fake backend answers a Query with CommandComplete "OK" (8 bytes)
+	// and ReadyForQuery (6 bytes): keep the first message only.
+	p.CutAfterReply(func(q string) bool { return q == "insert into t values (1) returning id" }, 8)
+	pc.sendRacingCut(query("insert into t values (1) returning id"))
+	_ = pc.c.SetReadDeadline(time.Now().Add(ioTimeout))
+	var hdr [5]byte
+	_, err := io.ReadFull(pc.r, hdr[:])
+	require.NoError(t, err, "the kept bytes reach the client")
+	assert.Equal(t, byte('C'), hdr[0])
+	_, err = io.CopyN(io.Discard, pc.r, int64(binary.BigEndian.Uint32(hdr[1:]))-4)
+	require.NoError(t, err)
+	_, err = pc.r.ReadByte()
+	require.ErrorIs(t, err, io.EOF, "nothing after the kept bytes: ReadyForQuery never arrives")
+	assert.Equal(t, byte('Q'), b.next(t).typ, "the statement reached the server")
+	assert.Equal(t, 1, p.Cuts())
+}

@@ -53,6 +53,9 @@ func IsCommit(query string) bool {
 // compare-and-swap on [Proxy.cut] settles between connections.
 type cutRequest struct {
 	match func(query string) bool
+	// keep is how many bytes of the target's reply still reach the client
+	// once the cut has started (CutAfterReply); 0 for CutAfter.
+	keep int
 }
 
 // scanState is where the frontend scanner is in the client's byte stream.

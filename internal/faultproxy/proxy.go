@@ -186,11 +186,21 @@ func (p *Proxy) CutAfterCommit() { p.CutAfter(IsCommit) }
 // server without TLS. match runs on the forwarding goroutines, possibly
 // concurrently: it must be safe for concurrent use and quick.
 func (p *Proxy) CutAfter(match func(query string) bool) {
+	p.CutAfterReply(match, 0)
+}
+
+// CutAfterReply is [Proxy.CutAfter], except that the first keep bytes the
+// target sends once the cut has started still reach the client; the rest
+// is discarded. It breaks a connection in the middle of a reply: for an
+// INSERT ... RETURNING with enough rows, the client gets the first rows,
+// then loses the connection, while the server has run the statement to its
+// end and committed it. keep <= 0 is CutAfter.
+func (p *Proxy) CutAfterReply(match func(query string) bool, keep int) {
 	if match == nil {
 		p.cut.Store(nil)
 		return
 	}
-	p.cut.Store(&cutRequest{match: match})
+	p.cut.Store(&cutRequest{match: match, keep: max(keep, 0)})
 }
 
 // Cuts returns how many connections have been cut by [Proxy.CutAfter] or
@@ -348,6 +358,7 @@ type link struct {
 	negotiating atomic.Bool   // an SSLRequest/GSSENCRequest awaits the server's answer
 	answer      atomic.Uint32 // that answer byte; 0 while unknown
 	cutting     atomic.Bool   // a cut started: nothing more goes to the client
+	keep        atomic.Int64  // bytes of the reply still forwarded during a cut
 
 	mu     sync.Mutex // protects following fields
 	server *net.TCPConn
@@ -465,6 +476,7 @@ func (l *link) forwardToServer(p []byte) (cut bool, err error) {
 			l.negotiating.Store(true) // before the request reaches the server
 		case eventCut:
 			if l.p.cut.CompareAndSwap(req, nil) {
+				l.keep.Store(int64(req.keep))
 				l.cutting.Store(true) // before the statement reaches the server
 				if _, err := l.server.Write(p[:n]); err != nil {
 					return true, nil // the target is gone: the cut still stands
@@ -493,7 +505,15 @@ func (l *link) toClient() {
 			if l.negotiating.CompareAndSwap(true, false) {
 				l.answer.Store(uint32(buf[0])) // before the client can see it and go on
 			}
-			if !l.cutting.Load() && !l.blackholed.Load() {
+			if l.cutting.Load() && !l.blackholed.Load() {
+				if k := int(min(l.keep.Load(), int64(n))); k > 0 {
+					l.keep.Add(int64(-k))
+					if _, werr := l.client.Write(buf[:k]); werr != nil {
+						l.shutdown(true)
+						return
+					}
+				}
+			} else if !l.blackholed.Load() {
 				if !l.delay(t) {
 					return
 				}
