@@ -126,14 +126,14 @@ func Start(tb testing.TB, opts ...Option) *Cluster {
 	return c
 }
 
-// ctx bounds one method: the test's context, at most opTimeout.
-func (c *Cluster) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.tb.Context(), opTimeout)
-}
-
-func (c *Cluster) check(err error) {
+// on runs op for node i, with a context bounded by the test's and by
+// opTimeout, and fails the test if i is not a node or op fails.
+func (c *Cluster) on(i int, op func(ctx context.Context) error) {
 	c.tb.Helper()
-	if err != nil {
+	c.Node(i)
+	ctx, cancel := context.WithTimeout(c.tb.Context(), opTimeout)
+	defer cancel()
+	if err := op(ctx); err != nil {
 		c.tb.Fatalf("pgtest: %v", err)
 	}
 }
@@ -174,8 +174,7 @@ func (c *Cluster) Primary() int {
 // stays down until Rejoin.
 func (c *Cluster) Kill(i int) {
 	c.tb.Helper()
-	c.Node(i)
-	c.check(c.cl.Kill(i))
+	c.on(i, func(context.Context) error { return c.cl.Kill(i) })
 }
 
 // Hang freezes node i: SIGSTOP to the postmaster and every server process.
@@ -183,15 +182,13 @@ func (c *Cluster) Kill(i int) {
 // timeout notices. Resume undoes it.
 func (c *Cluster) Hang(i int) {
 	c.tb.Helper()
-	c.Node(i)
-	c.check(c.cl.Hang(i))
+	c.on(i, func(context.Context) error { return c.cl.Hang(i) })
 }
 
 // Resume continues node i after Hang (SIGCONT to all its processes).
 func (c *Cluster) Resume(i int) {
 	c.tb.Helper()
-	c.Node(i)
-	c.check(c.cl.Continue(i))
+	c.on(i, func(context.Context) error { return c.cl.Continue(i) })
 }
 
 // Promote promotes replica i (pg_promote) and returns once it accepts
@@ -201,12 +198,12 @@ func (c *Cluster) Resume(i int) {
 // FailOver is the whole recipe.
 func (c *Cluster) Promote(i int) {
 	c.tb.Helper()
-	n := c.Node(i)
-	ctx, cancel := c.ctx()
-	defer cancel()
-	at, err := c.cl.Promote(ctx, i)
-	c.check(err)
-	c.promoted(n, at)
+	var at time.Time
+	c.on(i, func(ctx context.Context) (err error) {
+		at, err = c.cl.Promote(ctx, i)
+		return err
+	})
+	c.promoted(c.nodes[i], at)
 }
 
 func (c *Cluster) promoted(n *Node, at time.Time) {
@@ -232,7 +229,7 @@ func (c *Cluster) FailOver() (int, error) {
 	if c.Len() < 2 {
 		return -1, fmt.Errorf("pgtest: no replica to fail over to")
 	}
-	ctx, cancel := c.ctx()
+	ctx, cancel := context.WithTimeout(c.tb.Context(), opTimeout)
 	defer cancel()
 	target, at, _, err := c.cl.FailOver(ctx, failed)
 	if err != nil {
@@ -254,17 +251,16 @@ func (c *Cluster) FailOver() (int, error) {
 // discarded, as in a real cluster.
 func (c *Cluster) Rejoin(i int) {
 	c.tb.Helper()
-	c.Node(i)
 	p := c.Primary()
 	if i == p {
 		c.tb.Fatalf("pgtest: Rejoin(%d): node %d is the primary", i, i)
 	}
-	ctx, cancel := c.ctx()
-	defer cancel()
-	c.check(c.cl.Rejoin(ctx, i, p))
-	if c.sync {
-		c.check(c.cl.SetSynchronous(ctx, p, true))
-	}
+	c.on(i, func(ctx context.Context) error {
+		if err := c.cl.Rejoin(ctx, i, p); err != nil || !c.sync {
+			return err
+		}
+		return c.cl.SetSynchronous(ctx, p, true)
+	})
 }
 
 // PauseReplay pauses WAL replay on replica i (pg_wal_replay_pause): it
@@ -272,19 +268,13 @@ func (c *Cluster) Rejoin(i int) {
 // primary writes. ResumeReplay undoes it.
 func (c *Cluster) PauseReplay(i int) {
 	c.tb.Helper()
-	c.Node(i)
-	ctx, cancel := c.ctx()
-	defer cancel()
-	c.check(c.cl.PauseReplay(ctx, i))
+	c.on(i, func(ctx context.Context) error { return c.cl.PauseReplay(ctx, i) })
 }
 
 // ResumeReplay resumes WAL replay on replica i (pg_wal_replay_resume).
 func (c *Cluster) ResumeReplay(i int) {
 	c.tb.Helper()
-	c.Node(i)
-	ctx, cancel := c.ctx()
-	defer cancel()
-	c.check(c.cl.ResumeReplay(ctx, i))
+	c.on(i, func(ctx context.Context) error { return c.cl.ResumeReplay(ctx, i) })
 }
 
 // Close stops every server (hung ones included) and removes the cluster's
