@@ -85,10 +85,10 @@
 // 100 MB in the temporary directory (mostly WAL; in /dev/shm that is
 // memory) and its processes some 30 to 60 MB besides (shared_buffers is
 // 32MB). Kill, Hang and Resume take milliseconds, Promote tens of
-// milliseconds, FailOver one to two hundred (seconds when a replica has to
-// be rewound), Rejoin about a second. Share one cluster between the tests
-// of a package that do not break it; give the ones that break it their
-// own.
+// milliseconds, FailOver 100 to 300 ms (seconds when a replica has to be
+// rewound), Rejoin from under a second on an idle cluster to several
+// seconds under write load. Share one cluster between the tests of a
+// package that do not break it; give the ones that break it their own.
 //
 // # Errors, skipping, concurrency
 //
