@@ -10,9 +10,11 @@ import (
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
-// cluster is the package's real primary + 2 streaming replicas, started once
-// in TestMain; nil when PostgreSQL is not installed (tests that need it skip,
-// unless UNIFIED_TEST_CLUSTER=require). Tests that fault it restore it.
+// cluster is the package's real primary + 2 streaming replicas, started by
+// the first pgcluster.Need (so tests that need none start no server) and
+// closed after the tests. Without PostgreSQL the tests that need it fail with
+// the install hint, or skip with UNIFIED_TEST_CLUSTER=skip. Tests that fault
+// it restore it.
 var cluster *pgcluster.Cluster
 
 func TestMain(m *testing.M) {

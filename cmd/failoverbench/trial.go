@@ -3,18 +3,15 @@ package main
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
-	"slices"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver
 
-	"github.com/unifiedsql/unified"
+	_ "github.com/unifiedsql/unified" // the "unified" driver
 	"github.com/unifiedsql/unified/internal/pgcluster"
+	"github.com/unifiedsql/unified/internal/workload"
 )
 
 // trialResult is what one trial measured. Durations are in milliseconds.
@@ -74,38 +71,33 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 	if err != nil {
 		return r, err
 	}
-	table := fmt.Sprintf("fb_%s_%s_%d", scenario, driver, n)
-	if err := cl.Exec(ctx, primary, "DROP TABLE IF EXISTS "+table); err != nil {
-		return r, err
-	}
-	if err := cl.Exec(ctx, primary, "CREATE TABLE "+table+" (id bigint, writer int)"); err != nil {
-		return r, err
-	}
-
-	w, err := openClients(cl, cfg, driver)
+	wdb, rdb, err := openDBs(cl, cfg, driver)
 	if err != nil {
 		return r, err
 	}
-	defer w.close()
-	w.table = table
+	defer closeDBs(wdb, rdb)
+	table := fmt.Sprintf("fb_%s_%s_%d", scenario, driver, n)
+	if err := workload.CreateTable(ctx, wdb, table); err != nil {
+		return r, err
+	}
+	nodes := map[int]int{}
 	for i := 0; i < cl.Len(); i++ {
-		w.nodes[cl.Node(i).Port] = cl.Node(i).Name
+		nodes[cl.Node(i).Port] = i
 	}
 
-	w.start(ctx, cfg)
-	stopped := false
-	halt := func() {
-		if !stopped {
-			stopped = true
-			w.halt()
-		}
-	}
-	defer halt()
+	w := workload.Start(ctx, wdb, rdb, workload.Config{
+		Table: table, Writers: cfg.writers, Readers: cfg.readers,
+		WriteTimeout: cfg.writeTimeout, ReadTimeout: 2 * time.Second,
+		WritePause: 2 * time.Millisecond, ReadPause: time.Millisecond, // no spinning on a persistent error
+		Nodes: nodes,
+	})
+	defer w.Stop()
 	if !sleep(ctx, cfg.warmup) {
 		return r, ctx.Err()
 	}
-	if w.ackedSince(time.Time{}) == 0 {
-		return r, fmt.Errorf("no write succeeded during the warm-up: %v", w.sampleErrors())
+	if w.AckedSince(time.Time{}) == 0 {
+		v := workload.Judge(w.Outcomes(), nil, time.Time{}, time.Time{})
+		return r, fmt.Errorf("no write succeeded during the warm-up: %v", v.Samples(6))
 	}
 
 	// The fault, then what a failover manager does.
@@ -139,250 +131,82 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 
 	// Wait for writes to resume on the new primary, within the bound.
 	deadline := promotedAt.Add(cfg.bound)
-	for w.ackedSince(promotedAt) < 20 && time.Now().Before(deadline) {
+	for w.AckedSince(promotedAt) < 20 && time.Now().Before(deadline) {
 		if !sleep(ctx, 10*time.Millisecond) {
 			return r, ctx.Err()
 		}
 	}
 	sleep(ctx, 200*time.Millisecond)
 	end := time.Now()
-	halt()
+	o := w.Stop()
 	if ctx.Err() != nil {
 		return r, ctx.Err()
 	}
 
-	stored, err := cl.IDCounts(ctx, target, table)
+	stored, err := workload.IDCounts(ctx, cl.Node(target).DSN(), table)
 	if err != nil {
 		return r, err
 	}
-	w.judge(&r, stored, faultAt, promotedAt, deadline, end)
+	judge(&r, o, stored, cl, faultAt, promotedAt, deadline, end)
 	return r, nil
 }
 
-// clients is one trial's database/sql side: the writers' and the readers'
-// *sql.DB (the same one for unified) and what every statement returned.
-type clients struct {
-	wdb, rdb *sql.DB
-	readOnly bool // readers use unified.ReadOnly
-	table    string
-	nodes    map[int]string // port → node name
-
-	stop chan struct{}
-	wg   sync.WaitGroup
-
-	mu      sync.Mutex          // protects following fields
-	acked   map[int64]time.Time // id → when acknowledged
-	flagged map[int64]error     // id → error wrapping unified.ErrCommitUnknown
-	failed  map[int64]error     // id → any other error
-	reads   []readResult
-	errs    []string // a few distinct errors
-}
-
-type readResult struct {
-	at   time.Time
-	node string // "" when the read failed
-}
-
-func openClients(cl *pgcluster.Cluster, cfg config, driver string) (*clients, error) {
-	w := &clients{
-		nodes: map[int]string{}, stop: make(chan struct{}),
-		acked: map[int64]time.Time{}, flagged: map[int64]error{}, failed: map[int64]error{},
-	}
-	var err error
+// openDBs opens the writers' and the readers' *sql.DB: the same one for
+// unified; for pgx one per target_session_attrs.
+func openDBs(cl *pgcluster.Cluster, cfg config, driver string) (wdb, rdb *sql.DB, err error) {
 	switch driver {
 	case "unified":
-		w.wdb, err = sql.Open("unified", cl.DSN(cfg.unifiedParams...))
-		w.rdb = w.wdb
-		w.readOnly = true
+		wdb, err = sql.Open("unified", cl.DSN(cfg.unifiedParams...))
+		rdb = wdb
 	case "pgx":
-		w.wdb, err = sql.Open("pgx", cl.DSN("target_session_attrs=read-write", "connect_timeout=2"))
+		wdb, err = sql.Open("pgx", cl.DSN("target_session_attrs=read-write", "connect_timeout=2"))
 		if err == nil {
-			w.rdb, err = sql.Open("pgx", cl.DSN("target_session_attrs=prefer-standby", "connect_timeout=2"))
+			rdb, err = sql.Open("pgx", cl.DSN("target_session_attrs=prefer-standby", "connect_timeout=2"))
 		}
 	}
 	if err != nil {
-		w.close()
-		return nil, err
+		closeDBs(wdb, rdb)
+		return nil, nil, err
 	}
 	// database/sql keeps 2 idle connections by default and would reopen
 	// the others all the time.
-	w.wdb.SetMaxIdleConns(cfg.writers + cfg.readers)
-	w.rdb.SetMaxIdleConns(cfg.writers + cfg.readers)
-	return w, nil
+	wdb.SetMaxIdleConns(cfg.writers + cfg.readers)
+	rdb.SetMaxIdleConns(cfg.writers + cfg.readers)
+	return wdb, rdb, nil
 }
 
-func (w *clients) close() {
-	if w.wdb != nil {
-		w.wdb.Close()
+func closeDBs(wdb, rdb *sql.DB) {
+	if wdb != nil {
+		wdb.Close()
 	}
-	if w.rdb != nil && w.rdb != w.wdb {
-		w.rdb.Close()
+	if rdb != nil && rdb != wdb {
+		rdb.Close()
 	}
-}
-
-func (w *clients) start(ctx context.Context, cfg config) {
-	for i := 0; i < cfg.writers; i++ {
-		w.wg.Go(func() {
-			for seq := int64(0); !w.stopped(ctx); seq++ {
-				id := int64(i)*1_000_000_000 + seq
-				wctx, cancel := context.WithTimeout(ctx, cfg.writeTimeout)
-				_, err := w.wdb.ExecContext(wctx, "INSERT INTO "+w.table+" (id, writer) VALUES ($1, $2)", id, i)
-				cancel()
-				w.write(id, err)
-				if err != nil {
-					time.Sleep(2 * time.Millisecond) // no spinning on a persistent error
-				}
-			}
-		})
-	}
-	rctx := ctx
-	if w.readOnly {
-		rctx = unified.WithMode(ctx, unified.ReadOnly)
-	}
-	for range cfg.readers {
-		w.wg.Go(func() {
-			for !w.stopped(ctx) {
-				qctx, cancel := context.WithTimeout(rctx, 2*time.Second)
-				var port int
-				err := w.rdb.QueryRowContext(qctx, "SELECT inet_server_port()").Scan(&port)
-				cancel()
-				w.read(port, err)
-				time.Sleep(time.Millisecond)
-			}
-		})
-	}
-}
-
-func (w *clients) stopped(ctx context.Context) bool {
-	select {
-	case <-w.stop:
-		return true
-	case <-ctx.Done():
-		return true
-	default:
-		return false
-	}
-}
-
-// halt stops the load and waits for the statements in flight.
-func (w *clients) halt() {
-	close(w.stop)
-	w.wg.Wait()
-}
-
-func (w *clients) write(id int64, err error) {
-	now := time.Now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	switch {
-	case err == nil:
-		w.acked[id] = now
-		return
-	case errors.Is(err, unified.ErrCommitUnknown):
-		w.flagged[id] = err
-	default:
-		w.failed[id] = err
-	}
-	w.sampleLocked(err)
-}
-
-func (w *clients) read(port int, err error) {
-	now := time.Now()
-	node := ""
-	if err == nil {
-		if node = w.nodes[port]; node == "" {
-			node = fmt.Sprint(port)
-		}
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.reads = append(w.reads, readResult{at: now, node: node})
-	if err != nil {
-		w.sampleLocked(err)
-	}
-}
-
-func (w *clients) sampleLocked(err error) {
-	if msg := err.Error(); len(w.errs) < 6 && !slices.Contains(w.errs, msg) {
-		w.errs = append(w.errs, msg)
-	}
-}
-
-func (w *clients) sampleErrors() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Clone(w.errs)
-}
-
-// ackedSince counts writes acknowledged at or after t.
-func (w *clients) ackedSince(t time.Time) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := 0
-	for _, at := range w.acked {
-		if !at.Before(t) {
-			n++
-		}
-	}
-	return n
 }
 
 // judge fills r from what the clients saw and what the new primary holds.
-func (w *clients) judge(r *trialResult, stored map[int64]int, faultAt, promotedAt, deadline, end time.Time) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	r.Acked, r.Flagged, r.Failed, r.Errors = len(w.acked), len(w.flagged), len(w.failed), w.errs
-	for id := range w.acked {
-		if stored[id] == 0 {
-			r.Lost++
-		}
-	}
-	for _, n := range stored {
-		if n > 1 {
-			r.Dup++
-		}
-	}
-	for id := range w.flagged {
-		if stored[id] > 0 {
-			r.FlaggedStored++
-		}
-	}
-	for id := range w.failed {
-		if stored[id] > 0 {
-			r.Unflagged++
-		}
-	}
-
-	acks := make([]time.Time, 0, len(w.acked))
-	for _, at := range w.acked {
-		acks = append(acks, at)
-	}
-	sort.Slice(acks, func(i, j int) bool { return acks[i].Before(acks[j]) })
+// Reads count from the fault to the first write after the promotion (or
+// the end).
+func judge(r *trialResult, o workload.Outcomes, stored map[int64]int, cl *pgcluster.Cluster, faultAt, promotedAt, deadline, end time.Time) {
+	rec := o.Recovery(promotedAt, deadline, end)
 	outageEnd := end
-	if i := sort.Search(len(acks), func(i int) bool { return !acks[i].Before(promotedAt) }); i < len(acks) && acks[i].Before(deadline) {
-		rec := ms(acks[i].Sub(promotedAt))
-		r.RecoveryMS = &rec
-		outageEnd = acks[i]
-	} else {
-		acks = append(acks[:i], end) // writes never resumed: the outage lasts to the end
+	if !rec.Resumed.IsZero() {
+		d := ms(rec.Resumed.Sub(promotedAt))
+		r.RecoveryMS = &d
+		outageEnd = rec.Resumed
 	}
-	var longest time.Duration
-	for i := 1; i < len(acks); i++ {
-		longest = max(longest, acks[i].Sub(acks[i-1]))
-	}
-	r.LongestOutageMS = ms(longest)
+	r.LongestOutageMS = ms(rec.LongestOutage)
 
-	r.ReadsByNode = map[string]int{}
-	for _, rd := range w.reads {
-		if rd.at.Before(faultAt) || rd.at.After(outageEnd) {
-			continue
+	v := workload.Judge(o, stored, faultAt, outageEnd)
+	r.Acked, r.Flagged, r.FlaggedStored, r.Failed, r.Unflagged = v.Acked, v.Unknown, v.UnknownStored, v.Failed, v.FailedStored
+	r.Lost, r.Dup, r.Errors = v.Lost, v.Duplicates, v.Samples(6)
+	r.ReadsOK, r.ReadsFailed, r.ReadsByNode = v.ReadsOK, v.ReadsFailed, map[string]int{}
+	for i, n := range v.ReadsByNode {
+		name := "unknown"
+		if node := cl.Node(i); node != nil {
+			name = node.Name
 		}
-		if rd.node == "" {
-			r.ReadsFailed++
-		} else {
-			r.ReadsOK++
-			r.ReadsByNode[rd.node]++
-		}
+		r.ReadsByNode[name] += n
 	}
 }
 

@@ -22,8 +22,9 @@ import (
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
-// cluster is a real primary + 2 streaming replicas; nil without PostgreSQL
-// binaries (the tests that need it skip).
+// cluster is a real primary + 2 streaming replicas, started by the first
+// pgcluster.Need; without PostgreSQL the tests that need it fail, or skip
+// with UNIFIED_TEST_CLUSTER=skip.
 var cluster *pgcluster.Cluster
 
 func TestMain(m *testing.M) {

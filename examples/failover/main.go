@@ -8,7 +8,7 @@
 // application code never changes: writes follow the new primary by
 // themselves, reads keep going to the replicas.
 //
-//	go run ./examples/failover [-duration 20s] [-writers 4] [-readers 4] [-sync=false] [-no-failover]
+//	go -C examples run ./failover [-duration 20s] [-writers 4] [-readers 4] [-sync=false] [-no-failover]
 //
 // Every second it prints what happened in that second: writes acknowledged
 // and failed, reads served per node, the primary as unified sees it
@@ -23,6 +23,15 @@
 // crashed primary may have acknowledged commits that no replica received:
 // no client can save those, and the summary shows them as lost.
 //
+// The cluster is started and faulted with the public test kit
+// [github.com/unifiedsql/unified/pgtest] (through [pgtest.Run], since this is
+// a program, not a test). The workload, its recording and its judge are the
+// ones the driver's own failover tests and cmd/failoverbench use, from
+// github.com/unifiedsql/unified/internal/workload: this demo is the one
+// program of the examples module that imports an internal package, which Go
+// allows because the import path lies below github.com/unifiedsql/unified;
+// code outside this repository cannot.
+//
 // It needs the PostgreSQL server binaries (Debian: apt-get install
 // postgresql; or set UNIFIED_PG_BIN to their directory). Ctrl-C stops the
 // cluster and exits.
@@ -31,19 +40,16 @@ package main
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"slices"
 	"sync"
-	"syscall"
+	"testing"
 	"time"
 
 	"github.com/unifiedsql/unified"
-	"github.com/unifiedsql/unified/internal/pgcluster"
+	"github.com/unifiedsql/unified/internal/workload"
+	"github.com/unifiedsql/unified/pgtest"
 )
 
 // options are the command-line flags.
@@ -65,20 +71,16 @@ func main() {
 	flag.Parse()
 	o.failover = !*noFailover
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	sum, err := run(ctx, os.Stdout, o)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "failover:", err)
-		os.Exit(1)
+	var sum *summary
+	code := pgtest.Run("failover", func(tb testing.TB) { sum = run(tb, os.Stdout, o) })
+	if code == 0 && (sum.Lost > 0 || sum.Duplicates > 0) {
+		code = 1
 	}
-	if sum.Lost > 0 || sum.Duplicates > 0 {
-		os.Exit(1)
-	}
+	os.Exit(code)
 }
 
-// table receives the writes. It has no unique constraint, so a write stored
-// twice shows up as a duplicate id.
+// table receives the writes (workload.CreateTable: no unique constraint,
+// so a write stored twice shows up as a duplicate id).
 const table = "demo_writes"
 
 // writeTimeout bounds one write; unified makes writes wait for a new
@@ -86,41 +88,39 @@ const table = "demo_writes"
 const writeTimeout = 10 * time.Second
 
 // run is the whole demo; out receives everything it prints. It returns the
-// summary, or an error when the cluster cannot be started or the run was
-// interrupted. The cluster is stopped before it returns.
-func run(ctx context.Context, out io.Writer, o options) (*summary, error) {
-	if _, err := pgcluster.FindBinDir(); err != nil {
-		return nil, err
-	}
+// summary; a failure (the cluster cannot start, Ctrl-C) fails tb. The
+// cluster is stopped by tb's cleanup.
+func run(tb testing.TB, out io.Writer, o options) *summary {
+	ctx := tb.Context()
 	con := newConsole(out)
 	con.say("starting a local PostgreSQL primary + 2 streaming replicas (synchronous replication: %v) ...", o.sync)
-	cl, err := pgcluster.Start(ctx, pgcluster.Options{Replicas: 2, Synchronous: o.sync})
-	if err != nil {
-		return nil, err
+	opts := []pgtest.Option{pgtest.Replicas(2)}
+	if o.sync {
+		opts = append(opts, pgtest.Synchronous())
 	}
-	defer cl.Close()
+	cl := pgtest.Start(tb, opts...)
 	nodes := newNodeNames(cl)
 	for i := 0; i < cl.Len(); i++ {
 		role := "replica"
-		if i == 0 {
+		if i == cl.Primary() {
 			role = "primary"
 		}
-		con.say("  %s  %s  %s", cl.Node(i).Name, cl.Node(i).Addr(), role)
+		con.say("  %s  %s  %s", cl.Node(i).Name(), cl.Node(i).Addr(), role)
 	}
 
 	// The application's side: one *sql.DB over all three hosts.
-	dsn := cl.DSN("unified_health_interval=200ms")
+	dsn := cl.DSN() + "&unified_health_interval=200ms"
 	con.say("\nsql.Open(\"unified\", %q)\n", dsn)
 	db, err := sql.Open("unified", dsn)
 	if err != nil {
-		return nil, err
+		tb.Fatal(err)
 	}
 	defer db.Close()
 	// database/sql keeps only 2 idle connections by default and would
 	// close and reopen the others all the time.
 	db.SetMaxIdleConns(o.writers + o.readers)
-	if _, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id bigint, writer int)"); err != nil {
-		return nil, err
+	if err := workload.CreateTable(ctx, db, table); err != nil {
+		tb.Fatal(err)
 	}
 	connector, _ := unified.ConnectorOf(db)
 
@@ -129,100 +129,54 @@ func run(ctx context.Context, out io.Writer, o options) (*summary, error) {
 	con.startClock()
 
 	watch := &primaryWatch{nodes: nodes, con: con}
-	rec := newRecorder(cl.Len())
 	var bg sync.WaitGroup
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
+	defer func() {
+		stopWatch()
+		bg.Wait()
+	}()
+	load := workload.Start(ctx, db, db, workload.Config{
+		Table: table, Writers: o.writers, Readers: o.readers,
+		WriteTimeout: writeTimeout, ReadTimeout: 2 * time.Second,
+		WritePause: 5 * time.Millisecond, // don't spin on a persistent error
+		Nodes:      nodes.byPrt,
+	})
+	defer load.Stop()
 	bg.Go(func() { watch.run(watchCtx, connector) })
-	bg.Go(func() { printEverySecond(watchCtx, con, rec, watch, nodes) })
-
-	stopLoad := make(chan struct{})
-	var load sync.WaitGroup
-	for i := 0; i < o.writers; i++ {
-		load.Go(func() { write(ctx, stopLoad, db, rec, i) })
-	}
-	for i := 0; i < o.readers; i++ {
-		load.Go(func() { read(ctx, stopLoad, db, rec, nodes) })
-	}
+	bg.Go(func() { printEverySecond(watchCtx, con, load, watch, nodes) })
 
 	// The faults, on their own schedule, while the load runs.
-	sc := &scenario{cl: cl, con: con, nodes: nodes, sync: o.sync}
-	var scenarioErr error
+	sc := &scenario{tb: tb, cl: cl, con: con, nodes: nodes, sync: o.sync}
 	if o.failover {
-		scenarioErr = sc.run(ctx, o.duration)
+		sc.run(ctx, o.duration)
 	}
-	if scenarioErr == nil {
-		sleep(ctx, o.duration-con.elapsed(time.Now()))
-	}
-	close(stopLoad)
-	load.Wait()
+	sleep(ctx, o.duration-con.elapsed(time.Now()))
+	outcomes := load.Stop()
+	end := time.Now()
 	stopWatch()
 	bg.Wait()
 	if ctx.Err() != nil {
 		con.say("\ninterrupted: stopping the cluster")
-		return nil, errors.New("interrupted")
-	}
-	if scenarioErr != nil {
-		return nil, scenarioErr
+		tb.Fatal("interrupted")
 	}
 
-	// The verdict: what the new primary holds against what the clients saw.
-	p, err := cl.Primary(ctx)
+	// The verdict: what the new primary holds against what the clients
+	// saw, read directly, not through unified.
+	stored, err := workload.IDCounts(ctx, cl.Node(cl.Primary()).DSN(), table)
 	if err != nil {
-		return nil, err
+		tb.Fatal(err)
 	}
-	stored, err := cl.IDCounts(ctx, p, table)
-	if err != nil {
-		return nil, err
-	}
-	sum := summarize(rec, stored, sc, watch, nodes, o.failover, o.sync)
+	sum := summarize(outcomes, stored, sc, watch, nodes, o.failover, o.sync, end)
 	sum.print(con)
-	return sum, nil
+	return sum
 }
 
-// write is one writer: INSERT unique ids until stop is closed, recording
-// what each INSERT returned.
-func write(ctx context.Context, stop <-chan struct{}, db *sql.DB, rec *recorder, writer int) {
-	for seq := int64(0); !stopped(ctx, stop); seq++ {
-		id := int64(writer)*1_000_000_000 + seq
-		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-		_, err := db.ExecContext(wctx, "INSERT INTO "+table+" (id, writer) VALUES ($1, $2)", id, writer)
-		cancel()
-		rec.write(id, err)
-		if err != nil {
-			time.Sleep(5 * time.Millisecond) // don't spin on a persistent error
-		}
-	}
-}
-
-// read is one reader: ask a replica which node it is until stop is closed.
-func read(ctx context.Context, stop <-chan struct{}, db *sql.DB, rec *recorder, nodes *nodeNames) {
-	ro := unified.WithMode(ctx, unified.ReadOnly)
-	for !stopped(ctx, stop) {
-		rctx, cancel := context.WithTimeout(ro, 2*time.Second)
-		var port int
-		err := db.QueryRowContext(rctx, "SELECT inet_server_port()").Scan(&port)
-		cancel()
-		rec.read(nodes.byPort(port), err)
-	}
-}
-
-func stopped(ctx context.Context, stop <-chan struct{}) bool {
-	select {
-	case <-stop:
-		return true
-	case <-ctx.Done():
-		return true
-	default:
-		return false
-	}
-}
-
-// scenario is the failure: SIGKILL the primary, promote the most advanced
-// replica, re-point the other one, later bring the old primary back as a
-// replica. It records when things happened for the summary.
+// scenario is the failure: SIGKILL the primary, fail over (promote the most
+// advanced replica, re-point the other one), later bring the old primary
+// back as a replica. It records when things happened for the summary.
 type scenario struct {
-	cl    *pgcluster.Cluster
+	tb    testing.TB
+	cl    *pgtest.Cluster
 	con   *console
 	nodes *nodeNames
 	sync  bool
@@ -233,66 +187,43 @@ type scenario struct {
 	promotedAt       time.Time // when the new primary first accepted writes
 }
 
-func (s *scenario) run(ctx context.Context, duration time.Duration) error {
+// run plays the scenario; it returns early when ctx ends.
+func (s *scenario) run(ctx context.Context, duration time.Duration) {
 	if !sleep(ctx, 3*duration/10) {
-		return nil
+		return
 	}
-	old, err := s.cl.Primary(ctx)
-	if err != nil {
-		return err
-	}
+	old := s.cl.Primary()
 	s.killed = old
 	s.killedAt = time.Now()
 	s.con.event(s.killedAt, ">>> SIGKILL %s, the primary", s.nodes.name(old))
-	if err := s.cl.Kill(old); err != nil {
-		return err
-	}
+	s.cl.Kill(old)
 
-	rest := s.cl.Others(old)
-	target, err := s.cl.MostAdvanced(ctx, rest...)
+	// What a failover manager does: promote the replica with the most WAL,
+	// make the other follow it (rewinding it with pg_rewind if it replayed
+	// past the new timeline's fork point), keep replication synchronous.
+	target, err := s.cl.FailOver()
 	if err != nil {
-		return err
+		s.tb.Fatal(err)
 	}
 	s.promoted = target
-	if s.promotedAt, err = s.cl.Promote(ctx, target); err != nil {
-		return err
-	}
+	s.promotedAt = s.cl.Node(target).PromotedAt()
 	s.con.event(s.promotedAt, ">>> %s promoted: it accepts writes (%v after the kill)",
 		s.nodes.name(target), ms(s.promotedAt.Sub(s.killedAt)))
-	// The other replica follows the new primary; one that replayed past the
-	// point where the new timeline forked off is rewound (pg_rewind).
-	rejoined, err := s.cl.Follow(ctx, target, rest...)
-	if err != nil {
-		return err
-	}
-	for _, j := range rest {
-		switch {
-		case j == target:
-		case slices.Contains(rejoined, j):
-			s.con.event(time.Now(), ">>> %s could not follow %s: rejoined it (pg_rewind)", s.nodes.name(j), s.nodes.name(target))
-		default:
-			s.con.event(time.Now(), ">>> %s re-pointed: streams from %s", s.nodes.name(j), s.nodes.name(target))
+	for j := range s.cl.Len() {
+		if j != target && j != old {
+			s.con.event(time.Now(), ">>> %s follows %s", s.nodes.name(j), s.nodes.name(target))
 		}
 	}
 	if s.sync {
-		if err := s.cl.SetSynchronous(ctx, target, true); err != nil {
-			return err
-		}
 		s.con.event(time.Now(), ">>> synchronous replication on %s", s.nodes.name(target))
 	}
 
 	if !sleep(ctx, 6*duration/10-s.con.elapsed(time.Now())) {
-		return nil
+		return
 	}
 	s.con.event(time.Now(), ">>> bringing %s back as a replica of %s (pg_rewind) ...", s.nodes.name(old), s.nodes.name(target))
-	if err := s.cl.Rejoin(ctx, old, target); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
+	s.cl.Rejoin(old)
 	s.con.event(time.Now(), ">>> %s rejoined: a replica streaming from %s", s.nodes.name(old), s.nodes.name(target))
-	return nil
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -12,7 +11,8 @@ import (
 	"time"
 
 	"github.com/unifiedsql/unified"
-	"github.com/unifiedsql/unified/internal/pgcluster"
+	"github.com/unifiedsql/unified/internal/workload"
+	"github.com/unifiedsql/unified/pgtest"
 )
 
 // console serialises the output of the goroutines and stamps events with
@@ -51,11 +51,11 @@ type nodeNames struct {
 	byName map[string]int
 }
 
-func newNodeNames(cl *pgcluster.Cluster) *nodeNames {
+func newNodeNames(cl *pgtest.Cluster) *nodeNames {
 	n := &nodeNames{byPrt: map[int]int{}, byName: map[string]int{}}
 	for i := 0; i < cl.Len(); i++ {
-		n.names = append(n.names, cl.Node(i).Name)
-		n.byPrt[cl.Node(i).Port] = i
+		n.names = append(n.names, cl.Node(i).Name())
+		n.byPrt[cl.Node(i).Port()] = i
 		n.byName[cl.Node(i).Addr()] = i
 	}
 	return n
@@ -68,14 +68,6 @@ func (n *nodeNames) name(i int) string {
 	return n.names[i]
 }
 
-// byPort returns the index of the node listening on port, or -1.
-func (n *nodeNames) byPort(port int) int {
-	if i, ok := n.byPrt[port]; ok {
-		return i
-	}
-	return -1
-}
-
 // byAddr returns the index of the node unified calls addr ("host:port"),
 // or -1.
 func (n *nodeNames) byAddr(addr string) int {
@@ -85,79 +77,25 @@ func (n *nodeNames) byAddr(addr string) int {
 	return -1
 }
 
-// recorder keeps what every write and read returned.
-type recorder struct {
-	mu      sync.Mutex          // protects following fields
-	acked   map[int64]time.Time // id → when the INSERT returned nil
-	unknown map[int64]error     // id → error wrapping unified.ErrCommitUnknown
-	failed  map[int64]error     // id → any other error
-	reads   []readResult
-	samples map[bool][]string // a few distinct write errors; true: ErrCommitUnknown
-	second  tally             // counts since the last live line
-}
-
-type readResult struct {
-	at   time.Time
-	node int // index; -1 when the read failed
-}
-
-// tally is what happened during one second, for the live line.
+// tally is what happened during one second, for the live line: the
+// difference of two workload.Counts.
 type tally struct {
 	writesOK, writesFailed, writesUnknown int
 	readsOK                               []int // per node index
 	readsFailed                           int
 }
 
-func newRecorder(nodes int) *recorder {
-	return &recorder{
-		acked: map[int64]time.Time{}, unknown: map[int64]error{}, failed: map[int64]error{}, samples: map[bool][]string{},
-		second: tally{readsOK: make([]int, nodes)},
+func since(now, before workload.Counts, nodes int) tally {
+	t := tally{
+		writesOK:      now.WritesOK - before.WritesOK,
+		writesUnknown: now.WritesUnknown - before.WritesUnknown,
+		readsFailed:   now.ReadsFailed - before.ReadsFailed,
+		readsOK:       make([]int, nodes),
 	}
-}
-
-func (r *recorder) write(id int64, err error) {
-	now := time.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err == nil {
-		r.acked[id] = now
-		r.second.writesOK++
-		return
+	t.writesFailed = t.writesUnknown + now.WritesFailed - before.WritesFailed
+	for i := range t.readsOK {
+		t.readsOK[i] = now.ReadsOK[i] - before.ReadsOK[i]
 	}
-	unknown := errors.Is(err, unified.ErrCommitUnknown)
-	if unknown {
-		r.unknown[id] = err
-		r.second.writesUnknown++
-	} else {
-		r.failed[id] = err
-	}
-	r.second.writesFailed++
-	if msg := err.Error(); len(r.samples[unknown]) < 2 && !slices.Contains(r.samples[unknown], msg) {
-		r.samples[unknown] = append(r.samples[unknown], msg)
-	}
-}
-
-func (r *recorder) read(node int, err error) {
-	if err != nil {
-		node = -1
-	}
-	now := time.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.reads = append(r.reads, readResult{at: now, node: node})
-	if node < 0 {
-		r.second.readsFailed++
-	} else {
-		r.second.readsOK[node]++
-	}
-}
-
-// takeSecond returns the counts since its last call and resets them.
-func (r *recorder) takeSecond() tally {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	t := r.second
-	r.second = tally{readsOK: make([]int, len(t.readsOK))}
 	return t
 }
 
@@ -231,15 +169,18 @@ func (w *primaryWatch) firstChangeAfter(t time.Time) (primaryChange, bool) {
 }
 
 // printEverySecond prints the live line until ctx ends.
-func printEverySecond(ctx context.Context, con *console, rec *recorder, watch *primaryWatch, nodes *nodeNames) {
+func printEverySecond(ctx context.Context, con *console, load *workload.Run, watch *primaryWatch, nodes *nodeNames) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	before := load.Counts()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			con.event(now, "%s", liveLine(rec.takeSecond(), watch.health(), nodes))
+			c := load.Counts()
+			con.event(now, "%s", liveLine(since(c, before, len(nodes.names)), watch.health(), nodes))
+			before = c
 		}
 	}
 }
@@ -316,34 +257,11 @@ type summary struct {
 	UnknownSamples, FailedSamples []string
 }
 
-func summarize(rec *recorder, stored map[int64]int, sc *scenario, watch *primaryWatch, nodes *nodeNames, failover, sync bool) *summary {
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	s := &summary{Failover: failover, Sync: sync, Detected: -1, Resumed: -1, OutageReadsByNode: map[string]int{},
-		Acked: len(rec.acked), Unknown: len(rec.unknown), Failed: len(rec.failed),
-		UnknownSamples: rec.samples[true], FailedSamples: rec.samples[false]}
-	for id := range rec.acked {
-		if stored[id] == 0 {
-			s.Lost++
-		}
-	}
-	for _, n := range stored {
-		if n > 1 {
-			s.Duplicates++
-		}
-	}
-	for id := range rec.unknown {
-		if stored[id] > 0 {
-			s.UnknownStored++
-		}
-	}
-	for id := range rec.failed {
-		if stored[id] > 0 {
-			s.FailedStored++
-		}
-	}
-
-	from, to := time.Time{}, time.Now()
+// summarize judges the run (workload.Judge) and times the failover; end
+// is when the load stopped.
+func summarize(o workload.Outcomes, stored map[int64]int, sc *scenario, watch *primaryWatch, nodes *nodeNames, failover, sync bool, end time.Time) *summary {
+	s := &summary{Failover: failover, Sync: sync, Detected: -1, Resumed: -1, OutageReadsByNode: map[string]int{}}
+	from, to := time.Time{}, end
 	if failover {
 		s.Killed, s.Promoted = nodes.name(sc.killed), nodes.name(sc.promoted)
 		s.PromotedAfter = sc.promotedAt.Sub(sc.killedAt)
@@ -354,27 +272,19 @@ func summarize(rec *recorder, stored map[int64]int, sc *scenario, watch *primary
 				s.DetectedAs = "primary " + nodes.name(c.primary)
 			}
 		}
-		var first time.Time
-		for _, at := range rec.acked {
-			if !at.Before(sc.promotedAt) && (first.IsZero() || at.Before(first)) {
-				first = at
-			}
-		}
 		from = sc.killedAt
-		if !first.IsZero() {
+		if first := o.FirstAckAfter(sc.promotedAt); !first.IsZero() {
 			s.Resumed = first.Sub(sc.promotedAt)
 			to = first
 		}
 	}
-	for _, r := range rec.reads {
-		if r.at.Before(from) || r.at.After(to) {
-			continue
-		}
-		s.OutageReads++
-		if r.node >= 0 {
-			s.OutageReadsOK++
-			s.OutageReadsByNode[nodes.name(r.node)]++
-		}
+	v := workload.Judge(o, stored, from, to)
+	s.Acked, s.Unknown, s.UnknownStored, s.Failed, s.FailedStored = v.Acked, v.Unknown, v.UnknownStored, v.Failed, v.FailedStored
+	s.Lost, s.Duplicates = v.Lost, v.Duplicates
+	s.UnknownSamples, s.FailedSamples = v.UnknownErrors[:min(2, len(v.UnknownErrors))], v.FailedErrors[:min(2, len(v.FailedErrors))]
+	s.OutageReads, s.OutageReadsOK = v.ReadsOK+v.ReadsFailed, v.ReadsOK
+	for i, n := range v.ReadsByNode {
+		s.OutageReadsByNode[nodes.name(i)] += n
 	}
 	return s
 }

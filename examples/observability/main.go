@@ -1,7 +1,7 @@
 // Command observability shows the metrics unified exports through
 // OpenTelemetry, as a Prometheus server would scrape them.
 //
-//	go run ./examples/observability [-duration 6s] [-failover=false] [-buckets]
+//	go -C examples run ./observability [-duration 6s] [-failover=false] [-buckets]
 //
 // It starts a local PostgreSQL primary with two streaming replicas, installs
 // the OpenTelemetry SDK MeterProvider with the Prometheus exporter (on a
@@ -55,14 +55,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
+	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,7 +70,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/unifiedsql/unified"
-	"github.com/unifiedsql/unified/internal/pgcluster"
+	"github.com/unifiedsql/unified/pgtest"
 )
 
 // options are the command-line flags.
@@ -95,13 +94,11 @@ func main() {
 	flag.BoolVar(&o.buckets, "buckets", false, "also print the histograms' _bucket lines")
 	flag.Parse()
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	_, err := run(ctx, os.Stdout, o)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "observability:", err)
-		os.Exit(1)
-	}
+	os.Exit(pgtest.Run("observability", func(tb testing.TB) {
+		if _, err := run(tb, os.Stdout, o); err != nil {
+			tb.Fatal(err)
+		}
+	}))
 }
 
 const (
@@ -111,26 +108,21 @@ const (
 	opTimout = 10 * time.Second // one statement; writes wait for a new primary within it
 )
 
-// run is the whole example; out receives everything it prints. The
-// cluster, the HTTP server and the DB are closed before it returns.
-func run(ctx context.Context, out io.Writer, o options) (*result, error) {
-	if _, err := pgcluster.FindBinDir(); err != nil {
-		return nil, err
-	}
+// run is the whole example; out receives everything it prints. The HTTP
+// server and the DB are closed before it returns, the cluster (started with
+// pgtest, which reports its own failures through tb) by tb's cleanup.
+func run(tb testing.TB, out io.Writer, o options) (*result, error) {
+	ctx := tb.Context()
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 
 	say("starting a local PostgreSQL primary + 2 streaming replicas ...")
-	cl, err := pgcluster.Start(ctx, pgcluster.Options{Replicas: 2})
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
+	cl := pgtest.Start(tb, pgtest.Replicas(2))
 	for i := 0; i < cl.Len(); i++ {
 		role := "replica"
-		if i == 0 {
+		if i == cl.Primary() {
 			role = "primary"
 		}
-		say("  %s  %s  %s", cl.Node(i).Name, cl.Node(i).Addr(), role)
+		say("  %s  %s  %s", cl.Node(i).Name(), cl.Node(i).Addr(), role)
 	}
 
 	// OpenTelemetry: the SDK MeterProvider, read by the Prometheus exporter
@@ -143,7 +135,7 @@ func run(ctx context.Context, out io.Writer, o options) (*result, error) {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter))
 	defer func() { _ = mp.Shutdown(context.Background()) }() // nothing to flush: Prometheus pulls
 
-	cfg, err := unified.ParseConfig(cl.DSN("unified_health_interval=200ms"))
+	cfg, err := unified.ParseConfig(cl.DSN() + "&unified_health_interval=200ms")
 	if err != nil {
 		return nil, err
 	}
@@ -195,6 +187,11 @@ func run(ctx context.Context, out io.Writer, o options) (*result, error) {
 	var stats workStats
 	stopLoad := make(chan struct{})
 	var load sync.WaitGroup
+	halt := sync.OnceFunc(func() {
+		close(stopLoad)
+		load.Wait()
+	})
+	defer halt() // also when a pgtest method fails the run
 	for w := range writers {
 		load.Go(func() { write(ctx, stopLoad, db, w, &stats) })
 	}
@@ -213,13 +210,12 @@ func run(ctx context.Context, out io.Writer, o options) (*result, error) {
 		}
 	}
 	if scenarioErr == nil && o.failover && sleep(ctx, 4*o.duration/10-time.Since(start)) {
-		scenarioErr = killAndPromote(ctx, cl, say)
+		scenarioErr = killAndFailOver(cl, say)
 	}
 	if scenarioErr == nil {
 		sleep(ctx, o.duration-time.Since(start))
 	}
-	close(stopLoad)
-	load.Wait()
+	halt()
 	if err := ctx.Err(); err != nil {
 		say("\ninterrupted: stopping the cluster")
 		return nil, err
@@ -296,42 +292,20 @@ func read(ctx context.Context, stop <-chan struct{}, db *sql.DB, st *workStats) 
 	}
 }
 
-// killAndPromote SIGKILLs the primary, promotes the replica that received
-// the most WAL and re-points the other one to it (rewinding it when it
-// cannot follow).
-func killAndPromote(ctx context.Context, cl *pgcluster.Cluster, say func(string, ...any)) error {
-	old, err := cl.Primary(ctx)
-	if err != nil {
-		return err
-	}
+// killAndFailOver SIGKILLs the primary and fails over: the replica that
+// received the most WAL is promoted, the other re-pointed to it (rewound
+// when it cannot follow).
+func killAndFailOver(cl *pgtest.Cluster, say func(string, ...any)) error {
+	old := cl.Primary()
 	killedAt := time.Now()
-	say(">>> SIGKILL %s, the primary", cl.Node(old).Name)
-	if err := cl.Kill(old); err != nil {
-		return err
-	}
-	rest := cl.Others(old)
-	target, err := cl.MostAdvanced(ctx, rest...)
+	say(">>> SIGKILL %s, the primary", cl.Node(old).Name())
+	cl.Kill(old)
+	target, err := cl.FailOver()
 	if err != nil {
 		return err
 	}
-	promotedAt, err := cl.Promote(ctx, target)
-	if err != nil {
-		return err
-	}
-	say(">>> %s promoted (%v after the kill)", cl.Node(target).Name, promotedAt.Sub(killedAt).Round(time.Millisecond))
-	rejoined, err := cl.Follow(ctx, target, rest...)
-	if err != nil {
-		return err
-	}
-	for _, j := range rest {
-		switch {
-		case j == target:
-		case slices.Contains(rejoined, j):
-			say(">>> %s could not follow %s: rejoined it (pg_rewind)", cl.Node(j).Name, cl.Node(target).Name)
-		default:
-			say(">>> %s re-pointed: streams from %s", cl.Node(j).Name, cl.Node(target).Name)
-		}
-	}
+	say(">>> %s promoted (%v after the kill); the other replica follows it",
+		cl.Node(target).Name(), cl.Node(target).PromotedAt().Sub(killedAt).Round(time.Millisecond))
 	return nil
 }
 
@@ -454,7 +428,7 @@ func samples(text, name string) (labels []map[string]string, values []float64) {
 
 // printPerNode sums db_client_operation_duration_seconds_count by node and
 // role, and by operation name within them.
-func printPerNode(out io.Writer, metrics string, cl *pgcluster.Cluster) {
+func printPerNode(out io.Writer, metrics string, cl *pgtest.Cluster) {
 	type key struct{ port, role string }
 	total := map[key]float64{}
 	byOp := map[key]map[string]float64{}
@@ -473,7 +447,7 @@ func printPerNode(out io.Writer, metrics string, cl *pgcluster.Cluster) {
 	}
 	nodeName := map[string]string{}
 	for i := 0; i < cl.Len(); i++ {
-		nodeName[strconv.Itoa(cl.Node(i).Port)] = cl.Node(i).Name
+		nodeName[strconv.Itoa(cl.Node(i).Port())] = cl.Node(i).Name()
 	}
 	keys := slices.SortedFunc(maps.Keys(total), func(a, b key) int { return cmp.Or(cmp.Compare(a.port, b.port), cmp.Compare(a.role, b.role)) })
 	for _, k := range keys {

@@ -10,21 +10,18 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
-
-	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// TestExample runs the example as `go run ./examples/observability
+// TestExample runs the example as `go -C examples run ./observability
 // -duration 3s` would, and checks what it scraped from its own /metrics.
 func TestExample(t *testing.T) {
-	pgcluster.NeedBinaries(t)
 	var out bytes.Buffer
-	res, err := run(t.Context(), &out, options{duration: 3 * time.Second, failover: true})
-	t.Log("\n" + out.String())
+	t.Cleanup(func() { t.Log("\n" + out.String()) })
+	res, err := run(t, &out, options{duration: 3 * time.Second, failover: true})
 	require.NoError(t, err)
 	m := res.Metrics
 

@@ -2,10 +2,12 @@
 // replicas, opens one *sql.DB with sql.Open("unified", dsn), shows on which
 // node each statement runs, and stops the cluster.
 //
-//	go run ./examples/quickstart
+//	go -C examples run ./quickstart
 //
-// It needs the PostgreSQL server binaries (Debian: apt-get install
-// postgresql; or set UNIFIED_PG_BIN to their directory).
+// The cluster comes from the public test kit
+// [github.com/unifiedsql/unified/pgtest], run outside a test with
+// [pgtest.Run]. It needs the PostgreSQL server binaries (Debian: apt-get
+// install postgresql; or set UNIFIED_PG_BIN to their directory).
 package main
 
 import (
@@ -13,42 +15,36 @@ import (
 	"database/sql"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
+	"testing"
 	"time"
 
 	"github.com/unifiedsql/unified"
-	"github.com/unifiedsql/unified/internal/pgcluster"
+	"github.com/unifiedsql/unified/pgtest"
 )
 
 func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "quickstart:", err)
-		os.Exit(1)
-	}
+	os.Exit(pgtest.Run("quickstart", func(tb testing.TB) {
+		if err := run(tb); err != nil {
+			tb.Fatal(err)
+		}
+	}))
 }
 
-func run() error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
+func run(tb testing.TB) error {
+	ctx := tb.Context()
 	fmt.Println("starting a local primary + 2 streaming replicas ...")
 	start := time.Now()
-	cl, err := pgcluster.Start(ctx, pgcluster.Options{Replicas: 2})
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
+	cl := pgtest.Start(tb, pgtest.Replicas(2))
 	fmt.Printf("cluster up in %v\n", time.Since(start).Round(time.Millisecond))
 	for i := 0; i < cl.Len(); i++ {
 		role := "replica"
-		if i == 0 {
+		if i == cl.Primary() {
 			role = "primary"
 		}
-		fmt.Printf("  %s  %-15s %s\n", cl.Node(i).Name, cl.Node(i).Addr(), role)
+		fmt.Printf("  %s  %-15s %s\n", cl.Node(i).Name(), cl.Node(i).Addr(), role)
 	}
 
-	dsn := cl.DSN("unified_health_interval=200ms")
+	dsn := cl.DSN() + "&unified_health_interval=200ms"
 	fmt.Printf("\nsql.Open(\"unified\", %q)\n\n", dsn)
 	db, err := sql.Open("unified", dsn)
 	if err != nil {

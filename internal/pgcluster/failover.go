@@ -4,8 +4,6 @@ import (
 	"context"
 	"slices"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Others returns the indexes of every node but i, in order.
@@ -88,29 +86,4 @@ func (c *Cluster) FailOver(ctx context.Context, failed int) (primary int, promot
 	}
 	rejoined, err = c.Follow(ctx, primary, rest...)
 	return primary, promotedAt, rejoined, err
-}
-
-// IDCounts reads, directly on node i, how many rows of table carry each
-// value of its column id: the ground truth that failover tests compare
-// with what clients were told (a count above 1 is a duplicate, a missing
-// acknowledged id a lost write).
-func (c *Cluster) IDCounts(ctx context.Context, i int, table string) (map[int64]int, error) {
-	conn, err := c.Connect(ctx, i)
-	if err != nil {
-		return nil, err
-	}
-	defer closeConn(conn)
-	rows, err := conn.Query(ctx, "SELECT id, count(*) FROM "+pgx.Identifier{table}.Sanitize()+" GROUP BY id")
-	if err != nil {
-		return nil, err
-	}
-	counts := map[int64]int{}
-	for rows.Next() {
-		var id, n int64
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, err
-		}
-		counts[id] = int(n)
-	}
-	return counts, rows.Err()
 }

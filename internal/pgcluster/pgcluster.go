@@ -29,7 +29,11 @@
 // internally. Node indexes out of range give an error (Node returns nil).
 //
 // Use Main in TestMain to share one cluster per test package, Need in each
-// test, and Restore after a test that changed the topology.
+// test that needs it (the first Need starts it, so tests that need none
+// start no server), and Restore after a test that changed the topology.
+// Without a cluster, tests fail unless $UNIFIED_TEST_CLUSTER is "skip"
+// (see Decide). The public package pgtest is a façade over this one for
+// users' tests.
 package pgcluster
 
 import (

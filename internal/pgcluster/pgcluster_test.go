@@ -3,7 +3,6 @@ package pgcluster
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -17,37 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 )
-
-var cluster *Cluster
-
-func TestMain(m *testing.M) {
-	flag.Parse()
-	opts := Options{}
-	if testing.Verbose() {
-		opts.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000 ")+f+"\n", a...) }
-	}
-	code := Main(m, opts, &cluster)
-	if cluster != nil {
-		// Close (done by Main) must leave no process of the cluster behind.
-		for _, n := range cluster.nodes {
-			if n.proc != nil && syscall.Kill(n.proc.pid, 0) != syscall.ESRCH {
-				fmt.Fprintf(os.Stderr, "pgcluster: %s: postmaster %d alive after Close\n", n.Name, n.proc.pid)
-				code = 1
-			}
-			if n.pgid != 0 && len(groupMembers(n.pgid)) > 0 {
-				fmt.Fprintf(os.Stderr, "pgcluster: %s: processes left after Close: %v\n", n.Name, groupMembers(n.pgid))
-				code = 1
-			}
-		}
-	}
-	if err := goleak.Find(); err != nil {
-		fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-		code = 1
-	}
-	os.Exit(code)
-}
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -511,27 +480,17 @@ func TestCloseLeavesNothing(t *testing.T) {
 	assert.ErrorIs(t, c.Start(ctx, 0), errClosed)
 }
 
-func TestNeed(t *testing.T) {
-	var ran bool
-	t.Run("nil", func(t *testing.T) {
-		Need(t, nil)
-		ran = true
-	})
-	assert.False(t, ran, "Need(nil) did not skip")
-	if cluster != nil {
-		assert.Same(t, cluster, Need(t, cluster))
-	}
-}
-
 func TestFindBinDir(t *testing.T) {
 	t.Setenv("UNIFIED_PG_BIN", "/nonexistent")
 	_, err := FindBinDir()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "UNIFIED_PG_BIN")
-	if cluster != nil {
-		t.Setenv("UNIFIED_PG_BIN", cluster.bin)
-		dir, err := FindBinDir()
-		require.NoError(t, err)
-		assert.Equal(t, cluster.bin, dir)
-	}
+}
+
+func TestFindBinDirFromEnv(t *testing.T) {
+	bin := NeedBinaries(t)
+	t.Setenv("UNIFIED_PG_BIN", bin)
+	dir, err := FindBinDir()
+	require.NoError(t, err)
+	assert.Equal(t, bin, dir)
 }
