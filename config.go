@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/unifiedsql/unified/internal/dsn"
 )
 
 // ReadFallback says what a ReadOnly statement does when no replica is
@@ -439,38 +440,38 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 // never contain the password: errors from pgx's parser are re-worded
 // without the connection string, and withheld entirely should they still
 // contain it.
-func ParseConfig(dsn string) (*Config, error) {
-	sp, ok := splitDSN(dsn)
-	if !ok {
+func ParseConfig(connString string) (*Config, error) {
+	sp, err := dsn.Split(connString, strippedKey)
+	if err != nil {
 		// The text does not even split into pairs: let pgx, which owns the
 		// syntax, say what is wrong with it.
-		if _, err := pgx.ParseConfig(dsn); err != nil {
-			return nil, pgxError(err, sp.secrets)
+		if _, err := pgx.ParseConfig(connString); err != nil {
+			return nil, pgxError(err, sp.Secrets)
 		}
-		return nil, errors.New("unified: invalid connection string: cannot separate the unified_* parameters")
+		return nil, fmt.Errorf("unified: invalid connection string: cannot separate the unified_* parameters: %v", err)
 	}
 
 	c := defaultConfig()
-	seen := make(map[string]bool, len(sp.extracted))
+	seen := make(map[string]bool, len(sp.Stripped))
 	tsa, tsaFromEnv := "", false
-	for _, kv := range sp.extracted {
-		if seen[kv.key] {
-			return nil, fmt.Errorf("unified: parameter %s given twice", kv.key)
+	for _, kv := range sp.Stripped {
+		if seen[kv.Key] {
+			return nil, fmt.Errorf("unified: parameter %s given twice", kv.Key)
 		}
-		seen[kv.key] = true
-		if kv.key == keyTargetSessionAttrs {
-			tsa = kv.value
+		seen[kv.Key] = true
+		if kv.Key == keyTargetSessionAttrs {
+			tsa = kv.Value
 			continue
 		}
-		p, known := lookupParam(kv.key)
+		p, known := lookupParam(kv.Key)
 		if !known {
-			if p, ok := lookupParam(strings.ToLower(kv.key)); ok {
-				return nil, fmt.Errorf("unified: unknown parameter %q (keys are case-sensitive: %s)", kv.key, p.key)
+			if p, ok := lookupParam(strings.ToLower(kv.Key)); ok {
+				return nil, fmt.Errorf("unified: unknown parameter %q (keys are case-sensitive: %s)", kv.Key, p.key)
 			}
-			return nil, fmt.Errorf("unified: unknown parameter %q", kv.key)
+			return nil, fmt.Errorf("unified: unknown parameter %q", kv.Key)
 		}
-		if !p.set(&c, kv.value) || !p.ok(&c) {
-			return nil, fmt.Errorf("unified: invalid %s %q: %s", p.key, kv.value, p.rule)
+		if !p.set(&c, kv.Value) || !p.ok(&c) {
+			return nil, fmt.Errorf("unified: invalid %s %q: %s", p.key, kv.Value, p.rule)
 		}
 	}
 	if !seen[keyTargetSessionAttrs] && !seen["unified_default_mode"] {
@@ -493,12 +494,12 @@ func ParseConfig(dsn string) (*Config, error) {
 
 	// target_session_attrs=any keeps pgx from applying (or rejecting) one
 	// from the environment or a service file: the default mode took it.
-	pc, err := pgx.ParseConfig(appendParams(sp.rest, [][2]string{{keyTargetSessionAttrs, "any"}}))
+	pc, err := pgx.ParseConfig(dsn.AppendParams(sp.Rest, []dsn.Pair{{Key: keyTargetSessionAttrs, Value: "any"}}))
 	if err != nil {
-		return nil, pgxError(err, sp.secrets)
+		return nil, pgxError(err, sp.Secrets)
 	}
 	pc.ValidateConnect = nil
-	c.connString = sp.rest
+	c.connString = sp.Rest
 	c.pgx = pc
 	if err := c.validate(); err != nil {
 		return nil, err
@@ -560,14 +561,14 @@ func (c *Config) Copy() *Config {
 // the DSN did: treat it as a secret; use [Config.String] to log a Config.
 func (c *Config) FormatDSN() string {
 	def := defaultConfig()
-	var pairs [][2]string
+	var pairs []dsn.Pair
 	for _, p := range params {
 		v := p.get(c)
 		if v != p.get(&def) || (p.key == "unified_default_mode" && os.Getenv(envTargetSessionAttrs) != "") {
-			pairs = append(pairs, [2]string{p.key, v})
+			pairs = append(pairs, dsn.Pair{Key: p.key, Value: v})
 		}
 	}
-	return appendParams(c.connString, pairs)
+	return dsn.AppendParams(c.connString, pairs)
 }
 
 // String describes c on one line for logs: hosts, user, database and
@@ -704,393 +705,10 @@ func nodeName(host string, port uint16) string {
 	return net.JoinHostPort(host, p)
 }
 
-// The DSN splitter. It separates the unified_* and target_session_attrs
-// pairs from the rest without interpreting the rest: it follows libpq's (and
-// pgx's) syntax only as far as needed to find pairs, so that pgx parses the
-// remaining text exactly as it would have parsed it in the first place.
-
-// dsnSplit is a DSN taken apart by splitDSN.
-type dsnSplit struct {
-	// rest is the DSN without the extracted pairs.
-	rest string
-	// extracted holds the unified_* and target_session_attrs pairs, in DSN
-	// order, keys and values decoded.
-	extracted []dsnPair
-	// secrets holds every password and sslpassword value found, as written
-	// and decoded, to keep out of error messages.
-	secrets []string
-}
-
-type dsnPair struct{ key, value string }
-
 // strippedKey reports whether key is taken out of the DSN before pgx sees
-// it.
-// Keys are case-sensitive, but UNIFIED_X is taken too, to be rejected as
+// it. Keys are case-sensitive, but UNIFIED_X is taken too, to be rejected as
 // unknown rather than sent to the server as a run-time parameter.
 func strippedKey(key string) bool {
 	return key == keyTargetSessionAttrs ||
 		(len(key) >= len("unified_") && strings.EqualFold(key[:len("unified_")], "unified_"))
-}
-
-func isURL(s string) bool {
-	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
-}
-
-// splitDSN separates the pairs that are stripped from the rest of dsn. It
-// reports false when dsn does not split into pairs (a syntax error pgx will
-// report); secrets is then filled as far as the split got.
-func splitDSN(dsn string) (dsnSplit, bool) {
-	if isURL(dsn) {
-		return splitURL(dsn)
-	}
-	return splitKeywordValue(dsn)
-}
-
-// splitURL splits a connection URL on its raw query: '&'-separated
-// key=value pairs, percent-decoded as libpq does. The pairs that are not
-// stripped are kept verbatim, in order.
-func splitURL(dsn string) (dsnSplit, bool) {
-	var sp dsnSplit
-	if user, ok := urlUserinfo(dsn); ok {
-		if _, pw, hasPW := strings.Cut(user, ":"); hasPW {
-			sp.addSecret(pw, uriDecode)
-		}
-	}
-	q, ok := urlQueryIndex(dsn)
-	if !ok {
-		return sp, false
-	}
-	if q < 0 {
-		sp.rest = dsn
-		return sp, true
-	}
-	var kept []string
-	splits := true // false once a pair is malformed; the scan goes on for secrets
-	// As in libpq, each pair may be followed by '&': a trailing '&' is
-	// accepted, an empty pair is not.
-	for query := dsn[q+1:]; query != ""; {
-		pair, next, _ := strings.Cut(query, "&")
-		query = next
-		rawKey, rawValue, found := strings.Cut(pair, "=")
-		if !found || strings.Contains(rawValue, "=") {
-			splits = false
-			continue
-		}
-		key, err := uriDecode(rawKey)
-		if err != nil {
-			// Not stripped whatever it is; pgx rejects it.
-			kept = append(kept, pair)
-			continue
-		}
-		if key == "password" || key == "sslpassword" {
-			sp.addSecret(rawValue, uriDecode)
-		}
-		if !strippedKey(key) {
-			kept = append(kept, pair)
-			continue
-		}
-		value, err := uriDecode(rawValue)
-		if err != nil {
-			splits = false
-			continue
-		}
-		sp.extracted = append(sp.extracted, dsnPair{key, value})
-	}
-	if !splits {
-		return sp, false
-	}
-	sp.rest = dsn[:q]
-	if len(kept) > 0 {
-		sp.rest += "?" + strings.Join(kept, "&")
-	}
-	return sp, true
-}
-
-func (sp *dsnSplit) addSecret(raw string, decode func(string) (string, error)) {
-	sp.secrets = append(sp.secrets, raw)
-	if d, err := decode(raw); err == nil && d != raw {
-		sp.secrets = append(sp.secrets, d)
-	}
-}
-
-// urlUserinfo returns the userinfo of a connection URL as libpq finds it:
-// everything before an '@' that comes before the first '/'.
-func urlUserinfo(dsn string) (string, bool) {
-	p := urlAfterScheme(dsn)
-	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
-		return p[:i], true
-	}
-	return "", false
-}
-
-func urlAfterScheme(dsn string) string {
-	if p, ok := strings.CutPrefix(dsn, "postgresql://"); ok {
-		return p
-	}
-	p, _ := strings.CutPrefix(dsn, "postgres://")
-	return p
-}
-
-// urlQueryIndex returns the index in dsn of the '?' that starts the query
-// of a connection URL, or -1 if it has none, walking the URL as libpq does:
-// userinfo, then a comma-separated list of host[:port] (an IPv6 host in
-// brackets may contain '?'), then an optional /dbname. It reports false on
-// a structure libpq rejects.
-func urlQueryIndex(dsn string) (int, bool) {
-	p := urlAfterScheme(dsn)
-	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
-		p = p[i+1:]
-	}
-	for {
-		if strings.HasPrefix(p, "[") {
-			end := strings.IndexByte(p, ']')
-			if end <= 1 {
-				return 0, false
-			}
-			p = p[end+1:]
-			if p != "" && !strings.ContainsRune(":/?,", rune(p[0])) {
-				return 0, false
-			}
-		} else if i := strings.IndexAny(p, ":/?,"); i >= 0 {
-			p = p[i:]
-		} else {
-			p = ""
-		}
-		if strings.HasPrefix(p, ":") {
-			if i := strings.IndexAny(p, "/?,"); i >= 0 {
-				p = p[i:]
-			} else {
-				p = ""
-			}
-		}
-		if !strings.HasPrefix(p, ",") {
-			break
-		}
-		p = p[1:]
-	}
-	if strings.HasPrefix(p, "/") {
-		if i := strings.IndexByte(p, '?'); i >= 0 {
-			p = p[i:]
-		} else {
-			p = ""
-		}
-	}
-	if strings.HasPrefix(p, "?") {
-		return len(dsn) - len(p), true
-	}
-	return -1, true
-}
-
-// uriDecode percent-decodes a URL component as libpq does: leading and
-// trailing spaces dropped, interior spaces and %00 rejected, '+' literal.
-func uriDecode(raw string) (string, error) {
-	s := strings.Trim(raw, " ")
-	if strings.Contains(s, " ") {
-		return "", errors.New("unexpected space")
-	}
-	if !strings.Contains(s, "%") {
-		return s, nil
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", errors.New("invalid percent-encoding")
-		}
-		hi, ok1 := unhex(s[i+1])
-		lo, ok2 := unhex(s[i+2])
-		if !ok1 || !ok2 || hi<<4|lo == 0 {
-			return "", errors.New("invalid percent-encoding")
-		}
-		b.WriteByte(hi<<4 | lo)
-		i += 2
-	}
-	return b.String(), nil
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
-}
-
-const kvSpace = " \t\n\r\v\f"
-
-func isKVSpace(c byte) bool { return strings.IndexByte(kvSpace, c) >= 0 }
-
-// splitKeywordValue tokenizes a libpq keyword/value string: key = value
-// pairs separated by whitespace, spaces allowed around '=', a value either
-// unquoted (up to whitespace) or in single quotes, '\' escaping the next
-// character in both. The pairs that are not stripped keep their text and are
-// re-joined by single spaces.
-func splitKeywordValue(dsn string) (dsnSplit, bool) {
-	var sp dsnSplit
-	var kept []string
-	i := skipKVSpace(dsn, 0)
-	for i < len(dsn) {
-		eq := strings.IndexByte(dsn[i:], '=')
-		if eq < 0 {
-			return sp, false
-		}
-		eq += i
-		key := strings.TrimRight(dsn[i:eq], kvSpace)
-		if key == "" || strings.ContainsAny(key, kvSpace) {
-			return sp, false
-		}
-		j := skipKVSpace(dsn, eq+1)
-		var rawValue string // the value as written, quotes included
-		end := j
-		switch {
-		case j == len(dsn):
-		case dsn[j] != '\'':
-			for end < len(dsn) && !isKVSpace(dsn[end]) {
-				if dsn[end] == '\\' {
-					end++
-				}
-				end++
-			}
-			end = min(end, len(dsn))
-			rawValue = dsn[j:end]
-			if danglingEscape(rawValue) {
-				// A '\' at the very end escapes the end of the string:
-				// libpq drops it. Drop it from the text too, or a pair
-				// appended after it would be escaped into the value.
-				rawValue = rawValue[:len(rawValue)-1]
-			}
-		default:
-			end = j + 1
-			for ; end < len(dsn) && dsn[end] != '\''; end++ {
-				if dsn[end] == '\\' {
-					end++
-				}
-			}
-			if end >= len(dsn) {
-				return sp, false // unterminated quoted string
-			}
-			end++
-			rawValue = dsn[j:end]
-		}
-		value := unescapeKV(rawValue)
-		if strings.HasPrefix(rawValue, "'") {
-			value = unescapeKV(rawValue[1 : len(rawValue)-1])
-		}
-		if key == "password" || key == "sslpassword" {
-			sp.secrets = append(sp.secrets, rawValue, value)
-		}
-		if strippedKey(key) {
-			sp.extracted = append(sp.extracted, dsnPair{key, value})
-		} else {
-			if rawValue == "" {
-				// An empty value at the end: quote it, or a pair appended
-				// after it would become its value.
-				rawValue = "''"
-			}
-			kept = append(kept, dsn[i:j]+rawValue)
-		}
-		i = skipKVSpace(dsn, end)
-	}
-	sp.rest = strings.Join(kept, " ")
-	if isURL(sp.rest) {
-		// Keyword/value text must not turn into a URL once re-joined.
-		sp.rest = " " + sp.rest
-	}
-	return sp, true
-}
-
-func skipKVSpace(s string, i int) int {
-	for i < len(s) && isKVSpace(s[i]) {
-		i++
-	}
-	return i
-}
-
-// danglingEscape reports whether an unquoted value ends in a '\' that
-// escapes nothing (an odd run of trailing backslashes).
-func danglingEscape(raw string) bool {
-	n := 0
-	for n < len(raw) && raw[len(raw)-1-n] == '\\' {
-		n++
-	}
-	return n%2 == 1
-}
-
-// unescapeKV drops each '\' and keeps the character after it.
-func unescapeKV(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' {
-			i++
-			if i == len(s) {
-				break
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// appendParams appends key=value pairs to a connection string in its own
-// syntax: a URL query (percent-encoded) or keyword/value pairs (quoted when
-// needed). The keyword/value text must not end in a dangling '\' or an
-// empty unquoted value; splitKeywordValue guarantees that.
-func appendParams(base string, pairs [][2]string) string {
-	if len(pairs) == 0 {
-		return base
-	}
-	var b strings.Builder
-	b.WriteString(base)
-	if isURL(base) {
-		switch q, _ := urlQueryIndex(base); {
-		case q < 0:
-			b.WriteByte('?')
-		case q < len(base)-1:
-			b.WriteByte('&')
-		}
-		for i, kv := range pairs {
-			if i > 0 {
-				b.WriteByte('&')
-			}
-			b.WriteString(uriEscape(kv[0]))
-			b.WriteByte('=')
-			b.WriteString(uriEscape(kv[1]))
-		}
-		return b.String()
-	}
-	for _, kv := range pairs {
-		if b.Len() > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(kv[0])
-		b.WriteByte('=')
-		b.WriteString(quoteKV(kv[1]))
-	}
-	return b.String()
-}
-
-// uriEscape is url.QueryEscape with a space as %20: libpq does not decode
-// '+' to a space.
-func uriEscape(s string) string {
-	return strings.ReplaceAll(url.QueryEscape(s), "+", "%20")
-}
-
-// quoteKV quotes a keyword/value value when it is empty or holds
-// whitespace, a quote or a backslash.
-func quoteKV(s string) string {
-	if s != "" && !strings.ContainsAny(s, kvSpace+`'\`) {
-		return s
-	}
-	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
-	return "'" + r.Replace(s) + "'"
 }
