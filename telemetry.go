@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/unifiedsql/unified/internal/classify"
+	"github.com/unifiedsql/unified/internal/cowmap"
 	"github.com/unifiedsql/unified/internal/topology"
 )
 
@@ -89,7 +90,7 @@ type telemetry struct {
 	nodes     []nodeTelemetry      // by node index
 	retryOpts map[string][]metric.AddOption
 	names     operationNames
-	opSets    opSetCache
+	opSets    *cowmap.Map[opKey, []metric.RecordOption]
 	closeOnce sync.Once
 	roleAttrs [2][]attribute.KeyValue // unified.role, by role
 }
@@ -108,7 +109,7 @@ type nodeTelemetry struct {
 }
 
 func newTelemetry(c *Connector, o options) (*telemetry, error) {
-	t := &telemetry{c: c, traceSQL: o.traceSQL}
+	t := &telemetry{c: c, traceSQL: o.traceSQL, opSets: cowmap.New[opKey, []metric.RecordOption](maxOpSets)}
 	t.common = []attribute.KeyValue{semconv.DBSystemNamePostgreSQL}
 	cfgNodes := c.cfg.Nodes()
 	if len(cfgNodes) > 0 && cfgNodes[0].ConnConfig != nil && cfgNodes[0].ConnConfig.Database != "" {
@@ -448,7 +449,7 @@ func (r *opRecord) end(ctx context.Context, n *node, ro role, err error) {
 		if n != nil {
 			k.node = n.index
 		}
-		t.duration.Record(r.contextOr(ctx), time.Since(r.start).Seconds(), t.opSets.get(t, k)...)
+		t.duration.Record(r.contextOr(ctx), time.Since(r.start).Seconds(), t.opSet(k)...)
 	}
 	if r.span != nil {
 		if n != nil {
@@ -531,40 +532,13 @@ type opKey struct {
 	code    string
 }
 
-// opSetCache maps opKey to the options Record needs: copy-on-write, so a
-// hit is one atomic load and one map lookup, without locks or allocation.
-type opSetCache struct {
-	m  atomic.Pointer[map[opKey][]metric.RecordOption]
-	mu sync.Mutex // serializes writers
-}
-
-func (c *opSetCache) get(t *telemetry, k opKey) []metric.RecordOption {
-	if m := c.m.Load(); m != nil {
-		if opts, ok := (*m)[k]; ok {
-			return opts
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old := c.m.Load()
-	if old != nil {
-		if opts, ok := (*old)[k]; ok {
-			return opts
-		}
-	}
-	opts := []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(t.opAttrs(k)...))}
-	if old != nil && len(*old) >= maxOpSets {
-		return opts
-	}
-	next := make(map[opKey][]metric.RecordOption, 1+lenOf(old))
-	if old != nil {
-		for kk, v := range *old {
-			next[kk] = v
-		}
-	}
-	k.errType, k.code = strings.Clone(k.errType), strings.Clone(k.code) // do not pin the error
-	next[k] = opts
-	c.m.Store(&next)
+// opSet returns the options Record needs for k, cached.
+func (t *telemetry) opSet(k opKey) []metric.RecordOption {
+	opts, _ := t.opSets.Get(k, func() (opKey, []metric.RecordOption) {
+		own := k
+		own.errType, own.code = strings.Clone(k.errType), strings.Clone(k.code) // do not pin the error
+		return own, []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(t.opAttrs(own)...))}
+	})
 	return opts
 }
 
