@@ -128,10 +128,11 @@ type Config struct {
 	// (unified_max_replica_lag_bytes). Default 0 (off).
 	MaxReplicaLagBytes uint64
 	// HealthInterval: probe period per node (unified_health_interval).
-	// Default 1s; must be > 0.
+	// Default 1s; must be >= 10ms, so that a typo cannot make the monitor
+	// spin.
 	HealthInterval time.Duration
 	// HealthTimeout: one probe's deadline (unified_health_timeout). Default
-	// 500ms; must be > 0. A timeout longer than HealthInterval is allowed,
+	// 500ms; must be >= 1ms. A timeout longer than HealthInterval is allowed,
 	// not an error: a node's next probe waits for its previous one, so a
 	// node that answers slowly is simply probed less often.
 	HealthTimeout time.Duration
@@ -145,15 +146,15 @@ type Config struct {
 	RetryMax int
 	// RetryBackoffInitial and RetryBackoffMax bound the jittered
 	// exponential backoff between attempts (unified_retry_backoff, written
-	// "initial..max"). Default 50ms and 1s; both must be > 0 and
-	// RetryBackoffInitial <= RetryBackoffMax.
+	// "initial..max"). Default 50ms and 1s; must be
+	// 1ms <= RetryBackoffInitial <= RetryBackoffMax.
 	RetryBackoffInitial time.Duration
 	RetryBackoffMax     time.Duration
 	// BreakerFailures: consecutive connection-class failures that open a
 	// node's breaker (unified_breaker_failures). Default 5; must be >= 1.
 	BreakerFailures uint32
 	// BreakerOpen: how long a breaker stays open before one half-open
-	// probe (unified_breaker_open). Default 5s; must be > 0.
+	// probe (unified_breaker_open). Default 5s; must be >= 10ms.
 	BreakerOpen time.Duration
 	// MaxBatchConns: bulkhead for Batch mode, the most connections Batch
 	// work may use at once, so that bulk work cannot take every connection
@@ -225,15 +226,24 @@ type param struct {
 	ok  func(c *Config) bool
 }
 
+// Floors of the durations that pace a loop or a wait, where a tiny value
+// (a typo: 1ns for 1s) would spin a core or defeat the mechanism: the
+// monitor probes every node each health interval; a probe timeout below a
+// millisecond fails every probe; a breaker open for less than the floor
+// sheds no load; a retry backoff below it does not wait.
 const (
-	ruleDurationPositive = `must be a Go duration > 0, such as "500ms" or "1m30s" (a plain number is not a duration)`
-	ruleDurationNonNeg   = `must be a Go duration >= 0, such as "0s" or "1m30s" (a plain number is not a duration)`
+	minHealthInterval = 10 * time.Millisecond
+	minHealthTimeout  = time.Millisecond
+	minBreakerOpen    = 10 * time.Millisecond
+	minRetryBackoff   = time.Millisecond
 )
 
-func durationParam(key, field string, p func(*Config) *time.Duration, positive bool) param {
-	rule := ruleDurationNonNeg
-	if positive {
-		rule = ruleDurationPositive
+// durationParam is a duration parameter that must be at least minimum
+// (0: any duration >= 0).
+func durationParam(key, field string, p func(*Config) *time.Duration, minimum time.Duration) param {
+	rule := `must be a Go duration >= 0, such as "0s" or "1m30s" (a plain number is not a duration)`
+	if minimum > 0 {
+		rule = fmt.Sprintf(`must be a Go duration of at least %s, such as "500ms" or "1m30s" (a plain number is not a duration)`, minimum)
 	}
 	return param{
 		key: key, field: field, rule: rule,
@@ -243,12 +253,7 @@ func durationParam(key, field string, p func(*Config) *time.Duration, positive b
 			return err == nil
 		},
 		get: func(c *Config) string { return p(c).String() },
-		ok: func(c *Config) bool {
-			if positive {
-				return *p(c) > 0
-			}
-			return *p(c) >= 0
-		},
+		ok:  func(c *Config) bool { return *p(c) >= minimum },
 	}
 }
 
@@ -300,7 +305,7 @@ var params = []param{
 		ok:  func(c *Config) bool { return c.ReplicaPolicy.valid() },
 	},
 	durationParam("unified_max_replica_lag", "MaxReplicaLag",
-		func(c *Config) *time.Duration { return &c.MaxReplicaLag }, false),
+		func(c *Config) *time.Duration { return &c.MaxReplicaLag }, 0),
 	{
 		key: "unified_max_replica_lag_bytes", field: "MaxReplicaLagBytes",
 		rule: "must be an integer >= 0 (WAL bytes)",
@@ -313,15 +318,15 @@ var params = []param{
 		ok:  func(*Config) bool { return true },
 	},
 	durationParam("unified_health_interval", "HealthInterval",
-		func(c *Config) *time.Duration { return &c.HealthInterval }, true),
+		func(c *Config) *time.Duration { return &c.HealthInterval }, minHealthInterval),
 	durationParam("unified_health_timeout", "HealthTimeout",
-		func(c *Config) *time.Duration { return &c.HealthTimeout }, true),
+		func(c *Config) *time.Duration { return &c.HealthTimeout }, minHealthTimeout),
 	durationParam("unified_failover_timeout", "FailoverTimeout",
-		func(c *Config) *time.Duration { return &c.FailoverTimeout }, false),
+		func(c *Config) *time.Duration { return &c.FailoverTimeout }, 0),
 	intParam("unified_retry_max", "RetryMax", func(c *Config) *int { return &c.RetryMax }, 1),
 	{
 		key: "unified_retry_backoff", field: "RetryBackoffInitial, RetryBackoffMax",
-		rule: `must be initial..max, two Go durations > 0 with initial <= max, such as "50ms..1s"`,
+		rule: fmt.Sprintf(`must be initial..max, two Go durations with %s <= initial <= max, such as "50ms..1s"`, minRetryBackoff),
 		set: func(c *Config, v string) bool {
 			lo, hi, found := strings.Cut(v, "..")
 			if !found {
@@ -336,7 +341,7 @@ var params = []param{
 			return c.RetryBackoffInitial.String() + ".." + c.RetryBackoffMax.String()
 		},
 		ok: func(c *Config) bool {
-			return c.RetryBackoffInitial > 0 && c.RetryBackoffInitial <= c.RetryBackoffMax
+			return c.RetryBackoffInitial >= minRetryBackoff && c.RetryBackoffInitial <= c.RetryBackoffMax
 		},
 	},
 	{
@@ -351,14 +356,14 @@ var params = []param{
 		ok:  func(c *Config) bool { return c.BreakerFailures >= 1 },
 	},
 	durationParam("unified_breaker_open", "BreakerOpen",
-		func(c *Config) *time.Duration { return &c.BreakerOpen }, true),
+		func(c *Config) *time.Duration { return &c.BreakerOpen }, minBreakerOpen),
 	intParam("unified_max_batch_conns", "MaxBatchConns", func(c *Config) *int { return &c.MaxBatchConns }, 0),
 	intParam("unified_max_open_conns", "MaxOpenConns", func(c *Config) *int { return &c.MaxOpenConns }, 0),
 	intParam("unified_max_idle_conns", "MaxIdleConns", func(c *Config) *int { return &c.MaxIdleConns }, 0),
 	durationParam("unified_conn_max_lifetime", "ConnMaxLifetime",
-		func(c *Config) *time.Duration { return &c.ConnMaxLifetime }, false),
+		func(c *Config) *time.Duration { return &c.ConnMaxLifetime }, 0),
 	durationParam("unified_conn_max_idle_time", "ConnMaxIdleTime",
-		func(c *Config) *time.Duration { return &c.ConnMaxIdleTime }, false),
+		func(c *Config) *time.Duration { return &c.ConnMaxIdleTime }, 0),
 }
 
 func lookupParam(key string) (param, bool) {
@@ -403,13 +408,13 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 //	unified_replica_policy         round-robin | random | least-rtt (round-robin)
 //	unified_max_replica_lag        duration >= 0, 0 = off (10s)
 //	unified_max_replica_lag_bytes  integer >= 0, 0 = off (0)
-//	unified_health_interval        duration > 0 (1s)
-//	unified_health_timeout         duration > 0 (500ms)
+//	unified_health_interval        duration >= 10ms (1s)
+//	unified_health_timeout         duration >= 1ms (500ms)
 //	unified_failover_timeout       duration >= 0 (30s)
 //	unified_retry_max              integer >= 1 (3)
-//	unified_retry_backoff          initial..max, durations > 0, initial <= max (50ms..1s)
+//	unified_retry_backoff          initial..max, durations, 1ms <= initial <= max (50ms..1s)
 //	unified_breaker_failures       integer 1..4294967295 (5)
-//	unified_breaker_open           duration > 0 (5s)
+//	unified_breaker_open           duration >= 10ms (5s)
 //	unified_max_batch_conns        integer >= 0, 0 = no limit (0)
 //	unified_max_open_conns         integer >= 0, 0 = database/sql's default (0)
 //	unified_max_idle_conns         integer >= 0, 0 = database/sql's default (0)
@@ -417,7 +422,11 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 //	unified_conn_max_idle_time     duration >= 0, 0 = database/sql's default (0)
 //
 // Durations use Go syntax ([time.ParseDuration]: "500ms", "1m30s"); a plain
-// number other than 0 is not a duration. Keys are case-sensitive and
+// number other than 0 is not a duration. The floors of the health interval
+// and timeout, the breaker's open time and the initial backoff keep a typo
+// (1ns for 1s) from spinning a core or turning the mechanism off: the
+// monitor probes every node each interval, and a breaker or backoff of
+// nanoseconds sheds no load. Keys are case-sensitive and
 // lowercase, as in libpq; any other key that starts with "unified_" in any
 // case is an error naming it, and so is a unified_* key or
 // target_session_attrs given twice (libpq would keep the last). In a URL,

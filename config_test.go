@@ -145,8 +145,8 @@ var configCases = []configCase{
 	},
 	{
 		name:  "url percent-encoded keys and values",
-		dsn:   "postgres://app:s3cr%33t-pw@h1/app?unified%5Fretry_max=%37&unified_health_interval=1%C2%B5s&sslmode=disable",
-		want:  conf(func(c *Config) { c.RetryMax = 7; c.HealthInterval = time.Microsecond }),
+		dsn:   "postgres://app:s3cr%33t-pw@h1/app?unified%5Fretry_max=%37&unified_conn_max_idle_time=1%C2%B5s&sslmode=disable",
+		want:  conf(func(c *Config) { c.RetryMax = 7; c.ConnMaxIdleTime = time.Microsecond }),
 		rest:  "postgres://app:s3cr%33t-pw@h1/app?sslmode=disable",
 		nodes: []string{"h1:5432 plain"},
 	},
@@ -291,6 +291,23 @@ var configCases = []configCase{
 		want: conf(func(c *Config) {
 			c.HealthInterval, c.HealthTimeout = 100*time.Millisecond, time.Second
 			c.MaxReplicaLag, c.FailoverTimeout = 0, 0
+		}),
+		rest: "host=h1 password=s3cr3t-pw",
+	},
+	{
+		name: "duration floors are allowed",
+		dsn:  "host=h1 password=s3cr3t-pw unified_health_interval=10ms unified_health_timeout=1ms unified_breaker_open=10ms unified_retry_backoff=1ms..1ms",
+		want: conf(func(c *Config) {
+			c.HealthInterval, c.HealthTimeout, c.BreakerOpen = 10*time.Millisecond, time.Millisecond, 10*time.Millisecond
+			c.RetryBackoffInitial, c.RetryBackoffMax = time.Millisecond, time.Millisecond
+		}),
+		rest: "host=h1 password=s3cr3t-pw",
+	},
+	{
+		name: "no floor where a tiny value spins nothing",
+		dsn:  "host=h1 password=s3cr3t-pw unified_max_replica_lag=1ns unified_failover_timeout=1ns unified_conn_max_lifetime=1ns unified_conn_max_idle_time=1ns",
+		want: conf(func(c *Config) {
+			c.MaxReplicaLag, c.FailoverTimeout, c.ConnMaxLifetime, c.ConnMaxIdleTime = 1, 1, 1, 1
 		}),
 		rest: "host=h1 password=s3cr3t-pw",
 	},
@@ -522,8 +539,8 @@ func TestFormatDSN(t *testing.T) {
 		{
 			name: "non-ascii duration is percent-encoded",
 			dsn:  "postgres://h1",
-			edit: func(c *Config) { c.RetryBackoffInitial = 1500 * time.Nanosecond },
-			want: "postgres://h1?unified_retry_backoff=1.5%C2%B5s..1s",
+			edit: func(c *Config) { c.ConnMaxLifetime = 1500 * time.Nanosecond },
+			want: "postgres://h1?unified_conn_max_lifetime=1.5%C2%B5s",
 		},
 	}
 	for _, tt := range tests {
@@ -581,7 +598,12 @@ var errorCases = []errorCase{
 	{"negative lag", "host=h1 password=s3cr3t-pw unified_max_replica_lag=-1s", []string{`unified_max_replica_lag "-1s"`, ">= 0"}, nil},
 	{"bad lag bytes", "host=h1 password=s3cr3t-pw unified_max_replica_lag_bytes=-1", []string{`unified_max_replica_lag_bytes "-1"`}, nil},
 	{"lag bytes as size", "host=h1 password=s3cr3t-pw unified_max_replica_lag_bytes=16MB", []string{`unified_max_replica_lag_bytes "16MB"`}, nil},
-	{"zero health interval", "host=h1 password=s3cr3t-pw unified_health_interval=0s", []string{`unified_health_interval "0s"`, "> 0"}, nil},
+	{"zero health interval", "host=h1 password=s3cr3t-pw unified_health_interval=0s", []string{`unified_health_interval "0s"`, "at least 10ms"}, nil},
+	{"health interval below its floor", "host=h1 password=s3cr3t-pw unified_health_interval=1ns", []string{`unified: invalid unified_health_interval "1ns": must be a Go duration of at least 10ms`}, nil},
+	{"health interval just below its floor", "postgres://app:s3cr3t-pw@h1/app?unified_health_interval=9.999ms", []string{`unified_health_interval "9.999ms"`, "at least 10ms"}, nil},
+	{"health timeout below its floor", "host=h1 password=s3cr3t-pw unified_health_timeout=999us", []string{`unified_health_timeout "999us"`, "at least 1ms"}, nil},
+	{"breaker open below its floor", "host=h1 password=s3cr3t-pw unified_breaker_open=9ms", []string{`unified_breaker_open "9ms"`, "at least 10ms"}, nil},
+	{"backoff below its floor", "host=h1 password=s3cr3t-pw unified_retry_backoff=1ns..1s", []string{`unified_retry_backoff "1ns..1s"`, "1ms <= initial <= max"}, nil},
 	{"bad health timeout", "host=h1 password=s3cr3t-pw unified_health_timeout=500", []string{`unified_health_timeout "500"`, "a plain number is not a duration"}, nil},
 	{"negative failover timeout", "host=h1 password=s3cr3t-pw unified_failover_timeout=-5s", []string{`unified_failover_timeout "-5s"`}, nil},
 	{"retry_max abc", "postgres://app:s3cr3t-pw@h1/app?unified_retry_max=abc", []string{`invalid unified_retry_max "abc": must be an integer >= 1`}, nil},
@@ -681,13 +703,17 @@ func TestValidate(t *testing.T) {
 		{"bad policy", func(c *Config) { c.ReplicaPolicy = 4 }, `unified_replica_policy "ReplicaPolicy(4)"`},
 		{"negative lag", func(c *Config) { c.MaxReplicaLag = -time.Second }, `unified_max_replica_lag "-1s" (Config.MaxReplicaLag)`},
 		{"zero interval", func(c *Config) { c.HealthInterval = 0 }, `unified_health_interval "0s"`},
+		{"interval below its floor", func(c *Config) { c.HealthInterval = time.Millisecond }, `unified_health_interval "1ms" (Config.HealthInterval): must be a Go duration of at least 10ms`},
 		{"zero timeout", func(c *Config) { c.HealthTimeout = 0 }, `unified_health_timeout "0s"`},
+		{"timeout below its floor", func(c *Config) { c.HealthTimeout = time.Microsecond }, `unified_health_timeout "1µs" (Config.HealthTimeout): must be a Go duration of at least 1ms`},
 		{"negative failover", func(c *Config) { c.FailoverTimeout = -1 }, `unified_failover_timeout "-1ns"`},
 		{"zero retries", func(c *Config) { c.RetryMax = 0 }, `unified_retry_max "0" (Config.RetryMax): must be an integer >= 1`},
 		{"inverted backoff", func(c *Config) { c.RetryBackoffMax = time.Millisecond }, `unified_retry_backoff "50ms..1ms" (Config.RetryBackoffInitial, RetryBackoffMax)`},
 		{"zero backoff", func(c *Config) { c.RetryBackoffInitial = 0 }, `unified_retry_backoff "0s..1s"`},
+		{"backoff below its floor", func(c *Config) { c.RetryBackoffInitial = time.Microsecond }, `unified_retry_backoff "1µs..1s"`},
 		{"zero breaker", func(c *Config) { c.BreakerFailures = 0 }, `unified_breaker_failures "0"`},
 		{"zero breaker open", func(c *Config) { c.BreakerOpen = 0 }, `unified_breaker_open "0s"`},
+		{"breaker open below its floor", func(c *Config) { c.BreakerOpen = time.Millisecond }, `unified_breaker_open "1ms" (Config.BreakerOpen): must be a Go duration of at least 10ms`},
 		{"negative batch", func(c *Config) { c.MaxBatchConns = -1 }, `unified_max_batch_conns "-1"`},
 		{"negative open", func(c *Config) { c.MaxOpenConns = -1 }, `unified_max_open_conns "-1"`},
 		{"negative idle", func(c *Config) { c.MaxIdleConns = -2 }, `unified_max_idle_conns "-2"`},
@@ -710,7 +736,9 @@ func TestValidate(t *testing.T) {
 	c.HealthTimeout = 10 * c.HealthInterval
 	c.MaxReplicaLag, c.FailoverTimeout, c.ConnMaxLifetime, c.ConnMaxIdleTime = 0, 0, 0, 0
 	c.RetryMax, c.BreakerFailures = 1, 1
-	c.RetryBackoffInitial, c.RetryBackoffMax = time.Nanosecond, time.Nanosecond
+	c.RetryBackoffInitial, c.RetryBackoffMax = time.Millisecond, time.Millisecond
+	assert.NoError(t, c.validate())
+	c.HealthInterval, c.HealthTimeout, c.BreakerOpen = 10*time.Millisecond, time.Millisecond, 10*time.Millisecond
 	assert.NoError(t, c.validate())
 }
 
