@@ -443,7 +443,9 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 // is ignored.
 //
 // Every host:port must be distinct: a host listed twice is an error. Each
-// becomes one node ([Config.Nodes]).
+// becomes one node ([Config.Nodes]). A port in the DSN (in a URL's host
+// list or its port parameter, or keyword/value port=) must be 1..65535;
+// one out of range is an error naming it.
 //
 // Errors start with "unified: " and name the offending key and value. They
 // never contain the password: errors from pgx's parser are re-worded
@@ -500,6 +502,9 @@ func ParseConfig(connString string) (*Config, error) {
 			c.DefaultMode = m
 		}
 	}
+	if err := checkPorts(sp.Ports, sp.Secrets); err != nil {
+		return nil, err
+	}
 
 	// target_session_attrs=any keeps pgx from applying (or rejecting) one
 	// from the environment or a service file: the default mode took it.
@@ -526,13 +531,45 @@ func pgxError(err error, secrets []string) error {
 		bare.ConnString = ""
 		msg = strings.TrimPrefix(bare.Error(), "cannot parse ``: ")
 	}
-	for _, s := range secrets {
-		if s != "" && strings.Contains(msg, s) {
-			return errors.New("unified: invalid connection string (details withheld: they would reveal the password)")
-		}
+	if revealsSecret(msg, secrets) {
+		return errors.New("unified: invalid connection string (details withheld: they would reveal the password)")
 	}
 	return fmt.Errorf("unified: invalid connection string: %s", msg)
 }
+
+func revealsSecret(s string, secrets []string) bool {
+	for _, secret := range secrets {
+		if secret != "" && strings.Contains(s, secret) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPorts checks the port list a DSN gives pgx (dsn.Parts.Ports) before
+// pgx does, so that a port out of range is named with its value: pgx's
+// "invalid port" names neither. It judges only ports written as digits;
+// other text is left to pgx, whose error does not quote it. A port that
+// holds a secret is not quoted either: in a URL whose password holds a '/',
+// libpq's syntax puts part of the password in the port position, and
+// dsn.Split counts such ports among the secrets.
+func checkPorts(ports, secrets []string) error {
+	for _, p := range ports {
+		if p == "" || strings.Trim(p, "0123456789") != "" {
+			continue // the default port, or not a number
+		}
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n > 0 {
+			continue
+		}
+		if revealsSecret(p, secrets) {
+			return errors.New("unified: invalid port (value withheld: it would reveal the password): " + rulePort)
+		}
+		return fmt.Errorf("unified: invalid port %q: %s", p, rulePort)
+	}
+	return nil
+}
+
+const rulePort = "must be an integer 1..65535"
 
 // validate checks a Config made by ParseConfig, possibly modified since,
 // with the rules ParseConfig applies to the DSN. NewConnector calls it.

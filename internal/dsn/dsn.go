@@ -53,8 +53,11 @@ type Parts struct {
 	// text does not percent-decode (pgx rejects the URL).
 	Ports []string
 	// Secrets holds every password and sslpassword value found, both as
-	// written and decoded, to keep out of error messages. It is filled
-	// even when Split fails, as far as the text was read.
+	// written and decoded, to keep out of error messages. It also holds
+	// the ports of a URL's host list when the URL has no userinfo but an
+	// '@' after the host list: libpq's syntax takes a password that holds
+	// a '/' (postgres://user:pa/ss@host) for a host and a port. It is
+	// filled even when Split fails, as far as the text was read.
 	Secrets []string
 }
 
@@ -167,6 +170,13 @@ func splitURL(s string, strip func(string) bool) (Parts, error) {
 	if err != nil {
 		return p, err
 	}
+	if u.portsMayHidePassword {
+		for _, raw := range strings.Split(u.ports, ",") {
+			if raw != "" {
+				p.addURLSecret(raw)
+			}
+		}
+	}
 	if u.hasPorts {
 		if ports, err := uriDecode(u.ports); err == nil {
 			p.Ports = strings.Split(ports, ",")
@@ -235,6 +245,8 @@ type urlLayout struct {
 	ports       string // the host list's raw ports, comma-joined, when hasPorts
 	hasPorts    bool
 	query       int // index of the '?' that starts the query; -1: none
+	// portsMayHidePassword: no userinfo, but an '@' after the host list.
+	portsMayHidePassword bool
 }
 
 // layOutURL walks a connection URL as libpq does: userinfo (everything
@@ -248,9 +260,11 @@ func layOutURL(s string) (urlLayout, error) {
 	if !ok {
 		p, _ = strings.CutPrefix(s, "postgres://")
 	}
+	userinfo := false
 	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
 		_, u.password, u.hasPassword = strings.Cut(p[:i], ":")
 		p = p[i+1:]
+		userinfo = true
 	}
 	// As in libpq, every ',' adds an element to the port list, so hosts
 	// and ports stay aligned: h1,h2:5433 has the ports ",5433".
@@ -289,6 +303,7 @@ func layOutURL(s string) (urlLayout, error) {
 	}
 	// As in pgx, a list with nothing in it ("h:") is no port setting.
 	u.ports, u.hasPorts = ports.String(), ports.Len() > 0
+	u.portsMayHidePassword = !userinfo && strings.Contains(p, "@")
 	if strings.HasPrefix(p, "/") {
 		if i := strings.IndexByte(p, '?'); i >= 0 {
 			p = p[i:]

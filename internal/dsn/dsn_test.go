@@ -169,6 +169,16 @@ var splitCases = []splitCase{
 		want: Parts{Rest: "postgres://h1:%35432%2C5433/app", Ports: []string{"5432", "5433"}},
 	},
 	{
+		name: "url password with a '/' is taken for a port: the ports are secrets",
+		in:   "postgres://u:70000/x@h/db?unified_retry_max=1",
+		want: Parts{Rest: "postgres://u:70000/x@h/db", Stripped: []Pair{{"unified_retry_max", "1"}}, Ports: []string{"70000"}, Secrets: []string{"70000"}},
+	},
+	{
+		name: "url an '@' after the host list only in the query",
+		in:   "postgres://h1:5432,h2:%35433/db?application_name=a@b",
+		want: Parts{Rest: "postgres://h1:5432,h2:%35433/db?application_name=a@b", Ports: []string{"5432", "5433"}, Secrets: []string{"5432", "%35433", "5433"}},
+	},
+	{
 		name: "url unterminated ipv6",
 		in:   "postgres://app:s3cr3t-pw@[::1/app?unified_retry_max=5",
 		want: Parts{Secrets: []string{testPassword}},
