@@ -178,6 +178,11 @@ type Config struct {
 	// pgx is pgx's parse of connString: Host/Port plus Fallbacks for every
 	// host, ValidateConnect cleared.
 	pgx *pgx.ConnConfig
+	// modeGiven: when ParseConfig ran, the DSN (unified_default_mode or
+	// target_session_attrs) or PGTARGETSESSIONATTRS decided DefaultMode,
+	// so FormatDSN writes it even when it is the default: re-parsed, the
+	// DSN must not fall back to the environment variable.
+	modeGiven bool
 }
 
 // NodeConfig is one host of a Config.
@@ -439,7 +444,8 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 // unified_default_mode and target_session_attrs are given,
 // unified_default_mode wins (target_session_attrs must still be valid).
 // When the DSN has neither, the PGTARGETSESSIONATTRS environment variable
-// is read instead, as libpq would. A target_session_attrs in a service file
+// is read instead, as libpq would: here, once; the Config and
+// [Config.FormatDSN] never read it again. A target_session_attrs in a service file
 // is ignored.
 //
 // Every host:port must be distinct: a host listed twice is an error. Each
@@ -488,6 +494,7 @@ func ParseConfig(connString string) (*Config, error) {
 	if !seen[keyTargetSessionAttrs] && !seen["unified_default_mode"] {
 		tsa, tsaFromEnv = os.Getenv(envTargetSessionAttrs), true
 	}
+	c.modeGiven = !tsaFromEnv || tsa != ""
 	if tsa != "" {
 		m, ok := targetSessionAttrsMode(tsa)
 		if !ok {
@@ -597,20 +604,24 @@ func (c *Config) Copy() *Config {
 }
 
 // FormatDSN returns a DSN that ParseConfig turns back into a Config equal
-// to c, in the same environment (PG* variables, .pgpass): the connection
-// string as written (without unified_* and target_session_attrs), followed
-// by every unified_* setting that differs from its default, in the order
-// ParseConfig documents, in the DSN's own syntax. DefaultMode is written
-// as unified_default_mode (never as target_session_attrs), and written even
-// when it is read-write if PGTARGETSESSIONATTRS is set, so that the
-// variable cannot change it. The result contains the password if
-// the DSN did: treat it as a secret; use [Config.String] to log a Config.
+// to c, in the environment c was parsed in (pgx reads PG* variables and
+// .pgpass for the connection string): the connection string as written
+// (without unified_* and target_session_attrs), followed by every unified_*
+// setting that differs from its default, in the order ParseConfig
+// documents, in the DSN's own syntax. It depends on c alone, never on the
+// environment, so equal Configs format alike anywhere ([Register] compares
+// them so). DefaultMode is written as unified_default_mode (never as
+// target_session_attrs), and written even when it is read-write if the
+// parsed DSN or PGTARGETSESSIONATTRS decided it, so that the variable
+// cannot change it when the result is parsed. The result contains the
+// password if the DSN did: treat it as a secret; use [Config.String] to
+// log a Config.
 func (c *Config) FormatDSN() string {
 	def := defaultConfig()
 	var pairs []dsn.Pair
 	for _, p := range params {
 		v := p.get(c)
-		if v != p.get(&def) || (p.key == "unified_default_mode" && os.Getenv(envTargetSessionAttrs) != "") {
+		if v != p.get(&def) || (p.key == "unified_default_mode" && c.modeGiven) {
 			pairs = append(pairs, dsn.Pair{Key: p.key, Value: v})
 		}
 	}

@@ -430,7 +430,7 @@ func fallbackTLS(cc *pgx.ConnConfig) []bool {
 // exported returns c's exported fields, for comparison.
 func exported(c *Config) Config {
 	e := *c
-	e.connString, e.pgx = "", nil
+	e.connString, e.pgx, e.modeGiven = "", nil, false
 	return e
 }
 
@@ -581,17 +581,59 @@ func TestFormatDSN(t *testing.T) {
 	}
 }
 
+// TestFormatDSNWritesReadWriteUnderPGTARGETSESSIONATTRS: FormatDSN depends
+// on the Config alone, not on the environment; a mode that the DSN or
+// PGTARGETSESSIONATTRS decided is written, even read-write, so that the
+// variable cannot change it on the way back.
 func TestFormatDSNWritesReadWriteUnderPGTARGETSESSIONATTRS(t *testing.T) {
-	isolateEnv(t)
-	t.Setenv("PGTARGETSESSIONATTRS", "standby")
-	c, err := ParseConfig("host=h1")
-	require.NoError(t, err)
-	require.Equal(t, ReadOnly, c.DefaultMode)
-	c.DefaultMode = ReadWrite
-	assert.Equal(t, "host=h1 unified_default_mode=read-write", c.FormatDSN())
-	back, err := ParseConfig(c.FormatDSN())
-	require.NoError(t, err)
-	requireSameConfig(t, c, back)
+	for _, tc := range []struct {
+		name, env, dsn string
+		edit           func(*Config)
+		want           string
+	}{
+		{
+			name: "mode from the variable, edited to read-write",
+			env:  "standby", dsn: "host=h1",
+			edit: func(c *Config) { c.DefaultMode = ReadWrite },
+			want: "host=h1 unified_default_mode=read-write",
+		},
+		{name: "read-only from the variable", env: "standby", dsn: "host=h1", want: "host=h1 unified_default_mode=read-only"},
+		{name: "read-write from the variable", env: "primary", dsn: "host=h1", want: "host=h1 unified_default_mode=read-write"},
+		{name: "read-write from the dsn", dsn: "host=h1 unified_default_mode=read-write", want: "host=h1 unified_default_mode=read-write"},
+		{name: "read-write from target_session_attrs", dsn: "host=h1 target_session_attrs=any", want: "host=h1 unified_default_mode=read-write"},
+		{name: "empty target_session_attrs shadows the variable", env: "standby", dsn: "host=h1 target_session_attrs=''", want: "host=h1 unified_default_mode=read-write"},
+		{name: "mode not given", dsn: "host=h1", want: "host=h1"},
+		{name: "mode not given, edited", dsn: "host=h1", edit: func(c *Config) { c.DefaultMode = Batch }, want: "host=h1 unified_default_mode=batch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			isolateEnv(t)
+			if tc.env != "" {
+				t.Setenv("PGTARGETSESSIONATTRS", tc.env)
+			}
+			c, err := ParseConfig(tc.dsn)
+			require.NoError(t, err)
+			if tc.edit != nil {
+				tc.edit(c)
+			}
+			got := c.FormatDSN()
+			assert.Equal(t, tc.want, got)
+			back, err := ParseConfig(got)
+			require.NoError(t, err)
+			requireSameConfig(t, c, back)
+
+			// The same output, and the same round trip, with the variable
+			// set otherwise or not at all.
+			for _, env := range []string{"", "standby", "read-write"} {
+				t.Setenv("PGTARGETSESSIONATTRS", env)
+				assert.Equal(t, got, c.FormatDSN(), "PGTARGETSESSIONATTRS=%q", env)
+				if tc.want != "host=h1" { // a DSN without a mode follows the variable, as libpq's does
+					back, err := ParseConfig(got)
+					require.NoError(t, err)
+					requireSameConfig(t, c, back)
+				}
+			}
+		})
+	}
 }
 
 type errorCase struct {
