@@ -125,7 +125,15 @@ type Config struct {
 	// off; negative is invalid.
 	MaxReplicaLag time.Duration
 	// MaxReplicaLagBytes: the same bound in WAL bytes
-	// (unified_max_replica_lag_bytes). Default 0 (off).
+	// (unified_max_replica_lag_bytes). Default 16 MiB (16777216); 0 turns
+	// the bound off. It is on by default because MaxReplicaLag alone cannot
+	// judge a replica in a new process: the time lag is read off the
+	// primary's WAL positions this process has sampled, so for a replica
+	// behind the oldest sample (a new process, a new primary) it is only a
+	// lower bound, the samples' span, while the byte lag is exact from the
+	// first probe. A primary that writes WAL faster than 16 MiB per
+	// replication delay (bulk loads) pushes healthy replicas past it: raise
+	// it, or set 0 and rely on the time bound.
 	MaxReplicaLagBytes uint64
 	// HealthInterval: probe period per node (unified_health_interval).
 	// Default 1s; must be >= 10ms, so that a typo cannot make the monitor
@@ -206,6 +214,7 @@ func defaultConfig() Config {
 		ReadFallback:        FallbackPrimary,
 		ReplicaPolicy:       PolicyRoundRobin,
 		MaxReplicaLag:       10 * time.Second,
+		MaxReplicaLagBytes:  16 << 20,
 		HealthInterval:      time.Second,
 		HealthTimeout:       500 * time.Millisecond,
 		FailoverTimeout:     30 * time.Second,
@@ -412,7 +421,7 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 //	unified_read_fallback          primary | error (primary)
 //	unified_replica_policy         round-robin | random | least-rtt (round-robin)
 //	unified_max_replica_lag        duration >= 0, 0 = off (10s)
-//	unified_max_replica_lag_bytes  integer >= 0, 0 = off (0)
+//	unified_max_replica_lag_bytes  integer >= 0, 0 = off (16777216, 16 MiB)
 //	unified_health_interval        duration >= 10ms (1s)
 //	unified_health_timeout         duration >= 1ms (500ms)
 //	unified_failover_timeout       duration >= 0 (30s)
@@ -436,6 +445,12 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 // case is an error naming it, and so is a unified_* key or
 // target_session_attrs given twice (libpq would keep the last). In a URL,
 // keys and values are percent-decoded as libpq does.
+//
+// The byte bound is on by default because the time bound cannot judge a
+// replica in a new process: until this process has sampled the primary's
+// WAL positions for as long as a replica is behind, that replica's time lag
+// is only known to be at least the samples' span, while its byte lag is
+// exact from the first probe ([Config.MaxReplicaLagBytes]).
 //
 // target_session_attrs sets the default mode: read-write, primary and any
 // mean ReadWrite; read-only, standby and prefer-standby mean ReadOnly; any

@@ -316,6 +316,12 @@ var configCases = []configCase{
 		nodes: []string{"h1:5433 plain"},
 	},
 	{
+		name: "lag bytes 0 turns the byte bound off",
+		dsn:  "host=h1 password=s3cr3t-pw unified_max_replica_lag_bytes=0",
+		want: conf(func(c *Config) { c.MaxReplicaLagBytes = 0 }),
+		rest: "host=h1 password=s3cr3t-pw",
+	},
+	{
 		name: "duration floors are allowed",
 		dsn:  "host=h1 password=s3cr3t-pw unified_health_interval=10ms unified_health_timeout=1ms unified_breaker_open=10ms unified_retry_backoff=1ms..1ms",
 		want: conf(func(c *Config) {
@@ -551,6 +557,17 @@ func TestFormatDSN(t *testing.T) {
 			dsn:  "host=h1 password=s3cr3t-pw",
 			edit: allSet,
 			want: "host=h1 password=s3cr3t-pw " + strings.Join(allSetPairs, " "),
+		},
+		{
+			name: "the byte bound's default is 16 MiB, 0 is written",
+			dsn:  "postgres://h1?unified_max_replica_lag_bytes=16777216",
+			edit: func(c *Config) {
+				if c.MaxReplicaLagBytes != 16<<20 {
+					t.Errorf("MaxReplicaLagBytes = %d", c.MaxReplicaLagBytes)
+				}
+				c.MaxReplicaLagBytes = 0
+			},
+			want: "postgres://h1?unified_max_replica_lag_bytes=0",
 		},
 		{
 			name: "keyword/value: only unified",
@@ -916,7 +933,7 @@ func TestString(t *testing.T) {
 	c, err := ParseConfig("postgres://app:s3cr3t-pw@h1:5432,h2:5433/app?sslmode=disable&unified_retry_max=5")
 	require.NoError(t, err)
 	assert.Equal(t, "unified: hosts=[h1:5432 h2:5433] user=app database=app default_mode=read-write "+
-		"read_fallback=primary replica_policy=round-robin max_replica_lag=10s max_replica_lag_bytes=0 "+
+		"read_fallback=primary replica_policy=round-robin max_replica_lag=10s max_replica_lag_bytes=16777216 "+
 		"health_interval=1s health_timeout=500ms failover_timeout=30s retry_max=5 retry_backoff=50ms..1s "+
 		"breaker_failures=5 breaker_open=5s max_batch_conns=0 max_open_conns=0 max_idle_conns=0 "+
 		"conn_max_lifetime=0s conn_max_idle_time=0s", c.String())
