@@ -51,12 +51,14 @@ func FuzzParseConfig(f *testing.F) {
 			return
 		}
 		checkNoPassword(t, "password="+testPassword+" "+dsn)
-		after, ok := strings.CutPrefix(dsn, "postgresql://")
-		if !ok {
-			after, _ = strings.CutPrefix(dsn, "postgres://")
-		}
-		checkNoPassword(t, "postgres://u:"+testPassword+"@"+after)
+		checkNoPassword(t, "postgres://u:"+testPassword+"@"+urlAfterScheme(dsn))
 	})
+}
+
+// urlAfterScheme is s without a URL's scheme (all of s if it has none).
+func urlAfterScheme(s string) string {
+	after, _ := dsn.CutScheme(s)
+	return after
 }
 
 // checkRoundTrip parses dsn and, if it is valid, checks

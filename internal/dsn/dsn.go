@@ -90,7 +90,17 @@ func Split(s string, strip func(key string) bool) (Parts, error) {
 // IsURL reports whether s is a connection URL: libpq's (and pgx's) test,
 // the postgres:// or postgresql:// prefix.
 func IsURL(s string) bool {
-	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+	_, ok := CutScheme(s)
+	return ok
+}
+
+// CutScheme returns a connection URL without its postgres:// or
+// postgresql:// prefix, and whether s had one.
+func CutScheme(s string) (rest string, ok bool) {
+	if rest, ok := strings.CutPrefix(s, "postgresql://"); ok {
+		return rest, true
+	}
+	return strings.CutPrefix(s, "postgres://")
 }
 
 // AppendParams appends pairs to base in base's own syntax: to a URL's
@@ -256,10 +266,7 @@ type urlLayout struct {
 // password is set even then.
 func layOutURL(s string) (urlLayout, error) {
 	u := urlLayout{query: -1}
-	p, ok := strings.CutPrefix(s, "postgresql://")
-	if !ok {
-		p, _ = strings.CutPrefix(s, "postgres://")
-	}
+	p, _ := CutScheme(s)
 	userinfo := false
 	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
 		_, u.password, u.hasPassword = strings.Cut(p[:i], ":")

@@ -38,10 +38,7 @@ func FuzzSplit(f *testing.F) {
 			return
 		}
 		checkPasswordKept(t, "password="+testPassword+" "+s)
-		after, ok := strings.CutPrefix(s, "postgresql://")
-		if !ok {
-			after, _ = strings.CutPrefix(s, "postgres://")
-		}
+		after, _ := CutScheme(s)
 		checkPasswordKept(t, "postgres://u:"+testPassword+"@"+after)
 	})
 }

@@ -389,6 +389,25 @@ func TestIsURL(t *testing.T) {
 	}
 }
 
+func TestCutScheme(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"postgres://u@h/db", "u@h/db", true},
+		{"postgresql://h", "h", true},
+		{"postgres://", "", true},
+		{"host=h", "host=h", false},
+		{"postgresql:/h", "postgresql:/h", false},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, ok := CutScheme(tc.in)
+			assert.Equal(t, tc.want, got)
+			assert.Equal(t, tc.ok, ok)
+		})
+	}
+}
+
 func TestAppendParams(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
