@@ -440,11 +440,13 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 // and timeout, the breaker's open time and the initial backoff keep a typo
 // (1ns for 1s) from spinning a core or turning the mechanism off: the
 // monitor probes every node each interval, and a breaker or backoff of
-// nanoseconds sheds no load. Keys are case-sensitive and
-// lowercase, as in libpq; any other key that starts with "unified_" in any
-// case is an error naming it, and so is a unified_* key or
-// target_session_attrs given twice (libpq would keep the last). In a URL,
-// keys and values are percent-decoded as libpq does.
+// nanoseconds sheds no load. A value below its floor is an error naming
+// the key, the value and the floor.
+//
+// Keys are case-sensitive and lowercase, as in libpq; any other key that
+// starts with "unified_" in any case is an error naming it, and so is a
+// unified_* key or target_session_attrs given twice (libpq would keep the
+// last). In a URL, keys and values are percent-decoded as libpq does.
 //
 // The byte bound is on by default because the time bound cannot judge a
 // replica in a new process: until this process has sampled the primary's
@@ -460,8 +462,8 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 // unified_default_mode wins (target_session_attrs must still be valid).
 // When the DSN has neither, the PGTARGETSESSIONATTRS environment variable
 // is read instead, as libpq would: here, once; the Config and
-// [Config.FormatDSN] never read it again. A target_session_attrs in a service file
-// is ignored.
+// [Config.FormatDSN] never read it again. A target_session_attrs in a
+// service file is ignored.
 //
 // Every host:port must be distinct: a host listed twice is an error. Each
 // becomes one node ([Config.Nodes]). A port in the DSN (in a URL's host
