@@ -9,12 +9,14 @@
 // needed to find the pairs, and leaves every other byte alone, so that the
 // text it returns means to pgx exactly what the input meant, less the pairs
 // taken out. It is a lexer only: it checks no key or value beyond the
-// syntax that delimits pairs, knows no defaults, resolves no duplicate key,
-// and reads no environment variable or file. pgx parses the rest.
+// syntax that delimits pairs, knows no defaults, and reads no environment
+// variable or file. pgx parses the rest.
 //
 // It knows three keys by name, to report what the caller needs before pgx
 // sees the text: password and sslpassword, whose values it reports as
-// secrets to keep out of error messages, and the port list ([Parts.Ports]).
+// secrets to keep out of error messages, and port, whose list it reports
+// as pgx will read it ([Parts.Ports]: the last port given counts). Other
+// duplicate keys it leaves to pgx and the caller.
 //
 // All functions are pure and safe for concurrent use.
 package dsn
