@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/unifiedsql/unified/internal/dsn"
 )
 
 // ReadFallback says what a ReadOnly statement does when no replica is
@@ -124,13 +125,22 @@ type Config struct {
 	// off; negative is invalid.
 	MaxReplicaLag time.Duration
 	// MaxReplicaLagBytes: the same bound in WAL bytes
-	// (unified_max_replica_lag_bytes). Default 0 (off).
+	// (unified_max_replica_lag_bytes). Default 16 MiB (16777216); 0 turns
+	// the bound off. It is on by default because MaxReplicaLag alone cannot
+	// judge a replica in a new process: the time lag is read off the
+	// primary's WAL positions this process has sampled, so for a replica
+	// behind the oldest sample (a new process, a new primary) it is only a
+	// lower bound, the samples' span, while the byte lag is exact from the
+	// first probe. A primary that writes WAL faster than 16 MiB per
+	// replication delay (bulk loads) pushes healthy replicas past it: raise
+	// it, or set 0 and rely on the time bound.
 	MaxReplicaLagBytes uint64
 	// HealthInterval: probe period per node (unified_health_interval).
-	// Default 1s; must be > 0.
+	// Default 1s; must be >= 10ms, so that a typo cannot make the monitor
+	// spin.
 	HealthInterval time.Duration
 	// HealthTimeout: one probe's deadline (unified_health_timeout). Default
-	// 500ms; must be > 0. A timeout longer than HealthInterval is allowed,
+	// 500ms; must be >= 1ms. A timeout longer than HealthInterval is allowed,
 	// not an error: a node's next probe waits for its previous one, so a
 	// node that answers slowly is simply probed less often.
 	HealthTimeout time.Duration
@@ -144,15 +154,15 @@ type Config struct {
 	RetryMax int
 	// RetryBackoffInitial and RetryBackoffMax bound the jittered
 	// exponential backoff between attempts (unified_retry_backoff, written
-	// "initial..max"). Default 50ms and 1s; both must be > 0 and
-	// RetryBackoffInitial <= RetryBackoffMax.
+	// "initial..max"). Default 50ms and 1s; must be
+	// 1ms <= RetryBackoffInitial <= RetryBackoffMax.
 	RetryBackoffInitial time.Duration
 	RetryBackoffMax     time.Duration
 	// BreakerFailures: consecutive connection-class failures that open a
 	// node's breaker (unified_breaker_failures). Default 5; must be >= 1.
 	BreakerFailures uint32
 	// BreakerOpen: how long a breaker stays open before one half-open
-	// probe (unified_breaker_open). Default 5s; must be > 0.
+	// probe (unified_breaker_open). Default 5s; must be >= 10ms.
 	BreakerOpen time.Duration
 	// MaxBatchConns: bulkhead for Batch mode, the most connections Batch
 	// work may use at once, so that bulk work cannot take every connection
@@ -176,6 +186,11 @@ type Config struct {
 	// pgx is pgx's parse of connString: Host/Port plus Fallbacks for every
 	// host, ValidateConnect cleared.
 	pgx *pgx.ConnConfig
+	// modeGiven: when ParseConfig ran, the DSN (unified_default_mode or
+	// target_session_attrs) or PGTARGETSESSIONATTRS decided DefaultMode,
+	// so FormatDSN writes it even when it is the default: re-parsed, the
+	// DSN must not fall back to the environment variable.
+	modeGiven bool
 }
 
 // NodeConfig is one host of a Config.
@@ -199,6 +214,7 @@ func defaultConfig() Config {
 		ReadFallback:        FallbackPrimary,
 		ReplicaPolicy:       PolicyRoundRobin,
 		MaxReplicaLag:       10 * time.Second,
+		MaxReplicaLagBytes:  16 << 20,
 		HealthInterval:      time.Second,
 		HealthTimeout:       500 * time.Millisecond,
 		FailoverTimeout:     30 * time.Second,
@@ -224,15 +240,24 @@ type param struct {
 	ok  func(c *Config) bool
 }
 
+// Floors of the durations that pace a loop or a wait, where a tiny value
+// (a typo: 1ns for 1s) would spin a core or defeat the mechanism: the
+// monitor probes every node each health interval; a probe timeout below a
+// millisecond fails every probe; a breaker open for less than the floor
+// sheds no load; a retry backoff below it does not wait.
 const (
-	ruleDurationPositive = `must be a Go duration > 0, such as "500ms" or "1m30s" (a plain number is not a duration)`
-	ruleDurationNonNeg   = `must be a Go duration >= 0, such as "0s" or "1m30s" (a plain number is not a duration)`
+	minHealthInterval = 10 * time.Millisecond
+	minHealthTimeout  = time.Millisecond
+	minBreakerOpen    = 10 * time.Millisecond
+	minRetryBackoff   = time.Millisecond
 )
 
-func durationParam(key, field string, p func(*Config) *time.Duration, positive bool) param {
-	rule := ruleDurationNonNeg
-	if positive {
-		rule = ruleDurationPositive
+// durationParam is a duration parameter that must be at least minimum
+// (0: any duration >= 0).
+func durationParam(key, field string, p func(*Config) *time.Duration, minimum time.Duration) param {
+	rule := `must be a Go duration >= 0, such as "0s" or "1m30s" (a plain number is not a duration)`
+	if minimum > 0 {
+		rule = fmt.Sprintf(`must be a Go duration of at least %s, such as "500ms" or "1m30s" (a plain number is not a duration)`, minimum)
 	}
 	return param{
 		key: key, field: field, rule: rule,
@@ -242,12 +267,7 @@ func durationParam(key, field string, p func(*Config) *time.Duration, positive b
 			return err == nil
 		},
 		get: func(c *Config) string { return p(c).String() },
-		ok: func(c *Config) bool {
-			if positive {
-				return *p(c) > 0
-			}
-			return *p(c) >= 0
-		},
+		ok:  func(c *Config) bool { return *p(c) >= minimum },
 	}
 }
 
@@ -299,7 +319,7 @@ var params = []param{
 		ok:  func(c *Config) bool { return c.ReplicaPolicy.valid() },
 	},
 	durationParam("unified_max_replica_lag", "MaxReplicaLag",
-		func(c *Config) *time.Duration { return &c.MaxReplicaLag }, false),
+		func(c *Config) *time.Duration { return &c.MaxReplicaLag }, 0),
 	{
 		key: "unified_max_replica_lag_bytes", field: "MaxReplicaLagBytes",
 		rule: "must be an integer >= 0 (WAL bytes)",
@@ -312,15 +332,15 @@ var params = []param{
 		ok:  func(*Config) bool { return true },
 	},
 	durationParam("unified_health_interval", "HealthInterval",
-		func(c *Config) *time.Duration { return &c.HealthInterval }, true),
+		func(c *Config) *time.Duration { return &c.HealthInterval }, minHealthInterval),
 	durationParam("unified_health_timeout", "HealthTimeout",
-		func(c *Config) *time.Duration { return &c.HealthTimeout }, true),
+		func(c *Config) *time.Duration { return &c.HealthTimeout }, minHealthTimeout),
 	durationParam("unified_failover_timeout", "FailoverTimeout",
-		func(c *Config) *time.Duration { return &c.FailoverTimeout }, false),
+		func(c *Config) *time.Duration { return &c.FailoverTimeout }, 0),
 	intParam("unified_retry_max", "RetryMax", func(c *Config) *int { return &c.RetryMax }, 1),
 	{
 		key: "unified_retry_backoff", field: "RetryBackoffInitial, RetryBackoffMax",
-		rule: `must be initial..max, two Go durations > 0 with initial <= max, such as "50ms..1s"`,
+		rule: fmt.Sprintf(`must be initial..max, two Go durations with %s <= initial <= max, such as "50ms..1s"`, minRetryBackoff),
 		set: func(c *Config, v string) bool {
 			lo, hi, found := strings.Cut(v, "..")
 			if !found {
@@ -335,7 +355,7 @@ var params = []param{
 			return c.RetryBackoffInitial.String() + ".." + c.RetryBackoffMax.String()
 		},
 		ok: func(c *Config) bool {
-			return c.RetryBackoffInitial > 0 && c.RetryBackoffInitial <= c.RetryBackoffMax
+			return c.RetryBackoffInitial >= minRetryBackoff && c.RetryBackoffInitial <= c.RetryBackoffMax
 		},
 	},
 	{
@@ -350,14 +370,14 @@ var params = []param{
 		ok:  func(c *Config) bool { return c.BreakerFailures >= 1 },
 	},
 	durationParam("unified_breaker_open", "BreakerOpen",
-		func(c *Config) *time.Duration { return &c.BreakerOpen }, true),
+		func(c *Config) *time.Duration { return &c.BreakerOpen }, minBreakerOpen),
 	intParam("unified_max_batch_conns", "MaxBatchConns", func(c *Config) *int { return &c.MaxBatchConns }, 0),
 	intParam("unified_max_open_conns", "MaxOpenConns", func(c *Config) *int { return &c.MaxOpenConns }, 0),
 	intParam("unified_max_idle_conns", "MaxIdleConns", func(c *Config) *int { return &c.MaxIdleConns }, 0),
 	durationParam("unified_conn_max_lifetime", "ConnMaxLifetime",
-		func(c *Config) *time.Duration { return &c.ConnMaxLifetime }, false),
+		func(c *Config) *time.Duration { return &c.ConnMaxLifetime }, 0),
 	durationParam("unified_conn_max_idle_time", "ConnMaxIdleTime",
-		func(c *Config) *time.Duration { return &c.ConnMaxIdleTime }, false),
+		func(c *Config) *time.Duration { return &c.ConnMaxIdleTime }, 0),
 }
 
 func lookupParam(key string) (param, bool) {
@@ -401,14 +421,14 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 //	unified_read_fallback          primary | error (primary)
 //	unified_replica_policy         round-robin | random | least-rtt (round-robin)
 //	unified_max_replica_lag        duration >= 0, 0 = off (10s)
-//	unified_max_replica_lag_bytes  integer >= 0, 0 = off (0)
-//	unified_health_interval        duration > 0 (1s)
-//	unified_health_timeout         duration > 0 (500ms)
+//	unified_max_replica_lag_bytes  integer >= 0, 0 = off (16777216, 16 MiB)
+//	unified_health_interval        duration >= 10ms (1s)
+//	unified_health_timeout         duration >= 1ms (500ms)
 //	unified_failover_timeout       duration >= 0 (30s)
 //	unified_retry_max              integer >= 1 (3)
-//	unified_retry_backoff          initial..max, durations > 0, initial <= max (50ms..1s)
+//	unified_retry_backoff          initial..max, durations, 1ms <= initial <= max (50ms..1s)
 //	unified_breaker_failures       integer 1..4294967295 (5)
-//	unified_breaker_open           duration > 0 (5s)
+//	unified_breaker_open           duration >= 10ms (5s)
 //	unified_max_batch_conns        integer >= 0, 0 = no limit (0)
 //	unified_max_open_conns         integer >= 0, 0 = database/sql's default (0)
 //	unified_max_idle_conns         integer >= 0, 0 = database/sql's default (0)
@@ -416,11 +436,23 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 //	unified_conn_max_idle_time     duration >= 0, 0 = database/sql's default (0)
 //
 // Durations use Go syntax ([time.ParseDuration]: "500ms", "1m30s"); a plain
-// number other than 0 is not a duration. Keys are case-sensitive and
-// lowercase, as in libpq; any other key that starts with "unified_" in any
-// case is an error naming it, and so is a unified_* key or
-// target_session_attrs given twice (libpq would keep the last). In a URL,
-// keys and values are percent-decoded as libpq does.
+// number other than 0 is not a duration. The floors of the health interval
+// and timeout, the breaker's open time and the initial backoff keep a typo
+// (1ns for 1s) from spinning a core or turning the mechanism off: the
+// monitor probes every node each interval, and a breaker or backoff of
+// nanoseconds sheds no load. A value below its floor is an error naming
+// the key, the value and the floor.
+//
+// Keys are case-sensitive and lowercase, as in libpq; any other key that
+// starts with "unified_" in any case is an error naming it, and so is a
+// unified_* key or target_session_attrs given twice (libpq would keep the
+// last). In a URL, keys and values are percent-decoded as libpq does.
+//
+// The byte bound is on by default because the time bound cannot judge a
+// replica in a new process: until this process has sampled the primary's
+// WAL positions for as long as a replica is behind, that replica's time lag
+// is only known to be at least the samples' span, while its byte lag is
+// exact from the first probe ([Config.MaxReplicaLagBytes]).
 //
 // target_session_attrs sets the default mode: read-write, primary and any
 // mean ReadWrite; read-only, standby and prefer-standby mean ReadOnly; any
@@ -429,53 +461,57 @@ func targetSessionAttrsMode(v string) (Mode, bool) {
 // unified_default_mode and target_session_attrs are given,
 // unified_default_mode wins (target_session_attrs must still be valid).
 // When the DSN has neither, the PGTARGETSESSIONATTRS environment variable
-// is read instead, as libpq would. A target_session_attrs in a service file
-// is ignored.
+// is read instead, as libpq would: here, once; the Config and
+// [Config.FormatDSN] never read it again. A target_session_attrs in a
+// service file is ignored.
 //
 // Every host:port must be distinct: a host listed twice is an error. Each
-// becomes one node ([Config.Nodes]).
+// becomes one node ([Config.Nodes]). A port in the DSN (in a URL's host
+// list or its port parameter, or keyword/value port=) must be 1..65535;
+// one out of range is an error naming it.
 //
 // Errors start with "unified: " and name the offending key and value. They
 // never contain the password: errors from pgx's parser are re-worded
 // without the connection string, and withheld entirely should they still
 // contain it.
-func ParseConfig(dsn string) (*Config, error) {
-	sp, ok := splitDSN(dsn)
-	if !ok {
+func ParseConfig(connString string) (*Config, error) {
+	sp, err := dsn.Split(connString, strippedKey)
+	if err != nil {
 		// The text does not even split into pairs: let pgx, which owns the
 		// syntax, say what is wrong with it.
-		if _, err := pgx.ParseConfig(dsn); err != nil {
-			return nil, pgxError(err, sp.secrets)
+		if _, err := pgx.ParseConfig(connString); err != nil {
+			return nil, pgxError(err, sp.Secrets)
 		}
-		return nil, errors.New("unified: invalid connection string: cannot separate the unified_* parameters")
+		return nil, fmt.Errorf("unified: invalid connection string: cannot separate the unified_* parameters: %v", err)
 	}
 
 	c := defaultConfig()
-	seen := make(map[string]bool, len(sp.extracted))
+	seen := make(map[string]bool, len(sp.Stripped))
 	tsa, tsaFromEnv := "", false
-	for _, kv := range sp.extracted {
-		if seen[kv.key] {
-			return nil, fmt.Errorf("unified: parameter %s given twice", kv.key)
+	for _, kv := range sp.Stripped {
+		if seen[kv.Key] {
+			return nil, fmt.Errorf("unified: parameter %s given twice", kv.Key)
 		}
-		seen[kv.key] = true
-		if kv.key == keyTargetSessionAttrs {
-			tsa = kv.value
+		seen[kv.Key] = true
+		if kv.Key == keyTargetSessionAttrs {
+			tsa = kv.Value
 			continue
 		}
-		p, known := lookupParam(kv.key)
+		p, known := lookupParam(kv.Key)
 		if !known {
-			if p, ok := lookupParam(strings.ToLower(kv.key)); ok {
-				return nil, fmt.Errorf("unified: unknown parameter %q (keys are case-sensitive: %s)", kv.key, p.key)
+			if p, ok := lookupParam(strings.ToLower(kv.Key)); ok {
+				return nil, fmt.Errorf("unified: unknown parameter %q (keys are case-sensitive: %s)", kv.Key, p.key)
 			}
-			return nil, fmt.Errorf("unified: unknown parameter %q", kv.key)
+			return nil, fmt.Errorf("unified: unknown parameter %q", kv.Key)
 		}
-		if !p.set(&c, kv.value) || !p.ok(&c) {
-			return nil, fmt.Errorf("unified: invalid %s %q: %s", p.key, kv.value, p.rule)
+		if !p.set(&c, kv.Value) || !p.ok(&c) {
+			return nil, fmt.Errorf("unified: invalid %s %q: %s", p.key, kv.Value, p.rule)
 		}
 	}
 	if !seen[keyTargetSessionAttrs] && !seen["unified_default_mode"] {
 		tsa, tsaFromEnv = os.Getenv(envTargetSessionAttrs), true
 	}
+	c.modeGiven = !tsaFromEnv || tsa != ""
 	if tsa != "" {
 		m, ok := targetSessionAttrsMode(tsa)
 		if !ok {
@@ -490,15 +526,18 @@ func ParseConfig(dsn string) (*Config, error) {
 			c.DefaultMode = m
 		}
 	}
+	if err := checkPorts(sp.Ports, sp.Secrets); err != nil {
+		return nil, err
+	}
 
 	// target_session_attrs=any keeps pgx from applying (or rejecting) one
 	// from the environment or a service file: the default mode took it.
-	pc, err := pgx.ParseConfig(appendParams(sp.rest, [][2]string{{keyTargetSessionAttrs, "any"}}))
+	pc, err := pgx.ParseConfig(dsn.AppendParams(sp.Rest, []dsn.Pair{{Key: keyTargetSessionAttrs, Value: "any"}}))
 	if err != nil {
-		return nil, pgxError(err, sp.secrets)
+		return nil, pgxError(err, sp.Secrets)
 	}
 	pc.ValidateConnect = nil
-	c.connString = sp.rest
+	c.connString = sp.Rest
 	c.pgx = pc
 	if err := c.validate(); err != nil {
 		return nil, err
@@ -516,13 +555,45 @@ func pgxError(err error, secrets []string) error {
 		bare.ConnString = ""
 		msg = strings.TrimPrefix(bare.Error(), "cannot parse ``: ")
 	}
-	for _, s := range secrets {
-		if s != "" && strings.Contains(msg, s) {
-			return errors.New("unified: invalid connection string (details withheld: they would reveal the password)")
-		}
+	if revealsSecret(msg, secrets) {
+		return errors.New("unified: invalid connection string (details withheld: they would reveal the password)")
 	}
 	return fmt.Errorf("unified: invalid connection string: %s", msg)
 }
+
+func revealsSecret(s string, secrets []string) bool {
+	for _, secret := range secrets {
+		if secret != "" && strings.Contains(s, secret) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPorts checks the port list a DSN gives pgx (dsn.Parts.Ports) before
+// pgx does, so that a port out of range is named with its value: pgx's
+// "invalid port" names neither. It judges only ports written as digits;
+// other text is left to pgx, whose error does not quote it. A port that
+// holds a secret is not quoted either: in a URL whose password holds a '/',
+// libpq's syntax puts part of the password in the port position, and
+// dsn.Split counts such ports among the secrets.
+func checkPorts(ports, secrets []string) error {
+	for _, p := range ports {
+		if p == "" || strings.Trim(p, "0123456789") != "" {
+			continue // the default port, or not a number
+		}
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n > 0 {
+			continue
+		}
+		if revealsSecret(p, secrets) {
+			return errors.New("unified: invalid port (value withheld: it would reveal the password): " + rulePort)
+		}
+		return fmt.Errorf("unified: invalid port %q: %s", p, rulePort)
+	}
+	return nil
+}
+
+const rulePort = "must be an integer 1..65535"
 
 // validate checks a Config made by ParseConfig, possibly modified since,
 // with the rules ParseConfig applies to the DSN. NewConnector calls it.
@@ -550,24 +621,28 @@ func (c *Config) Copy() *Config {
 }
 
 // FormatDSN returns a DSN that ParseConfig turns back into a Config equal
-// to c, in the same environment (PG* variables, .pgpass): the connection
-// string as written (without unified_* and target_session_attrs), followed
-// by every unified_* setting that differs from its default, in the order
-// ParseConfig documents, in the DSN's own syntax. DefaultMode is written
-// as unified_default_mode (never as target_session_attrs), and written even
-// when it is read-write if PGTARGETSESSIONATTRS is set, so that the
-// variable cannot change it. The result contains the password if
-// the DSN did: treat it as a secret; use [Config.String] to log a Config.
+// to c, in the environment c was parsed in (pgx reads PG* variables and
+// .pgpass for the connection string): the connection string as written
+// (without unified_* and target_session_attrs), followed by every unified_*
+// setting that differs from its default, in the order ParseConfig
+// documents, in the DSN's own syntax. It depends on c alone, never on the
+// environment, so equal Configs format alike anywhere ([Register] compares
+// them so). DefaultMode is written as unified_default_mode (never as
+// target_session_attrs), and written even when it is read-write if the
+// parsed DSN or PGTARGETSESSIONATTRS decided it, so that the variable
+// cannot change it when the result is parsed. The result contains the
+// password if the DSN did: treat it as a secret; use [Config.String] to
+// log a Config.
 func (c *Config) FormatDSN() string {
 	def := defaultConfig()
-	var pairs [][2]string
+	var pairs []dsn.Pair
 	for _, p := range params {
 		v := p.get(c)
-		if v != p.get(&def) || (p.key == "unified_default_mode" && os.Getenv(envTargetSessionAttrs) != "") {
-			pairs = append(pairs, [2]string{p.key, v})
+		if v != p.get(&def) || (p.key == "unified_default_mode" && c.modeGiven) {
+			pairs = append(pairs, dsn.Pair{Key: p.key, Value: v})
 		}
 	}
-	return appendParams(c.connString, pairs)
+	return dsn.AppendParams(c.connString, pairs)
 }
 
 // String describes c on one line for logs: hosts, user, database and
@@ -704,393 +779,10 @@ func nodeName(host string, port uint16) string {
 	return net.JoinHostPort(host, p)
 }
 
-// The DSN splitter. It separates the unified_* and target_session_attrs
-// pairs from the rest without interpreting the rest: it follows libpq's (and
-// pgx's) syntax only as far as needed to find pairs, so that pgx parses the
-// remaining text exactly as it would have parsed it in the first place.
-
-// dsnSplit is a DSN taken apart by splitDSN.
-type dsnSplit struct {
-	// rest is the DSN without the extracted pairs.
-	rest string
-	// extracted holds the unified_* and target_session_attrs pairs, in DSN
-	// order, keys and values decoded.
-	extracted []dsnPair
-	// secrets holds every password and sslpassword value found, as written
-	// and decoded, to keep out of error messages.
-	secrets []string
-}
-
-type dsnPair struct{ key, value string }
-
 // strippedKey reports whether key is taken out of the DSN before pgx sees
-// it.
-// Keys are case-sensitive, but UNIFIED_X is taken too, to be rejected as
+// it. Keys are case-sensitive, but UNIFIED_X is taken too, to be rejected as
 // unknown rather than sent to the server as a run-time parameter.
 func strippedKey(key string) bool {
 	return key == keyTargetSessionAttrs ||
 		(len(key) >= len("unified_") && strings.EqualFold(key[:len("unified_")], "unified_"))
-}
-
-func isURL(s string) bool {
-	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
-}
-
-// splitDSN separates the pairs that are stripped from the rest of dsn. It
-// reports false when dsn does not split into pairs (a syntax error pgx will
-// report); secrets is then filled as far as the split got.
-func splitDSN(dsn string) (dsnSplit, bool) {
-	if isURL(dsn) {
-		return splitURL(dsn)
-	}
-	return splitKeywordValue(dsn)
-}
-
-// splitURL splits a connection URL on its raw query: '&'-separated
-// key=value pairs, percent-decoded as libpq does. The pairs that are not
-// stripped are kept verbatim, in order.
-func splitURL(dsn string) (dsnSplit, bool) {
-	var sp dsnSplit
-	if user, ok := urlUserinfo(dsn); ok {
-		if _, pw, hasPW := strings.Cut(user, ":"); hasPW {
-			sp.addSecret(pw, uriDecode)
-		}
-	}
-	q, ok := urlQueryIndex(dsn)
-	if !ok {
-		return sp, false
-	}
-	if q < 0 {
-		sp.rest = dsn
-		return sp, true
-	}
-	var kept []string
-	splits := true // false once a pair is malformed; the scan goes on for secrets
-	// As in libpq, each pair may be followed by '&': a trailing '&' is
-	// accepted, an empty pair is not.
-	for query := dsn[q+1:]; query != ""; {
-		pair, next, _ := strings.Cut(query, "&")
-		query = next
-		rawKey, rawValue, found := strings.Cut(pair, "=")
-		if !found || strings.Contains(rawValue, "=") {
-			splits = false
-			continue
-		}
-		key, err := uriDecode(rawKey)
-		if err != nil {
-			// Not stripped whatever it is; pgx rejects it.
-			kept = append(kept, pair)
-			continue
-		}
-		if key == "password" || key == "sslpassword" {
-			sp.addSecret(rawValue, uriDecode)
-		}
-		if !strippedKey(key) {
-			kept = append(kept, pair)
-			continue
-		}
-		value, err := uriDecode(rawValue)
-		if err != nil {
-			splits = false
-			continue
-		}
-		sp.extracted = append(sp.extracted, dsnPair{key, value})
-	}
-	if !splits {
-		return sp, false
-	}
-	sp.rest = dsn[:q]
-	if len(kept) > 0 {
-		sp.rest += "?" + strings.Join(kept, "&")
-	}
-	return sp, true
-}
-
-func (sp *dsnSplit) addSecret(raw string, decode func(string) (string, error)) {
-	sp.secrets = append(sp.secrets, raw)
-	if d, err := decode(raw); err == nil && d != raw {
-		sp.secrets = append(sp.secrets, d)
-	}
-}
-
-// urlUserinfo returns the userinfo of a connection URL as libpq finds it:
-// everything before an '@' that comes before the first '/'.
-func urlUserinfo(dsn string) (string, bool) {
-	p := urlAfterScheme(dsn)
-	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
-		return p[:i], true
-	}
-	return "", false
-}
-
-func urlAfterScheme(dsn string) string {
-	if p, ok := strings.CutPrefix(dsn, "postgresql://"); ok {
-		return p
-	}
-	p, _ := strings.CutPrefix(dsn, "postgres://")
-	return p
-}
-
-// urlQueryIndex returns the index in dsn of the '?' that starts the query
-// of a connection URL, or -1 if it has none, walking the URL as libpq does:
-// userinfo, then a comma-separated list of host[:port] (an IPv6 host in
-// brackets may contain '?'), then an optional /dbname. It reports false on
-// a structure libpq rejects.
-func urlQueryIndex(dsn string) (int, bool) {
-	p := urlAfterScheme(dsn)
-	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
-		p = p[i+1:]
-	}
-	for {
-		if strings.HasPrefix(p, "[") {
-			end := strings.IndexByte(p, ']')
-			if end <= 1 {
-				return 0, false
-			}
-			p = p[end+1:]
-			if p != "" && !strings.ContainsRune(":/?,", rune(p[0])) {
-				return 0, false
-			}
-		} else if i := strings.IndexAny(p, ":/?,"); i >= 0 {
-			p = p[i:]
-		} else {
-			p = ""
-		}
-		if strings.HasPrefix(p, ":") {
-			if i := strings.IndexAny(p, "/?,"); i >= 0 {
-				p = p[i:]
-			} else {
-				p = ""
-			}
-		}
-		if !strings.HasPrefix(p, ",") {
-			break
-		}
-		p = p[1:]
-	}
-	if strings.HasPrefix(p, "/") {
-		if i := strings.IndexByte(p, '?'); i >= 0 {
-			p = p[i:]
-		} else {
-			p = ""
-		}
-	}
-	if strings.HasPrefix(p, "?") {
-		return len(dsn) - len(p), true
-	}
-	return -1, true
-}
-
-// uriDecode percent-decodes a URL component as libpq does: leading and
-// trailing spaces dropped, interior spaces and %00 rejected, '+' literal.
-func uriDecode(raw string) (string, error) {
-	s := strings.Trim(raw, " ")
-	if strings.Contains(s, " ") {
-		return "", errors.New("unexpected space")
-	}
-	if !strings.Contains(s, "%") {
-		return s, nil
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", errors.New("invalid percent-encoding")
-		}
-		hi, ok1 := unhex(s[i+1])
-		lo, ok2 := unhex(s[i+2])
-		if !ok1 || !ok2 || hi<<4|lo == 0 {
-			return "", errors.New("invalid percent-encoding")
-		}
-		b.WriteByte(hi<<4 | lo)
-		i += 2
-	}
-	return b.String(), nil
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
-}
-
-const kvSpace = " \t\n\r\v\f"
-
-func isKVSpace(c byte) bool { return strings.IndexByte(kvSpace, c) >= 0 }
-
-// splitKeywordValue tokenizes a libpq keyword/value string: key = value
-// pairs separated by whitespace, spaces allowed around '=', a value either
-// unquoted (up to whitespace) or in single quotes, '\' escaping the next
-// character in both. The pairs that are not stripped keep their text and are
-// re-joined by single spaces.
-func splitKeywordValue(dsn string) (dsnSplit, bool) {
-	var sp dsnSplit
-	var kept []string
-	i := skipKVSpace(dsn, 0)
-	for i < len(dsn) {
-		eq := strings.IndexByte(dsn[i:], '=')
-		if eq < 0 {
-			return sp, false
-		}
-		eq += i
-		key := strings.TrimRight(dsn[i:eq], kvSpace)
-		if key == "" || strings.ContainsAny(key, kvSpace) {
-			return sp, false
-		}
-		j := skipKVSpace(dsn, eq+1)
-		var rawValue string // the value as written, quotes included
-		end := j
-		switch {
-		case j == len(dsn):
-		case dsn[j] != '\'':
-			for end < len(dsn) && !isKVSpace(dsn[end]) {
-				if dsn[end] == '\\' {
-					end++
-				}
-				end++
-			}
-			end = min(end, len(dsn))
-			rawValue = dsn[j:end]
-			if danglingEscape(rawValue) {
-				// A '\' at the very end escapes the end of the string:
-				// libpq drops it. Drop it from the text too, or a pair
-				// appended after it would be escaped into the value.
-				rawValue = rawValue[:len(rawValue)-1]
-			}
-		default:
-			end = j + 1
-			for ; end < len(dsn) && dsn[end] != '\''; end++ {
-				if dsn[end] == '\\' {
-					end++
-				}
-			}
-			if end >= len(dsn) {
-				return sp, false // unterminated quoted string
-			}
-			end++
-			rawValue = dsn[j:end]
-		}
-		value := unescapeKV(rawValue)
-		if strings.HasPrefix(rawValue, "'") {
-			value = unescapeKV(rawValue[1 : len(rawValue)-1])
-		}
-		if key == "password" || key == "sslpassword" {
-			sp.secrets = append(sp.secrets, rawValue, value)
-		}
-		if strippedKey(key) {
-			sp.extracted = append(sp.extracted, dsnPair{key, value})
-		} else {
-			if rawValue == "" {
-				// An empty value at the end: quote it, or a pair appended
-				// after it would become its value.
-				rawValue = "''"
-			}
-			kept = append(kept, dsn[i:j]+rawValue)
-		}
-		i = skipKVSpace(dsn, end)
-	}
-	sp.rest = strings.Join(kept, " ")
-	if isURL(sp.rest) {
-		// Keyword/value text must not turn into a URL once re-joined.
-		sp.rest = " " + sp.rest
-	}
-	return sp, true
-}
-
-func skipKVSpace(s string, i int) int {
-	for i < len(s) && isKVSpace(s[i]) {
-		i++
-	}
-	return i
-}
-
-// danglingEscape reports whether an unquoted value ends in a '\' that
-// escapes nothing (an odd run of trailing backslashes).
-func danglingEscape(raw string) bool {
-	n := 0
-	for n < len(raw) && raw[len(raw)-1-n] == '\\' {
-		n++
-	}
-	return n%2 == 1
-}
-
-// unescapeKV drops each '\' and keeps the character after it.
-func unescapeKV(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' {
-			i++
-			if i == len(s) {
-				break
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// appendParams appends key=value pairs to a connection string in its own
-// syntax: a URL query (percent-encoded) or keyword/value pairs (quoted when
-// needed). The keyword/value text must not end in a dangling '\' or an
-// empty unquoted value; splitKeywordValue guarantees that.
-func appendParams(base string, pairs [][2]string) string {
-	if len(pairs) == 0 {
-		return base
-	}
-	var b strings.Builder
-	b.WriteString(base)
-	if isURL(base) {
-		switch q, _ := urlQueryIndex(base); {
-		case q < 0:
-			b.WriteByte('?')
-		case q < len(base)-1:
-			b.WriteByte('&')
-		}
-		for i, kv := range pairs {
-			if i > 0 {
-				b.WriteByte('&')
-			}
-			b.WriteString(uriEscape(kv[0]))
-			b.WriteByte('=')
-			b.WriteString(uriEscape(kv[1]))
-		}
-		return b.String()
-	}
-	for _, kv := range pairs {
-		if b.Len() > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(kv[0])
-		b.WriteByte('=')
-		b.WriteString(quoteKV(kv[1]))
-	}
-	return b.String()
-}
-
-// uriEscape is url.QueryEscape with a space as %20: libpq does not decode
-// '+' to a space.
-func uriEscape(s string) string {
-	return strings.ReplaceAll(url.QueryEscape(s), "+", "%20")
-}
-
-// quoteKV quotes a keyword/value value when it is empty or holds
-// whitespace, a quote or a backslash.
-func quoteKV(s string) string {
-	if s != "" && !strings.ContainsAny(s, kvSpace+`'\`) {
-		return s
-	}
-	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
-	return "'" + r.Replace(s) + "'"
 }

@@ -1,11 +1,14 @@
 package unified
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+
+	"github.com/unifiedsql/unified/internal/dsn"
 )
 
 // FuzzParseConfig checks, for any input: no panic; every error starts with
@@ -50,6 +53,12 @@ func FuzzParseConfig(f *testing.F) {
 		checkNoPassword(t, "password="+testPassword+" "+dsn)
 		checkNoPassword(t, "postgres://u:"+testPassword+"@"+urlAfterScheme(dsn))
 	})
+}
+
+// urlAfterScheme is s without a URL's scheme (all of s if it has none).
+func urlAfterScheme(s string) string {
+	after, _ := dsn.CutScheme(s)
+	return after
 }
 
 // checkRoundTrip parses dsn and, if it is valid, checks
@@ -106,12 +115,10 @@ func touchesDevices(dsn string) bool {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		if s[i] == '%' && i+2 < len(s) {
-			if hi, ok := unhex(s[i+1]); ok {
-				if lo, ok := unhex(s[i+2]); ok {
-					b.WriteByte(hi<<4 | lo)
-					i += 2
-					continue
-				}
+			if c, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(c))
+				i += 2
+				continue
 			}
 		}
 		b.WriteByte(s[i])
@@ -123,21 +130,21 @@ func touchesDevices(dsn string) bool {
 // checkSameAsPgx checks that the splitter is transparent: a DSN without
 // unified_* or target_session_attrs is accepted or rejected as pgx does,
 // and parses to the same settings.
-func checkSameAsPgx(t *testing.T, dsn string) {
+func checkSameAsPgx(t *testing.T, connString string) {
 	t.Helper()
-	if sp, ok := splitDSN(dsn); ok && len(sp.extracted) > 0 {
+	if sp, err := dsn.Split(connString, strippedKey); err == nil && len(sp.Stripped) > 0 {
 		return
 	}
-	want, wantErr := pgx.ParseConfig(dsn)
-	c, err := ParseConfig(dsn)
+	want, wantErr := pgx.ParseConfig(connString)
+	c, err := ParseConfig(connString)
 	switch {
 	case wantErr != nil && err == nil:
-		t.Fatalf("ParseConfig(%q) accepts what pgx rejects: %v", dsn, wantErr)
+		t.Fatalf("ParseConfig(%q) accepts what pgx rejects: %v", connString, wantErr)
 	case wantErr == nil && err != nil:
 		if !strings.Contains(err.Error(), "given twice") {
-			t.Fatalf("ParseConfig(%q) rejects what pgx accepts: %v", dsn, err)
+			t.Fatalf("ParseConfig(%q) rejects what pgx accepts: %v", connString, err)
 		}
 	case err == nil:
-		require.Equal(t, viewConn(want), viewConn(c.pgx), "ParseConfig(%q)", dsn)
+		require.Equal(t, viewConn(want), viewConn(c.pgx), "ParseConfig(%q)", connString)
 	}
 }

@@ -145,8 +145,8 @@ var configCases = []configCase{
 	},
 	{
 		name:  "url percent-encoded keys and values",
-		dsn:   "postgres://app:s3cr%33t-pw@h1/app?unified%5Fretry_max=%37&unified_health_interval=1%C2%B5s&sslmode=disable",
-		want:  conf(func(c *Config) { c.RetryMax = 7; c.HealthInterval = time.Microsecond }),
+		dsn:   "postgres://app:s3cr%33t-pw@h1/app?unified%5Fretry_max=%37&unified_conn_max_idle_time=1%C2%B5s&sslmode=disable",
+		want:  conf(func(c *Config) { c.RetryMax = 7; c.ConnMaxIdleTime = time.Microsecond }),
 		rest:  "postgres://app:s3cr%33t-pw@h1/app?sslmode=disable",
 		nodes: []string{"h1:5432 plain"},
 	},
@@ -294,6 +294,50 @@ var configCases = []configCase{
 		}),
 		rest: "host=h1 password=s3cr3t-pw",
 	},
+	{
+		name:  "ports at the ends of the range, with leading zeros",
+		dsn:   "host=h1,h2,h3 port=1,65535,005432 password=s3cr3t-pw",
+		want:  conf(),
+		rest:  "host=h1,h2,h3 port=1,65535,005432 password=s3cr3t-pw",
+		nodes: []string{"h1:1 tls,plain", "h2:65535 tls,plain", "h3:5432 tls,plain"},
+	},
+	{
+		name:  "keyword/value: the last port counts",
+		dsn:   "host=h1 port=99999 password=s3cr3t-pw port=5433",
+		want:  conf(),
+		rest:  "host=h1 port=99999 password=s3cr3t-pw port=5433",
+		nodes: []string{"h1:5433 tls,plain"},
+	},
+	{
+		name:  "url: the port parameter overrides the host list's",
+		dsn:   "postgres://app:s3cr3t-pw@h1:99999/app?port=5433&sslmode=disable",
+		want:  conf(),
+		rest:  "postgres://app:s3cr3t-pw@h1:99999/app?port=5433&sslmode=disable",
+		nodes: []string{"h1:5433 plain"},
+	},
+	{
+		name: "lag bytes 0 turns the byte bound off",
+		dsn:  "host=h1 password=s3cr3t-pw unified_max_replica_lag_bytes=0",
+		want: conf(func(c *Config) { c.MaxReplicaLagBytes = 0 }),
+		rest: "host=h1 password=s3cr3t-pw",
+	},
+	{
+		name: "duration floors are allowed",
+		dsn:  "host=h1 password=s3cr3t-pw unified_health_interval=10ms unified_health_timeout=1ms unified_breaker_open=10ms unified_retry_backoff=1ms..1ms",
+		want: conf(func(c *Config) {
+			c.HealthInterval, c.HealthTimeout, c.BreakerOpen = 10*time.Millisecond, time.Millisecond, 10*time.Millisecond
+			c.RetryBackoffInitial, c.RetryBackoffMax = time.Millisecond, time.Millisecond
+		}),
+		rest: "host=h1 password=s3cr3t-pw",
+	},
+	{
+		name: "no floor where a tiny value spins nothing",
+		dsn:  "host=h1 password=s3cr3t-pw unified_max_replica_lag=1ns unified_failover_timeout=1ns unified_conn_max_lifetime=1ns unified_conn_max_idle_time=1ns",
+		want: conf(func(c *Config) {
+			c.MaxReplicaLag, c.FailoverTimeout, c.ConnMaxLifetime, c.ConnMaxIdleTime = 1, 1, 1, 1
+		}),
+		rest: "host=h1 password=s3cr3t-pw",
+	},
 }
 
 // targetSessionAttrsCases: the libpq values and the default mode each
@@ -392,7 +436,7 @@ func fallbackTLS(cc *pgx.ConnConfig) []bool {
 // exported returns c's exported fields, for comparison.
 func exported(c *Config) Config {
 	e := *c
-	e.connString, e.pgx = "", nil
+	e.connString, e.pgx, e.modeGiven = "", nil, false
 	return e
 }
 
@@ -515,6 +559,17 @@ func TestFormatDSN(t *testing.T) {
 			want: "host=h1 password=s3cr3t-pw " + strings.Join(allSetPairs, " "),
 		},
 		{
+			name: "the byte bound's default is 16 MiB, 0 is written",
+			dsn:  "postgres://h1?unified_max_replica_lag_bytes=16777216",
+			edit: func(c *Config) {
+				if c.MaxReplicaLagBytes != 16<<20 {
+					t.Errorf("MaxReplicaLagBytes = %d", c.MaxReplicaLagBytes)
+				}
+				c.MaxReplicaLagBytes = 0
+			},
+			want: "postgres://h1?unified_max_replica_lag_bytes=0",
+		},
+		{
 			name: "keyword/value: only unified",
 			dsn:  "unified_max_open_conns=10",
 			want: "unified_max_open_conns=10",
@@ -522,8 +577,8 @@ func TestFormatDSN(t *testing.T) {
 		{
 			name: "non-ascii duration is percent-encoded",
 			dsn:  "postgres://h1",
-			edit: func(c *Config) { c.RetryBackoffInitial = 1500 * time.Nanosecond },
-			want: "postgres://h1?unified_retry_backoff=1.5%C2%B5s..1s",
+			edit: func(c *Config) { c.ConnMaxLifetime = 1500 * time.Nanosecond },
+			want: "postgres://h1?unified_conn_max_lifetime=1.5%C2%B5s",
 		},
 	}
 	for _, tt := range tests {
@@ -543,17 +598,59 @@ func TestFormatDSN(t *testing.T) {
 	}
 }
 
+// TestFormatDSNWritesReadWriteUnderPGTARGETSESSIONATTRS: FormatDSN depends
+// on the Config alone, not on the environment; a mode that the DSN or
+// PGTARGETSESSIONATTRS decided is written, even read-write, so that the
+// variable cannot change it on the way back.
 func TestFormatDSNWritesReadWriteUnderPGTARGETSESSIONATTRS(t *testing.T) {
-	isolateEnv(t)
-	t.Setenv("PGTARGETSESSIONATTRS", "standby")
-	c, err := ParseConfig("host=h1")
-	require.NoError(t, err)
-	require.Equal(t, ReadOnly, c.DefaultMode)
-	c.DefaultMode = ReadWrite
-	assert.Equal(t, "host=h1 unified_default_mode=read-write", c.FormatDSN())
-	back, err := ParseConfig(c.FormatDSN())
-	require.NoError(t, err)
-	requireSameConfig(t, c, back)
+	for _, tc := range []struct {
+		name, env, dsn string
+		edit           func(*Config)
+		want           string
+	}{
+		{
+			name: "mode from the variable, edited to read-write",
+			env:  "standby", dsn: "host=h1",
+			edit: func(c *Config) { c.DefaultMode = ReadWrite },
+			want: "host=h1 unified_default_mode=read-write",
+		},
+		{name: "read-only from the variable", env: "standby", dsn: "host=h1", want: "host=h1 unified_default_mode=read-only"},
+		{name: "read-write from the variable", env: "primary", dsn: "host=h1", want: "host=h1 unified_default_mode=read-write"},
+		{name: "read-write from the dsn", dsn: "host=h1 unified_default_mode=read-write", want: "host=h1 unified_default_mode=read-write"},
+		{name: "read-write from target_session_attrs", dsn: "host=h1 target_session_attrs=any", want: "host=h1 unified_default_mode=read-write"},
+		{name: "empty target_session_attrs shadows the variable", env: "standby", dsn: "host=h1 target_session_attrs=''", want: "host=h1 unified_default_mode=read-write"},
+		{name: "mode not given", dsn: "host=h1", want: "host=h1"},
+		{name: "mode not given, edited", dsn: "host=h1", edit: func(c *Config) { c.DefaultMode = Batch }, want: "host=h1 unified_default_mode=batch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			isolateEnv(t)
+			if tc.env != "" {
+				t.Setenv("PGTARGETSESSIONATTRS", tc.env)
+			}
+			c, err := ParseConfig(tc.dsn)
+			require.NoError(t, err)
+			if tc.edit != nil {
+				tc.edit(c)
+			}
+			got := c.FormatDSN()
+			assert.Equal(t, tc.want, got)
+			back, err := ParseConfig(got)
+			require.NoError(t, err)
+			requireSameConfig(t, c, back)
+
+			// The same output, and the same round trip, with the variable
+			// set otherwise or not at all.
+			for _, env := range []string{"", "standby", "read-write"} {
+				t.Setenv("PGTARGETSESSIONATTRS", env)
+				assert.Equal(t, got, c.FormatDSN(), "PGTARGETSESSIONATTRS=%q", env)
+				if tc.want != "host=h1" { // a DSN without a mode follows the variable, as libpq's does
+					back, err := ParseConfig(got)
+					require.NoError(t, err)
+					requireSameConfig(t, c, back)
+				}
+			}
+		})
+	}
 }
 
 type errorCase struct {
@@ -581,7 +678,12 @@ var errorCases = []errorCase{
 	{"negative lag", "host=h1 password=s3cr3t-pw unified_max_replica_lag=-1s", []string{`unified_max_replica_lag "-1s"`, ">= 0"}, nil},
 	{"bad lag bytes", "host=h1 password=s3cr3t-pw unified_max_replica_lag_bytes=-1", []string{`unified_max_replica_lag_bytes "-1"`}, nil},
 	{"lag bytes as size", "host=h1 password=s3cr3t-pw unified_max_replica_lag_bytes=16MB", []string{`unified_max_replica_lag_bytes "16MB"`}, nil},
-	{"zero health interval", "host=h1 password=s3cr3t-pw unified_health_interval=0s", []string{`unified_health_interval "0s"`, "> 0"}, nil},
+	{"zero health interval", "host=h1 password=s3cr3t-pw unified_health_interval=0s", []string{`unified_health_interval "0s"`, "at least 10ms"}, nil},
+	{"health interval below its floor", "host=h1 password=s3cr3t-pw unified_health_interval=1ns", []string{`unified: invalid unified_health_interval "1ns": must be a Go duration of at least 10ms`}, nil},
+	{"health interval just below its floor", "postgres://app:s3cr3t-pw@h1/app?unified_health_interval=9.999ms", []string{`unified_health_interval "9.999ms"`, "at least 10ms"}, nil},
+	{"health timeout below its floor", "host=h1 password=s3cr3t-pw unified_health_timeout=999us", []string{`unified_health_timeout "999us"`, "at least 1ms"}, nil},
+	{"breaker open below its floor", "host=h1 password=s3cr3t-pw unified_breaker_open=9ms", []string{`unified_breaker_open "9ms"`, "at least 10ms"}, nil},
+	{"backoff below its floor", "host=h1 password=s3cr3t-pw unified_retry_backoff=1ns..1s", []string{`unified_retry_backoff "1ns..1s"`, "1ms <= initial <= max"}, nil},
 	{"bad health timeout", "host=h1 password=s3cr3t-pw unified_health_timeout=500", []string{`unified_health_timeout "500"`, "a plain number is not a duration"}, nil},
 	{"negative failover timeout", "host=h1 password=s3cr3t-pw unified_failover_timeout=-5s", []string{`unified_failover_timeout "-5s"`}, nil},
 	{"retry_max abc", "postgres://app:s3cr3t-pw@h1/app?unified_retry_max=abc", []string{`invalid unified_retry_max "abc": must be an integer >= 1`}, nil},
@@ -603,6 +705,17 @@ var errorCases = []errorCase{
 	{"duplicate host", "host=h1,h2,h1 password=s3cr3t-pw", []string{`host "h1:5432" given twice`}, nil},
 	{"duplicate host url default port", "postgres://app:s3cr3t-pw@h1:5432,h1/app", []string{`host "h1:5432" given twice`}, nil},
 	{"duplicate host sslmode=disable", "host=h1,h1 password=s3cr3t-pw sslmode=disable", []string{`host "h1:5432" given twice`}, nil},
+	{"url port out of range", "postgres://app:s3cr3t-pw@h1:65536/app", []string{`unified: invalid port "65536": must be an integer 1..65535`}, nil},
+	{"url port zero", "postgres://app:s3cr3t-pw@h1:0/app", []string{`invalid port "0"`}, nil},
+	{"url second host's port", "postgres://app:s3cr3t-pw@h1:5432,h2:70000/app", []string{`invalid port "70000"`}, nil},
+	{"url percent-encoded port", "postgres://app:s3cr3t-pw@h1:%36%35%35%33%36/app", []string{`invalid port "65536"`}, nil},
+	{"url port parameter", "postgres://app:s3cr3t-pw@h1/app?port=65536", []string{`invalid port "65536"`}, nil},
+	{"url port parameter wins", "postgres://app:s3cr3t-pw@h1:5432/app?port=0", []string{`invalid port "0"`}, nil},
+	{"keyword/value port list", "host=h1,h2 port=5432,99999 password=s3cr3t-pw", []string{`invalid port "99999"`}, nil},
+	{"keyword/value last port", "host=h1 port=5432 password=s3cr3t-pw port='0'", []string{`invalid port "0"`}, nil},
+	{"huge port", "host=h1 port=99999999999999999999 password=s3cr3t-pw", []string{`invalid port "99999999999999999999"`}, nil},
+	{"port that is the password", "host=h1 port=77777 password=77777", []string{"unified: invalid port (value withheld: it would reveal the password): must be an integer 1..65535"}, nil},
+	{"url password with a '/' taken for a port", "postgres://app:70000/s3cr3t-pw@h1/app", []string{"unified: invalid port (value withheld: it would reveal the password)"}, nil},
 	// Errors from pgx's parser.
 	{"bad port", "postgres://app:s3cr3t-pw@h1:notaport/app", []string{"invalid connection string", "invalid port"}, nil},
 	{"bad sslmode", "host=h1 password=s3cr3t-pw sslmode=sometimes", []string{"invalid connection string", "sslmode is invalid"}, nil},
@@ -681,13 +794,17 @@ func TestValidate(t *testing.T) {
 		{"bad policy", func(c *Config) { c.ReplicaPolicy = 4 }, `unified_replica_policy "ReplicaPolicy(4)"`},
 		{"negative lag", func(c *Config) { c.MaxReplicaLag = -time.Second }, `unified_max_replica_lag "-1s" (Config.MaxReplicaLag)`},
 		{"zero interval", func(c *Config) { c.HealthInterval = 0 }, `unified_health_interval "0s"`},
+		{"interval below its floor", func(c *Config) { c.HealthInterval = time.Millisecond }, `unified_health_interval "1ms" (Config.HealthInterval): must be a Go duration of at least 10ms`},
 		{"zero timeout", func(c *Config) { c.HealthTimeout = 0 }, `unified_health_timeout "0s"`},
+		{"timeout below its floor", func(c *Config) { c.HealthTimeout = time.Microsecond }, `unified_health_timeout "1µs" (Config.HealthTimeout): must be a Go duration of at least 1ms`},
 		{"negative failover", func(c *Config) { c.FailoverTimeout = -1 }, `unified_failover_timeout "-1ns"`},
 		{"zero retries", func(c *Config) { c.RetryMax = 0 }, `unified_retry_max "0" (Config.RetryMax): must be an integer >= 1`},
 		{"inverted backoff", func(c *Config) { c.RetryBackoffMax = time.Millisecond }, `unified_retry_backoff "50ms..1ms" (Config.RetryBackoffInitial, RetryBackoffMax)`},
 		{"zero backoff", func(c *Config) { c.RetryBackoffInitial = 0 }, `unified_retry_backoff "0s..1s"`},
+		{"backoff below its floor", func(c *Config) { c.RetryBackoffInitial = time.Microsecond }, `unified_retry_backoff "1µs..1s"`},
 		{"zero breaker", func(c *Config) { c.BreakerFailures = 0 }, `unified_breaker_failures "0"`},
 		{"zero breaker open", func(c *Config) { c.BreakerOpen = 0 }, `unified_breaker_open "0s"`},
+		{"breaker open below its floor", func(c *Config) { c.BreakerOpen = time.Millisecond }, `unified_breaker_open "1ms" (Config.BreakerOpen): must be a Go duration of at least 10ms`},
 		{"negative batch", func(c *Config) { c.MaxBatchConns = -1 }, `unified_max_batch_conns "-1"`},
 		{"negative open", func(c *Config) { c.MaxOpenConns = -1 }, `unified_max_open_conns "-1"`},
 		{"negative idle", func(c *Config) { c.MaxIdleConns = -2 }, `unified_max_idle_conns "-2"`},
@@ -710,7 +827,9 @@ func TestValidate(t *testing.T) {
 	c.HealthTimeout = 10 * c.HealthInterval
 	c.MaxReplicaLag, c.FailoverTimeout, c.ConnMaxLifetime, c.ConnMaxIdleTime = 0, 0, 0, 0
 	c.RetryMax, c.BreakerFailures = 1, 1
-	c.RetryBackoffInitial, c.RetryBackoffMax = time.Nanosecond, time.Nanosecond
+	c.RetryBackoffInitial, c.RetryBackoffMax = time.Millisecond, time.Millisecond
+	assert.NoError(t, c.validate())
+	c.HealthInterval, c.HealthTimeout, c.BreakerOpen = 10*time.Millisecond, time.Millisecond, 10*time.Millisecond
 	assert.NoError(t, c.validate())
 }
 
@@ -814,7 +933,7 @@ func TestString(t *testing.T) {
 	c, err := ParseConfig("postgres://app:s3cr3t-pw@h1:5432,h2:5433/app?sslmode=disable&unified_retry_max=5")
 	require.NoError(t, err)
 	assert.Equal(t, "unified: hosts=[h1:5432 h2:5433] user=app database=app default_mode=read-write "+
-		"read_fallback=primary replica_policy=round-robin max_replica_lag=10s max_replica_lag_bytes=0 "+
+		"read_fallback=primary replica_policy=round-robin max_replica_lag=10s max_replica_lag_bytes=16777216 "+
 		"health_interval=1s health_timeout=500ms failover_timeout=30s retry_max=5 retry_backoff=50ms..1s "+
 		"breaker_failures=5 breaker_open=5s max_batch_conns=0 max_open_conns=0 max_idle_conns=0 "+
 		"conn_max_lifetime=0s conn_max_idle_time=0s", c.String())

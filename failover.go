@@ -13,6 +13,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/unifiedsql/unified/internal/classify"
+	"github.com/unifiedsql/unified/internal/sqlop"
 )
 
 // Operation names used in NodeError.Op.
@@ -20,11 +21,11 @@ const (
 	opConnect  = "connect"
 	opExec     = "exec"
 	opQuery    = "query"
-	opPrepare  = "prepare"
-	opBegin    = "begin"
-	opCommit   = "commit"
-	opRollback = "rollback"
-	opPing     = "ping"
+	opPrepare  = sqlop.Prepare
+	opBegin    = sqlop.Begin
+	opCommit   = sqlop.Commit
+	opRollback = sqlop.Rollback
+	opPing     = sqlop.Ping
 	opProbe    = "probe"
 )
 

@@ -21,21 +21,19 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/unifiedsql/unified/internal/classify"
+	"github.com/unifiedsql/unified/internal/cowmap"
+	"github.com/unifiedsql/unified/internal/sqlop"
 	"github.com/unifiedsql/unified/internal/topology"
 )
 
 // instrumentationName names the meter and the tracer.
 const instrumentationName = "github.com/unifiedsql/unified"
 
-// Bounds of the telemetry caches. Operation names come from user SQL, so
-// their number is capped; the attribute-set cache is bounded so that a
-// stream of distinct SQLSTATEs cannot grow it without limit (beyond it the
-// attribute set is built per operation, which allocates).
-const (
-	maxOperationNames = 64   // distinct first words beyond the PostgreSQL commands
-	maxKeywordLen     = 16   // longer first words are not commands: "_OTHER"
-	maxOpSets         = 1024 // cached attribute sets of db.client.operation.duration
-)
+// maxOpSets bounds the cached attribute sets of db.client.operation.duration,
+// so that a stream of distinct SQLSTATEs cannot grow the cache without limit
+// (beyond it the attribute set is built per operation, which allocates).
+// Operation names are bounded by sqlop.Names.
+const maxOpSets = 1024
 
 // otherValue is the semantic conventions' value for "none of the known
 // ones" (error.type, and db.operation.name beyond the cap).
@@ -88,8 +86,8 @@ type telemetry struct {
 	common    []attribute.KeyValue // db.system.name, db.namespace
 	nodes     []nodeTelemetry      // by node index
 	retryOpts map[string][]metric.AddOption
-	names     operationNames
-	opSets    opSetCache
+	names     *sqlop.Names
+	opSets    *cowmap.Map[opKey, []metric.RecordOption]
 	closeOnce sync.Once
 	roleAttrs [2][]attribute.KeyValue // unified.role, by role
 }
@@ -108,7 +106,8 @@ type nodeTelemetry struct {
 }
 
 func newTelemetry(c *Connector, o options) (*telemetry, error) {
-	t := &telemetry{c: c, traceSQL: o.traceSQL}
+	t := &telemetry{c: c, traceSQL: o.traceSQL, names: sqlop.NewNames(),
+		opSets: cowmap.New[opKey, []metric.RecordOption](maxOpSets)}
 	t.common = []attribute.KeyValue{semconv.DBSystemNamePostgreSQL}
 	cfgNodes := c.cfg.Nodes()
 	if len(cfgNodes) > 0 && cfgNodes[0].ConnConfig != nil && cfgNodes[0].ConnConfig.Database != "" {
@@ -332,7 +331,7 @@ func (t *telemetry) begin(ctx context.Context, op, query string, mode Mode) opRe
 	if !r.metrics && t.tracer == nil {
 		return r
 	}
-	r.name = t.names.operation(op, query)
+	r.name = t.names.Operation(op, query)
 	r.start = time.Now()
 	if t.tracer != nil {
 		r.ctx, r.span = t.startSpan(ctx, op, query, r.name, mode)
@@ -448,7 +447,7 @@ func (r *opRecord) end(ctx context.Context, n *node, ro role, err error) {
 		if n != nil {
 			k.node = n.index
 		}
-		t.duration.Record(r.contextOr(ctx), time.Since(r.start).Seconds(), t.opSets.get(t, k)...)
+		t.duration.Record(r.contextOr(ctx), time.Since(r.start).Seconds(), t.opSet(k)...)
 	}
 	if r.span != nil {
 		if n != nil {
@@ -531,48 +530,14 @@ type opKey struct {
 	code    string
 }
 
-// opSetCache maps opKey to the options Record needs: copy-on-write, so a
-// hit is one atomic load and one map lookup, without locks or allocation.
-type opSetCache struct {
-	m  atomic.Pointer[map[opKey][]metric.RecordOption]
-	mu sync.Mutex // serializes writers
-}
-
-func (c *opSetCache) get(t *telemetry, k opKey) []metric.RecordOption {
-	if m := c.m.Load(); m != nil {
-		if opts, ok := (*m)[k]; ok {
-			return opts
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old := c.m.Load()
-	if old != nil {
-		if opts, ok := (*old)[k]; ok {
-			return opts
-		}
-	}
-	opts := []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(t.opAttrs(k)...))}
-	if old != nil && len(*old) >= maxOpSets {
-		return opts
-	}
-	next := make(map[opKey][]metric.RecordOption, 1+lenOf(old))
-	if old != nil {
-		for kk, v := range *old {
-			next[kk] = v
-		}
-	}
-	k.errType, k.code = strings.Clone(k.errType), strings.Clone(k.code) // do not pin the error
-	next[k] = opts
-	c.m.Store(&next)
+// opSet returns the options Record needs for k, cached.
+func (t *telemetry) opSet(k opKey) []metric.RecordOption {
+	opts, _ := t.opSets.Get(k, func() (opKey, []metric.RecordOption) {
+		own := k
+		own.errType, own.code = strings.Clone(k.errType), strings.Clone(k.code) // do not pin the error
+		return own, []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(t.opAttrs(own)...))}
+	})
 	return opts
-}
-
-func lenOf[M ~map[K]V, K comparable, V any](m *M) int {
-	if m == nil {
-		return 0
-	}
-	return len(*m)
 }
 
 // opAttrs lists the attributes of one db.client.operation.duration series.
@@ -639,137 +604,4 @@ func (t *telemetry) physIdle(n *node) {
 	if t != nil && n != nil {
 		t.nodes[n.index].used.Add(-1)
 	}
-}
-
-// operationNames turns a statement's first keyword into db.operation.name
-// without allocating: PostgreSQL's commands are a fixed set; other first
-// words (a statement the server will reject, another node driver's
-// dialect) are kept up to maxOperationNames, then recorded as "_OTHER".
-type operationNames struct {
-	extra atomic.Pointer[map[string]string]
-	mu    sync.Mutex // serializes writers of extra
-}
-
-// sqlCommands are the first words of PostgreSQL's SQL commands, and the
-// names the driver gives its own operations.
-var sqlCommands = func() map[string]string {
-	m := map[string]string{}
-	for _, w := range strings.Fields(`ABORT ALTER ANALYZE BEGIN CALL CHECKPOINT CLOSE CLUSTER
-		COMMENT COMMIT COPY CREATE DEALLOCATE DECLARE DELETE DISCARD DO DROP END EXECUTE
-		EXPLAIN FETCH GRANT IMPORT INSERT LISTEN LOAD LOCK MERGE MOVE NOTIFY PREPARE
-		REASSIGN REFRESH REINDEX RELEASE RESET REVOKE ROLLBACK SAVEPOINT SECURITY SELECT
-		SET SHOW START TABLE TRUNCATE UNLISTEN UPDATE VACUUM VALUES WITH PING`) {
-		m[w] = w
-	}
-	return m
-}()
-
-// operation returns db.operation.name for an operation: a fixed name for
-// begin, commit, rollback, prepare and ping, else the first keyword of
-// query, upper-cased; "" when there is none.
-func (o *operationNames) operation(op, query string) string {
-	switch op {
-	case opBegin:
-		return "BEGIN"
-	case opCommit:
-		return "COMMIT"
-	case opRollback:
-		return "ROLLBACK"
-	case opPing:
-		return "PING"
-	case opPrepare:
-		return "PREPARE"
-	}
-	var buf [maxKeywordLen]byte
-	n, ok := firstKeyword(query, &buf)
-	if !ok {
-		return otherValue
-	}
-	if n == 0 {
-		return ""
-	}
-	if name, ok := sqlCommands[string(buf[:n])]; ok {
-		return name
-	}
-	if m := o.extra.Load(); m != nil {
-		if name, ok := (*m)[string(buf[:n])]; ok {
-			return name
-		}
-	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	old := o.extra.Load()
-	if old != nil {
-		if name, ok := (*old)[string(buf[:n])]; ok {
-			return name
-		}
-		if len(*old) >= maxOperationNames {
-			return otherValue
-		}
-	}
-	next := make(map[string]string, 1+lenOf(old))
-	if old != nil {
-		for k, v := range *old {
-			next[k] = v
-		}
-	}
-	name := string(buf[:n])
-	next[name] = name
-	o.extra.Store(&next)
-	return name
-}
-
-// firstKeyword writes the first word of query, upper-cased, into buf and
-// returns its length: leading white space, '(' and comments (-- to the end
-// of the line, nested /* */) are skipped, and the word is the run of ASCII
-// letters that follows (0 when it starts with anything else). ok is false
-// when the word does not fit in buf.
-func firstKeyword(query string, buf *[maxKeywordLen]byte) (n int, ok bool) {
-	i := 0
-	for i < len(query) {
-		c := query[i]
-		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '(':
-			i++
-		case c == '-' && i+1 < len(query) && query[i+1] == '-':
-			j := strings.IndexByte(query[i:], '\n')
-			if j < 0 {
-				return 0, true
-			}
-			i += j + 1
-		case c == '/' && i+1 < len(query) && query[i+1] == '*':
-			i += 2
-			for depth := 1; depth > 0; {
-				if i+1 >= len(query) {
-					return 0, true // unterminated
-				}
-				switch {
-				case query[i] == '/' && query[i+1] == '*':
-					depth++
-					i += 2
-				case query[i] == '*' && query[i+1] == '/':
-					depth--
-					i += 2
-				default:
-					i++
-				}
-			}
-		default:
-			for ; i < len(query); i++ {
-				c := query[i]
-				if 'a' <= c && c <= 'z' {
-					c -= 'a' - 'A'
-				} else if c < 'A' || c > 'Z' {
-					break
-				}
-				if n == len(buf) {
-					return 0, false
-				}
-				buf[n] = c
-				n++
-			}
-			return n, true
-		}
-	}
-	return 0, true
 }
