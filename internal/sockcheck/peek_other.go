@@ -2,4 +2,6 @@
 
 package sockcheck
 
-func peek(uintptr, []byte) bool { return false }
+func pollClosed(uintptr) (closed, readable bool) { return false, false }
+
+func peek(uintptr, []byte) (n int, eof, ok bool) { return 0, false, false }

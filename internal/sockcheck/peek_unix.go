@@ -4,18 +4,19 @@ package sockcheck
 
 import "syscall"
 
-// peek reports whether a non-blocking MSG_PEEK finds data, EOF or an error
-// other than "would block".
-func peek(fd uintptr, buf []byte) bool {
-	_, _, err := syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+// peek reads what waits on fd without consuming it and without blocking:
+// n bytes, or eof when the peer closed with nothing left; ok is false when
+// nothing waits (or the call was interrupted).
+func peek(fd uintptr, buf []byte) (n int, eof, ok bool) {
+	n, _, err := syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	switch {
-	case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
-		return false
-	case err == syscall.EINTR:
-		return false
+	case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK || err == syscall.EINTR:
+		return 0, false, false
 	case err != nil:
-		return true
+		return 0, true, true // reset or another error: as good as closed
+	case n == 0:
+		return 0, true, true
 	default:
-		return true // n > 0: unsolicited data; n == 0: EOF
+		return n, false, true
 	}
 }

@@ -3,6 +3,7 @@ package sockcheck
 import (
 	"crypto/tls"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -67,7 +68,7 @@ func TestUnfit(t *testing.T) {
 		require.NoError(t, s.Close())
 		assert.True(t, eventually(ch))
 	})
-	t.Run("unsolicited data is not consumed", func(t *testing.T) {
+	t.Run("an ErrorResponse waiting is unfit, and not consumed", func(t *testing.T) {
 		c, s := pair(t)
 		ch := New(c)
 		_, err := s.Write([]byte("E"))
@@ -79,6 +80,34 @@ func TestUnfit(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, "E", string(buf[:n]), "the peeked byte is still there for the driver")
 	})
+	t.Run("NOTIFY, notice and ParameterStatus waiting are fit", func(t *testing.T) {
+		c, s := pair(t)
+		ch := New(c)
+		msgs := append(append(msg('A', "\x00\x00\x00\x2achan\x00payload\x00"), msg('N', "SNOTICE\x00\x00")...), msg('S', "in_hot_standby\x00off\x00")...)
+		_, err := s.Write(msgs)
+		require.NoError(t, err)
+		time.Sleep(20 * time.Millisecond)
+		assert.False(t, ch.Unfit())
+		assert.False(t, ch.Unfit(), "still: nothing was consumed")
+	})
+	t.Run("an ErrorResponse behind a NOTIFY is unfit", func(t *testing.T) {
+		c, s := pair(t)
+		ch := New(c)
+		_, err := s.Write(append(msg('A', "\x00\x00\x00\x01c\x00\x00"), msg('E', "SFATAL\x00\x00")...))
+		require.NoError(t, err)
+		assert.True(t, eventually(ch))
+	})
+	t.Run("a close behind a NOTIFY is unfit", func(t *testing.T) {
+		if runtime.GOOS != "linux" {
+			t.Skip("only Linux's POLLRDHUP sees a close behind unread data")
+		}
+		c, s := pair(t)
+		ch := New(c)
+		_, err := s.Write(msg('A', "\x00\x00\x00\x01c\x00\x00"))
+		require.NoError(t, err)
+		require.NoError(t, s.Close())
+		assert.True(t, eventually(ch))
+	})
 	t.Run("closed on our side", func(t *testing.T) {
 		c, _ := pair(t)
 		ch := New(c)
@@ -89,6 +118,10 @@ func TestUnfit(t *testing.T) {
 		c, s := pair(t)
 		ch := New(tls.Client(c, &tls.Config{InsecureSkipVerify: true}))
 		assert.False(t, ch.Unfit())
+		_, err := s.Write([]byte("E-looking TLS record"))
+		require.NoError(t, err)
+		time.Sleep(20 * time.Millisecond)
+		assert.False(t, ch.Unfit(), "TLS records are not read as messages")
 		require.NoError(t, s.Close())
 		assert.True(t, eventually(ch))
 	})
@@ -100,6 +133,35 @@ func TestUnfit(t *testing.T) {
 		var nilChecker *Checker
 		assert.False(t, nilChecker.Unfit())
 	})
+}
+
+// msg frames a backend message.
+func msg(typ byte, body string) []byte {
+	n := len(body) + 4
+	return append([]byte{typ, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, body...)
+}
+
+func TestOnlyAsync(t *testing.T) {
+	notify := string(msg('A', "\x00\x00\x00\x01c\x00p\x00"))
+	for _, tc := range []struct {
+		name string
+		in   string
+		want bool
+	}{
+		{"empty", "", true},
+		{"one NOTIFY", notify, true},
+		{"NOTIFY, notice, ParameterStatus", notify + string(msg('N', "x")) + string(msg('S', "a\x00b\x00")), true},
+		{"ErrorResponse", string(msg('E', "SFATAL\x00")), false},
+		{"ErrorResponse after NOTIFY", notify + string(msg('E', "x")), false},
+		{"a reply to nothing", string(msg('Z', "I")), false},
+		{"cut in the header", notify + "A\x00\x00", true},
+		{"cut in the body", notify[:8], true},
+		{"bad length", "A\x00\x00\x00\x02", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, onlyAsync([]byte(tc.in)))
+		})
+	}
 }
 
 func TestUnfitDoesNotAllocate(t *testing.T) {
