@@ -4,33 +4,28 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
-	"fmt"
-	"math/rand/v2"
-	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
-
-	"github.com/unifiedsql/unified/internal/sockcheck"
-	"github.com/unifiedsql/unified/internal/topology"
 )
 
-// role indexes the physical connections of a logical one.
-type role uint8
-
-const (
-	rolePrimary role = iota // writes, default mode, Batch, Transactional
-	roleReader              // ReadOnly: a replica, or the primary opened read-only as fallback
-)
-
-// Conn is a logical connection: what database/sql pools. It holds at most one
-// physical connection per role, each opened on first need: one to the
-// primary and one for reads (to a replica, or to the primary opened with
-// default_transaction_read_only=on when reads fall back to it). Every
-// statement is routed by its mode; a transaction stays on the physical
-// connection it began on.
+// Conn is a logical connection: what database/sql pools. It holds at most
+// two physical connections, each opened on first need:
 //
-// Code that sets no mode only ever opens the primary connection, so session
-// state (SET, temporary tables, advisory locks) behaves as with pgx stdlib.
+//   - the primary session, for statements without a mode and in the
+//     ReadWrite, Batch and Transactional modes. It is the user's server
+//     session, as with pgx stdlib: once it has served a statement it is
+//     never replaced (session state, temporary tables, advisory locks,
+//     LISTEN). When it is lost, or its node is no longer the primary, the
+//     Conn is finished: every later call returns driver.ErrBadConn before
+//     sending anything, and ResetSession and IsValid report it, so
+//     database/sql discards it and moves pooled calls to another Conn.
+//   - the read session, for ReadOnly statements: on an eligible replica,
+//     or read-only on the primary when reads fall back to it. It is the
+//     driver's: outside a transaction it may move to another node between
+//     statements, so session state set in ReadOnly mode is not kept.
+//
+// A transaction stays on the physical connection it began on until Commit
+// or Rollback, whatever its statements' contexts say.
 //
 // Like every driver.Conn, a Conn is used by one goroutine at a time;
 // database/sql guarantees that. Reach it with (*sql.Conn).Raw:
@@ -45,13 +40,15 @@ const (
 //	})
 type Conn struct {
 	c    *Connector
-	phys [2]*physConn
-	tx   *tx // the open transaction (&txState), nil outside one
-	// txState holds the open transaction's state, so BeginTx allocates
-	// nothing.
+	phys [2]*physConn // by slot
+	tx   *tx          // the open transaction (&txState), nil outside one
+	// txState and rowsBuf hold the open transaction and rows, so that
+	// BeginTx and a query allocate nothing of their own.
 	txState tx
+	rowsBuf [2]rows
 
 	closed        bool
+	finished      bool // the primary session is gone: see Conn
 	ownsConnector bool // opened by Driver.Open: Close closes the Connector too
 }
 
@@ -69,101 +66,6 @@ var (
 	_ driver.Validator          = (*Conn)(nil)
 )
 
-// physConn is one physical connection to one node and the optional
-// interfaces it offers, asserted once at dial.
-type physConn struct {
-	tel      *telemetry
-	node     *node
-	readOnly bool // opened with default_transaction_read_only=on
-	dc       driver.Conn
-	execer   driver.ExecerContext
-	queryer  driver.QueryerContext
-	preparer driver.ConnPrepareContext
-	beginner driver.ConnBeginTx
-	pinger   driver.Pinger
-	resetter driver.SessionResetter
-	// sock peeks at a pgx connection's socket before it is reused for a
-	// write (nil for other drivers): see stale.
-	sock *sockcheck.Checker
-	// abort closes the socket from another goroutine, interrupting a
-	// statement in flight (nil for drivers other than pgx); see
-	// node.abortWriters.
-	abort func()
-	// lastUsed is when the last statement on it ended (zero: never used).
-	lastUsed time.Time
-	closed   bool
-}
-
-// sockCheckAfter is how long a primary connection must have been idle before
-// its socket is peeked at on reuse. A connection used again within it was
-// answering a moment ago; skipping the system call keeps it off the hot path
-// of busy connections. If such a connection did die in between, the write
-// is reported as ErrCommitUnknown rather than retried: less precise, never
-// wrong.
-const sockCheckAfter = time.Millisecond
-
-func newPhysConn(tel *telemetry, n *node, readOnly bool, dc driver.Conn) *physConn {
-	pc := &physConn{tel: tel, node: n, readOnly: readOnly, dc: dc}
-	pc.execer, _ = dc.(driver.ExecerContext)
-	pc.queryer, _ = dc.(driver.QueryerContext)
-	pc.preparer, _ = dc.(driver.ConnPrepareContext)
-	pc.beginner, _ = dc.(driver.ConnBeginTx)
-	pc.pinger, _ = dc.(driver.Pinger)
-	pc.resetter, _ = dc.(driver.SessionResetter)
-	if sc, ok := dc.(*stdlib.Conn); ok && !readOnly {
-		raw := sc.Conn().PgConn().Conn()
-		pc.sock = sockcheck.New(raw)
-		pc.abort = func() { _ = raw.Close() }
-		n.trackWriter(pc)
-	}
-	tel.physOpened(n)
-	return pc
-}
-
-func (pc *physConn) close() {
-	if !pc.closed {
-		pc.closed = true
-		if pc.abort != nil {
-			pc.node.untrackWriter(pc)
-		}
-		pc.tel.physClosed(pc.node)
-		_ = pc.dc.Close()
-	}
-}
-
-// broken reports whether the driver says the connection is gone (pgx closes
-// a connection whose network failed or whose context was canceled mid-query).
-func (pc *physConn) broken() bool {
-	if pc.closed {
-		return true
-	}
-	if sc, ok := pc.dc.(*stdlib.Conn); ok {
-		return sc.Conn().IsClosed()
-	}
-	return false
-}
-
-func (pc *physConn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	if pc.execer == nil {
-		return nil, driver.ErrSkip // database/sql falls back to Prepare+Exec
-	}
-	return pc.execer.ExecContext(ctx, query, args)
-}
-
-func (pc *physConn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	if pc.queryer == nil {
-		return nil, driver.ErrSkip
-	}
-	return pc.queryer.QueryContext(ctx, query, args)
-}
-
-func (pc *physConn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
-	if pc.preparer != nil {
-		return pc.preparer.PrepareContext(ctx, query)
-	}
-	return pc.dc.Prepare(query)
-}
-
 // mode is the statement's mode: the context's, else the default.
 func (c *Conn) mode(ctx context.Context) Mode {
 	if m, ok := ModeFrom(ctx); ok {
@@ -172,145 +74,65 @@ func (c *Conn) mode(ctx context.Context) Mode {
 	return c.c.cfg.DefaultMode
 }
 
-func roleOf(m Mode) role {
-	if m == ReadOnly {
-		return roleReader
-	}
-	return rolePrimary
-}
-
-func (c *Conn) drop(r role) {
-	if pc := c.phys[r]; pc != nil {
+func (c *Conn) drop(s slot) {
+	if pc := c.phys[s]; pc != nil {
 		pc.close()
-		c.phys[r] = nil
+		c.phys[s] = nil
 	}
 }
 
-// stale reports whether pc may no longer serve its role under snapshot s: a
-// primary connection whose node lost the primary role (invariant 1), a read
-// connection whose replica is no longer eligible, or a fallback read
-// connection while a replica is available again.
-func (c *Conn) stale(r role, pc *physConn, s *topology.Snapshot) bool {
-	if pc.broken() {
-		return true
-	}
-	if s == nil {
-		return false
-	}
-	if r == rolePrimary {
-		return s.Primary != pc.node.index
-	}
-	if pc.readOnly && s.Primary == pc.node.index {
-		// A fallback read connection on the primary: keep it only while no
-		// replica is eligible.
-		return pickReplica(s, PolicyRoundRobin, 0, c.c.breakerAllows) >= 0
-	}
-	return !replicaEligible(s, pc.node.index)
-}
-
-// physFor returns the physical connection for role r, opening or replacing it
-// as the current topology requires. exclude is a node that just failed this
-// statement (-1: none); it is avoided for reads.
-func (c *Conn) physFor(ctx context.Context, r role, exclude int, rec *opRecord) (*physConn, error) {
-	if c.closed {
-		return nil, driver.ErrBadConn
-	}
-	s := c.c.snapshot()
-	if pc := c.phys[r]; pc != nil {
-		// Before a primary connection idle for sockCheckAfter is reused,
-		// one non-blocking peek at its socket: if the server closed it or
-		// sent an unasked message
-		// (the FATAL of a terminated idle session, as in a fast shutdown),
-		// a statement sent on it would fail after it was sent and its
-		// outcome would look unknown although the server never saw it.
-		// Reads need no such check: they are re-run on another node.
-		if !c.stale(r, pc, s) && pc.node.index != exclude &&
-			(pc.sock == nil || time.Since(pc.lastUsed) < sockCheckAfter || !pc.sock.Unfit()) {
-			return pc, nil
-		}
-		c.drop(r)
-	}
+// do runs one operation: on the transaction's connection inside one, else
+// on the slot its mode routes to, with the rules of outcome.go. It is the
+// one entry of Exec, Query, Prepare and Ping, for Conn and stmt alike.
+func (c *Conn) do(ctx context.Context, op opKind, query string, fn func(*physConn) error) (*physConn, error) {
+	m := c.mode(ctx)
+	rec := c.c.tel.begin(ctx, op, query, m)
+	a := attempt{rec: &rec}
 	var (
-		n        *node
-		readOnly = r == roleReader
-		err      error
+		pc  *physConn
+		err error
+		sl  = slotFor(m)
 	)
-	if r == rolePrimary {
-		if s == nil || s.Primary < 0 {
-			start := time.Now()
-			s, err = c.c.waitPrimary(ctx)
-			if rec != nil {
-				rec.failoverWait(time.Since(start))
-			}
-			if err != nil {
-				return nil, err
-			}
-		}
-		n = c.c.nodes[s.Primary]
-	} else {
-		if n, err = c.c.readNode(ctx, exclude); err != nil {
-			return nil, err
-		}
+	switch {
+	case c.tx != nil:
+		pc, err = c.onTx(ctx, op, m, &rec, fn)
+		sl = c.tx.pc.slot
+	case m == Transactional && (op == opExec || op == opQuery):
+		err = ErrNotInTransaction
+	default:
+		pc, err = c.run(ctx, op, m, sl, &a, fn)
 	}
-	connector := n.rw
-	if readOnly {
-		connector = n.ro
+	var n *node
+	if pc != nil {
+		n, sl = pc.node, pc.slot
 	}
-	done, err := n.breaker.allow(n.name)
-	if err != nil {
-		return nil, err
-	}
-	dc, err := connector.Connect(ctx)
-	done(ctx, err)
-	if err != nil {
-		return nil, &NodeError{Node: n.name, Op: "connect", Err: err}
-	}
-	pc := newPhysConn(c.c.tel, n, readOnly, dc)
-	c.phys[r] = pc
-	return pc, nil
+	rec.end(ctx, n, sl, err)
+	return pc, err
 }
 
-// readNode picks the node for a new read connection: an eligible replica,
-// else the primary (unified_read_fallback=primary) or ErrNoReplica.
-func (c *Connector) readNode(ctx context.Context, exclude int) (*node, error) {
-	s := c.snapshot()
-	if s == nil && c.mon != nil {
-		var err error
-		if s, err = c.waitFirstSnapshot(ctx); err != nil {
-			return nil, err
-		}
+// onTx runs fn on the transaction's connection: no retry, no re-routing
+// (invariant 2). A statement inside a transaction commits nothing, so its
+// failure is never "outcome unknown"; only COMMIT can be.
+func (c *Conn) onTx(ctx context.Context, op opKind, m Mode, rec *opRecord, fn func(*physConn) error) (*physConn, error) {
+	pc := c.tx.pc
+	f := facts{op: op, slot: pc.slot, mode: m, inTx: true, used: true, readOnly: pc.readOnly, busy: pc.busy()}
+	err := c.call(pc, rec, op, fn)
+	if err == nil || errors.Is(err, driver.ErrSkip) {
+		return pc, err
 	}
-	allowed := func(i int) bool { return i != exclude && c.breakerAllows(i) }
-	var cursor uint64
-	if c.cfg.ReplicaPolicy == PolicyRandom {
-		cursor = rand.Uint64()
-	} else {
-		cursor = c.rr.Add(1)
-	}
-	if i := pickReplica(s, c.cfg.ReplicaPolicy, cursor, allowed); i >= 0 {
-		return c.nodes[i], nil
-	}
-	if exclude >= 0 {
-		// The node that just failed this read is the only eligible one:
-		// try it again rather than fall back (or fail) for a blip.
-		if i := pickReplica(s, c.cfg.ReplicaPolicy, cursor, c.breakerAllows); i >= 0 {
-			return c.nodes[i], nil
-		}
-	}
-	if c.cfg.ReadFallback == FallbackError {
-		return nil, ErrNoReplica
-	}
-	s, err := c.waitPrimary(ctx)
-	if err != nil {
-		return nil, err
-	}
-	c.counters.readFallbacks.Add(1)
-	return c.nodes[s.Primary], nil
+	f.class, f.sent, f.broke = classifyOf(ctx, err), sentOf(err), pc.broken()
+	v := decide(f)
+	c.apply(ctx, v, f, pc, pc.node, err)
+	return pc, c.shape(v.report, f, pc.node, err)
 }
 
 // ExecContext runs query on the node its mode routes to (on the
 // transaction's connection inside one).
 func (c *Conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	return c.exec(ctx, query, func(pc *physConn) (driver.Result, error) { return pc.exec(ctx, query, args) })
+}
+
+func (c *Conn) exec(ctx context.Context, query string, run func(*physConn) (driver.Result, error)) (driver.Result, error) {
 	release, err := c.admit(ctx)
 	if err != nil {
 		return nil, err
@@ -319,26 +141,63 @@ func (c *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		defer release()
 	}
 	var res driver.Result
-	err = c.run(ctx, opExec, query, func(pc *physConn) (err error) {
-		res, err = pc.exec(ctx, query, args)
+	_, err = c.do(ctx, opExec, query, func(pc *physConn) (err error) {
+		res, err = run(pc)
 		return err
 	})
 	return res, err
 }
 
-// QueryContext runs query like ExecContext. The rows are the physical
-// driver's own, unwrapped, so column metadata is pgx's.
+// QueryContext runs query like ExecContext. The rows are pgx's own inside a
+// transaction; outside one they are watched (see rows) and keep every
+// column-type interface pgx offers.
 func (c *Conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	return c.query(ctx, query, args, nil)
+}
+
+// query runs a query, through st when it is a prepared statement's.
+func (c *Conn) query(ctx context.Context, query string, args []driver.NamedValue, st *stmt) (driver.Rows, error) {
 	release, err := c.admit(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var rows driver.Rows
-	err = c.run(ctx, opQuery, query, func(pc *physConn) (err error) {
-		rows, err = pc.query(ctx, query, args)
+	defer func() {
+		if release != nil {
+			release() // not handed to the rows: an error, or a panic in the node driver
+		}
+	}()
+	var dr driver.Rows
+	pc, err := c.do(ctx, opQuery, query, func(pc *physConn) (err error) {
+		dr, err = c.queryOn(ctx, pc, query, args, st)
 		return err
 	})
-	return holdUntilClose(rows, err, release)
+	if err != nil {
+		return nil, err
+	}
+	if c.tx != nil && release == nil {
+		return dr, nil // nothing to watch: returned as pgx made them
+	}
+	r := c.newRows(pc)
+	*r = rows{Rows: dr, c: c, pc: pc, ctx: ctx, query: query, args: args, st: st, release: release, inTx: c.tx != nil, inUse: true}
+	release = nil
+	return r, nil
+}
+
+// queryOn runs the query on pc, through st's statement prepared there when
+// st is set.
+func (c *Conn) queryOn(ctx context.Context, pc *physConn, query string, args []driver.NamedValue, st *stmt) (driver.Rows, error) {
+	if st == nil {
+		return pc.query(ctx, query, args)
+	}
+	ps, err := st.on(ctx, pc)
+	if err != nil {
+		return nil, err
+	}
+	q, ok := ps.(driver.StmtQueryContext)
+	if !ok {
+		return nil, errStmtNoContext(ps)
+	}
+	return q.QueryContext(ctx, args)
 }
 
 // admit takes a Batch bulkhead token for a statement outside a transaction
@@ -350,39 +209,19 @@ func (c *Conn) admit(ctx context.Context) (func(), error) {
 	return c.c.admitBatch(ctx, c.mode(ctx))
 }
 
-// holdUntilClose keeps a bulkhead token until the rows are closed. Without a
-// token the rows are returned unwrapped.
-func holdUntilClose(rows driver.Rows, err error, release func()) (driver.Rows, error) {
-	if release == nil {
-		return rows, err
-	}
-	if err != nil {
-		release()
-		return nil, err
-	}
-	return &heldRows{Rows: rows, release: release}, nil
-}
-
 // PrepareContext prepares query on the connection the context routes to, so
 // a syntax error shows at Prepare as with pgx; executions with another mode
 // prepare again, lazily, on their own connection.
 func (c *Conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	st := &stmt{conn: c, query: query}
-	var (
-		first driver.Stmt
-		on    *physConn
-	)
-	err := c.runAny(ctx, opPrepare, query, func(pc *physConn) (err error) {
+	var first driver.Stmt
+	pc, err := c.do(ctx, opPrepare, query, func(pc *physConn) (err error) {
 		first, err = pc.prepare(ctx, query)
-		on = pc
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	st.numInput = first.NumInput()
-	st.prepared = append(st.prepared, preparedOn{pc: on, st: first})
-	return st, nil
+	return &stmt{conn: c, query: query, numInput: first.NumInput(), prepared: []preparedOn{{pc: pc, st: first}}}, nil
 }
 
 // Prepare is PrepareContext with a background context.
@@ -390,51 +229,46 @@ func (c *Conn) Prepare(query string) (driver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)
 }
 
-// BeginTx begins a transaction on the primary, or on a replica when
-// opts.ReadOnly is set or the context's mode is ReadOnly. Every statement of
-// the transaction runs on that physical connection until Commit or
+// BeginTx begins a transaction on the session the context's mode routes to:
+// the primary session, or a replica in ReadOnly mode (from the context or
+// unified_default_mode). opts.ReadOnly without a mode is a read-only
+// transaction on the primary session, exactly as with pgx. Every statement
+// of the transaction runs on that physical connection until Commit or
 // Rollback, whatever its own context says.
 func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	if c.tx != nil {
 		return nil, errors.New("unified: a transaction is already open on this connection")
 	}
 	m := c.mode(ctx)
-	r := rolePrimary
-	if opts.ReadOnly || m == ReadOnly {
-		r = roleReader
-	}
-	var release func()
-	if c.c.batch != nil && m == Batch {
-		var err error
-		if release, err = c.c.admitBatch(ctx, m); err != nil {
-			return nil, err
-		}
-	}
-	var inner driver.Tx
-	var on *physConn
-	err := c.runRole(ctx, opBegin, "BEGIN", m, r, func(pc *physConn) (err error) {
-		on = pc
-		if pc.beginner != nil {
-			inner, err = pc.beginner.BeginTx(ctx, opts)
-			return err
-		}
-		if opts.Isolation != 0 || opts.ReadOnly {
-			return fmt.Errorf("unified: node driver %T does not support transaction options", pc.dc)
-		}
-		inner, err = pc.dc.Begin() //nolint:staticcheck // the node driver has no BeginTx
-		return err
-	})
+	release, err := c.c.admitBatch(ctx, m)
 	if err != nil {
+		return nil, err
+	}
+	defer func() {
 		if release != nil {
 			release()
 		}
+	}()
+	rec := c.c.tel.begin(ctx, opBegin, "BEGIN", m)
+	a := attempt{rec: &rec}
+	var inner driver.Tx
+	pc, err := c.run(ctx, opBegin, m, slotFor(m), &a, func(pc *physConn) (err error) {
+		inner, err = pc.begin(ctx, opts)
+		return err
+	})
+	var n *node
+	if pc != nil {
+		n = pc.node
+	}
+	rec.end(ctx, n, slotFor(m), err)
+	if err != nil {
 		return nil, err
 	}
 	// The transaction lives in the Conn (one at a time): no allocation.
-	c.txState = tx{c: c, pc: on, inner: inner, readOnly: r == roleReader || opts.ReadOnly, mode: m, release: release,
-		parent: c.c.tel.spanParent(ctx)}
+	c.txState = tx{c: c, pc: pc, inner: inner, mode: m, release: release, parent: c.c.tel.spanParent(ctx)}
+	release = nil
 	c.tx = &c.txState
-	c.c.tel.physUsed(on.node)
+	c.c.tel.connCount(pc.node, 0, 1)
 	return c.tx, nil
 }
 
@@ -447,12 +281,8 @@ func (c *Conn) Begin() (driver.Tx, error) {
 // needed. Like pgx, a failed ping reports driver.ErrBadConn so that
 // database/sql discards the connection.
 func (c *Conn) Ping(ctx context.Context) error {
-	return c.runAny(ctx, opPing, "", func(pc *physConn) error {
-		if pc.pinger == nil {
-			return nil
-		}
-		return pc.pinger.Ping(ctx)
-	})
+	_, err := c.do(ctx, opPing, "", func(pc *physConn) error { return pc.ping(ctx) })
+	return err
 }
 
 // CheckNamedValue accepts every argument when every node is pgx (pgx
@@ -468,41 +298,33 @@ func (c *Conn) CheckNamedValue(*driver.NamedValue) error {
 }
 
 // ResetSession is called by database/sql before a pooled connection is
-// reused. It closes physical connections that the topology no longer
-// allows (a primary connection to a demoted node) and passes the reset on
-// to the others; one whose reset fails is closed and reopened on next need,
-// so the logical connection stays usable.
+// reused. A primary session that is lost, left inside a transaction (pgx's
+// rule), or whose node is no longer the primary finishes the Conn: it
+// returns driver.ErrBadConn and database/sql discards it. A read session the
+// topology no longer allows is closed; the next read opens another.
 func (c *Conn) ResetSession(ctx context.Context) error {
-	if c.closed {
+	if c.closed || c.finished {
 		return driver.ErrBadConn
 	}
 	s := c.c.snapshot()
-	for r, pc := range c.phys {
-		if pc == nil {
-			continue
+	if pc := c.phys[slotPrimary]; pc != nil {
+		ok := pc.fit() && (s == nil || s.Primary < 0 || s.Primary == pc.node.index) && pc.reset(ctx) == nil
+		switch {
+		case !ok && pc.used:
+			return c.finish()
+		case !ok:
+			c.drop(slotPrimary)
 		}
-		if c.stale(role(r), pc, s) {
-			c.drop(role(r))
-			continue
-		}
-		if pc.resetter != nil {
-			if err := pc.resetter.ResetSession(ctx); err != nil {
-				c.drop(role(r))
-				if !errors.Is(err, driver.ErrBadConn) {
-					return err
-				}
-			}
-		}
+	}
+	if pc := c.phys[slotRead]; pc != nil && (!pc.fit() || c.readStale(pc, s) || pc.reset(ctx) != nil) {
+		c.drop(slotRead)
 	}
 	return nil
 }
 
 // IsValid is called by database/sql before a connection goes back to the
-// pool; it reports whether the logical connection can be reused. It does no
-// work: physical connections the topology no longer allows are dropped by
-// ResetSession when the connection is next taken from the pool, and by the
-// per-statement check.
-func (c *Conn) IsValid() bool { return !c.closed }
+// pool: false once the Conn is finished or closed. It does no I/O.
+func (c *Conn) IsValid() bool { return !c.closed && !c.finished }
 
 // Close closes the physical connections.
 func (c *Conn) Close() error {
@@ -514,8 +336,8 @@ func (c *Conn) Close() error {
 		_ = c.tx.inner.Rollback()
 		c.tx.end()
 	}
-	c.drop(rolePrimary)
-	c.drop(roleReader)
+	c.drop(slotPrimary)
+	c.drop(slotRead)
 	if c.ownsConnector {
 		return c.c.Close()
 	}
@@ -524,21 +346,21 @@ func (c *Conn) Close() error {
 
 // StdlibConn returns the pgx stdlib connection that serves mode m on this
 // logical connection, opening it if needed (ReadOnly: the read connection;
-// any other mode: the primary connection). Inside a transaction it returns
+// any other mode: the primary session). Inside a transaction it returns
 // the transaction's connection. Use it from (*sql.Conn).Raw for pgx-only
-// features such as CopyFrom; the connection stays owned by the logical one.
-// It fails for a node served by a WithNodeConnector connector that is not
-// pgx.
+// features such as CopyFrom; the connection stays owned by the logical one,
+// and a primary session handed out this way is the user's (it is never
+// replaced). It fails for a node served by a WithNodeConnector connector
+// that is not pgx.
 func (c *Conn) StdlibConn(ctx context.Context, m Mode) (*stdlib.Conn, error) {
 	pc, err := c.physical(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	sc, ok := pc.dc.(*stdlib.Conn)
-	if !ok {
-		return nil, fmt.Errorf("unified: node %s uses %T, not pgx stdlib", pc.node.name, pc.dc)
+	if pc.sc == nil {
+		return nil, &NodeError{Node: pc.node.name, Op: "raw", Err: errNotPgx}
 	}
-	return sc, nil
+	return pc.sc, nil
 }
 
 // Physical returns the physical driver.Conn that serves mode m, like
@@ -555,17 +377,22 @@ func (c *Conn) physical(ctx context.Context, m Mode) (*physConn, error) {
 	if c.tx != nil {
 		return c.tx.pc, nil
 	}
-	return c.physFor(ctx, roleOf(m), -1, nil)
+	a := attempt{rec: &opRecord{}}
+	pc, err := c.physFor(ctx, slotFor(m), -1, &a)
+	if err != nil {
+		return nil, err
+	}
+	pc.used = true
+	return pc, nil
 }
 
 // tx is a transaction pinned to one physical connection.
 type tx struct {
-	c        *Conn
-	pc       *physConn
-	inner    driver.Tx
-	readOnly bool
-	mode     Mode   // the mode BeginTx ran in, for telemetry
-	release  func() // gives back a Batch bulkhead token; nil without one
+	c       *Conn
+	pc      *physConn
+	inner   driver.Tx
+	mode    Mode   // the mode BeginTx ran in, for telemetry
+	release func() // gives back a Batch bulkhead token; nil without one
 	// parent carries BeginTx's span to COMMIT/ROLLBACK (database/sql gives
 	// them no context); context.Background() when tracing is off.
 	parent context.Context
@@ -573,7 +400,7 @@ type tx struct {
 
 // end detaches the transaction from its connection.
 func (t *tx) end() {
-	t.c.c.tel.physIdle(t.pc.node)
+	t.c.c.tel.connCount(t.pc.node, 0, -1)
 	t.c.tx = nil
 	if t.release != nil {
 		t.release()
@@ -582,28 +409,26 @@ func (t *tx) end() {
 }
 
 // Commit commits. When the connection breaks after COMMIT was sent, the
-// error wraps ErrCommitUnknown (a read-only transaction's plain error is
-// returned: it wrote nothing). COMMIT is never re-sent.
-func (t *tx) Commit() error {
-	return t.finish(opCommit, "COMMIT", t.inner.Commit, !t.readOnly)
-}
+// error wraps ErrCommitUnknown, whatever the transaction's access mode.
+// COMMIT is never sent again.
+func (t *tx) Commit() error { return t.finish(opCommit, t.inner.Commit) }
 
 // Rollback rolls back.
-func (t *tx) Rollback() error {
-	return t.finish(opRollback, "ROLLBACK", t.inner.Rollback, false)
-}
+func (t *tx) Rollback() error { return t.finish(opRollback, t.inner.Rollback) }
 
-func (t *tx) finish(op, query string, do func() error, mayHaveWritten bool) error {
-	ctx := t.parent
-	rec := t.c.c.tel.begin(ctx, op, query, t.mode)
-	r := roleOfConn(t.c, t.pc)
+func (t *tx) finish(op opKind, do func() error) error {
+	ctx, c, pc := t.parent, t.c, t.pc
+	rec := c.c.tel.begin(ctx, op, "", t.mode)
 	t.end()
-	openBefore := !t.pc.broken()
+	f := facts{op: op, slot: pc.slot, mode: t.mode, inTx: true, used: true, readOnly: pc.readOnly, busy: pc.busy()}
 	err := do()
 	if err != nil {
-		err = t.c.fail(ctx, op, t.pc, err, mayHaveWritten, mayHaveSent(openBefore, t.pc, err))
+		f.class, f.sent, f.broke = classifyOf(ctx, err), sentOf(err), pc.broken()
+		v := decide(f)
+		c.apply(ctx, v, f, pc, pc.node, err)
+		err = c.shape(v.report, f, pc.node, err)
 	}
-	rec.end(ctx, t.pc.node, r, err)
+	rec.end(ctx, pc.node, pc.slot, err)
 	return err
 }
 
@@ -685,44 +510,19 @@ func (s *stmt) Query([]driver.Value) (driver.Rows, error) {
 }
 
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	release, err := s.conn.admit(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if release != nil {
-		defer release()
-	}
-	var res driver.Result
-	err = s.conn.run(ctx, opExec, s.query, func(pc *physConn) error {
+	return s.conn.exec(ctx, s.query, func(pc *physConn) (driver.Result, error) {
 		ps, err := s.on(ctx, pc)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if e, ok := ps.(driver.StmtExecContext); ok {
-			res, err = e.ExecContext(ctx, args)
-			return err
+		e, ok := ps.(driver.StmtExecContext)
+		if !ok {
+			return nil, errStmtNoContext(ps)
 		}
-		return fmt.Errorf("unified: node statement %T does not implement StmtExecContext", ps)
+		return e.ExecContext(ctx, args)
 	})
-	return res, err
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	release, err := s.conn.admit(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var rows driver.Rows
-	err = s.conn.run(ctx, opQuery, s.query, func(pc *physConn) error {
-		ps, err := s.on(ctx, pc)
-		if err != nil {
-			return err
-		}
-		if q, ok := ps.(driver.StmtQueryContext); ok {
-			rows, err = q.QueryContext(ctx, args)
-			return err
-		}
-		return fmt.Errorf("unified: node statement %T does not implement StmtQueryContext", ps)
-	})
-	return holdUntilClose(rows, err, release)
+	return s.conn.query(ctx, s.query, args, s)
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
 
@@ -36,8 +37,7 @@ type Connector struct {
 	// transaction in flight; nil when unified_max_batch_conns is 0.
 	batch chan struct{}
 
-	counters counters
-	tel      *telemetry
+	tel *telemetry
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -48,55 +48,84 @@ var (
 	_ interface{ Close() error } = (*Connector)(nil)
 )
 
-// node is one host: how to open physical connections to it.
+// node is one host: how to open physical connections to it, and what is
+// open or being opened to it, so that the health monitor can interrupt it.
 type node struct {
 	index int
 	name  string
 	// rw opens ordinary physical connections.
 	rw driver.Connector
 	// ro opens connections whose transactions are read-only by default
-	// (default_transaction_read_only=on): a read that falls back to the
-	// primary uses them, so a write sent in ReadOnly mode fails there too.
-	// For a node connector given with WithNodeConnector, ro is rw.
-	ro driver.Connector
+	// (default_transaction_read_only=on): reads use them, so a write sent
+	// in ReadOnly mode fails on a replica and on the primary fallback alike.
+	// For a node connector given with WithNodeConnector (custom), ro is rw
+	// and read connections are made read-only by a statement at dial.
+	ro     driver.Connector
+	custom bool
+	// connectTimeout is the DSN's connect_timeout (0: none given).
+	connectTimeout time.Duration
 	// breaker counts this node's connection-class failures (dials,
 	// statements, probes); a successful probe closes it.
 	breaker *breaker
 
 	mu sync.Mutex // protects following fields
-	// writers are the open read-write pgx connections to this node, so
-	// that a failover can interrupt the statements still waiting on it.
-	writers map[*physConn]struct{}
+	// conns are the open pgx connections to this node, by slot.
+	conns [2]map[*physConn]struct{}
+	// dials cancel the dials in progress to this node, by slot.
+	dials [2]map[*context.CancelFunc]struct{}
 }
 
-func (n *node) trackWriter(pc *physConn) {
+func (n *node) track(pc *physConn) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.writers == nil {
-		n.writers = make(map[*physConn]struct{})
+	if n.conns[pc.slot] == nil {
+		n.conns[pc.slot] = make(map[*physConn]struct{})
 	}
-	n.writers[pc] = struct{}{}
+	n.conns[pc.slot][pc] = struct{}{}
 }
 
-func (n *node) untrackWriter(pc *physConn) {
+func (n *node) untrack(pc *physConn) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	delete(n.writers, pc)
+	delete(n.conns[pc.slot], pc)
 }
 
-// abortWriters closes the sockets of every read-write connection to the
-// node. The monitor calls it when another node has become the primary: a
-// statement still waiting on the old primary (hung, or cut off from the
-// network) then fails at once, with ErrCommitUnknown for a write (it may
-// have run there), instead of at its own deadline. The connections' owners
-// find them broken and drop them.
-func (n *node) abortWriters() int {
+// dialing registers the cancel of a dial in progress for slot sl; the
+// returned stop unregisters it.
+func (n *node) dialing(sl slot, cancel context.CancelFunc) (stop func()) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for pc := range n.writers {
+	if n.dials[sl] == nil {
+		n.dials[sl] = make(map[*context.CancelFunc]struct{})
+	}
+	n.dials[sl][&cancel] = struct{}{}
+	return func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		delete(n.dials[sl], &cancel)
+	}
+}
+
+// interruptDials cancels the dials in progress for slot sl.
+func (n *node) interruptDials(sl slot) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for cancel := range n.dials[sl] {
+		(*cancel)()
+	}
+}
+
+// interruptConns closes the sockets of the slot's open connections: a
+// statement waiting on the node fails at once instead of at its own
+// deadline. The connections' owners find them broken. It returns how many
+// there were.
+func (n *node) interruptConns(sl slot) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for pc := range n.conns[sl] {
 		pc.abort()
 	}
-	return len(n.writers)
+	return len(n.conns[sl])
 }
 
 // NewConnector validates cfg and returns a Connector for it. cfg is copied;
@@ -125,8 +154,12 @@ func NewConnector(cfg *Config, opts ...Option) (*Connector, error) {
 	for i, nc := range cfg.Nodes() {
 		known[nc.Name] = true
 		n := &node{index: i, name: nc.Name, breaker: newBreaker(cfg, nc.Name, o.logger)}
+		n.connectTimeout = nc.ConnConfig.ConnectTimeout
 		if custom, ok := o.nodeConnectors[nc.Name]; ok {
-			n.rw, n.ro = custom, custom
+			n.rw, n.ro, n.custom = custom, custom, true
+			if roc, ok := custom.(ReadOnlyConnector); ok {
+				n.ro, n.custom = readOnlyConnector{roc}, false
+			}
 		} else {
 			n.rw = stdlib.GetConnector(*nc.ConnConfig)
 			ro := nc.ConnConfig.Copy()
@@ -183,7 +216,7 @@ func (c *Connector) nodeNames() []string {
 // here would be guesswork). The first call starts the health monitor.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.isClosed() {
-		return nil, errors.New("unified: connector is closed")
+		return nil, ErrClosed
 	}
 	if c.mon != nil {
 		c.mon.start()
@@ -209,6 +242,10 @@ func (c *Connector) Driver() driver.Driver { return c.drv }
 func (c *Connector) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.closed)
+		for _, n := range c.nodes {
+			n.interruptDials(slotPrimary)
+			n.interruptDials(slotRead)
+		}
 		if c.mon != nil {
 			c.mon.stop()
 		}

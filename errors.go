@@ -2,7 +2,7 @@ package unified
 
 import (
 	"errors"
-	"fmt"
+	"strings"
 )
 
 // Sentinel errors. Match them with errors.Is: the errors the package returns
@@ -27,19 +27,30 @@ var (
 	// ErrNotInTransaction: a Transactional statement was run outside a
 	// transaction.
 	ErrNotInTransaction = errors.New("unified: statement outside a transaction in transactional mode")
+	// ErrClosed: the Connector (and so its *sql.DB) was closed.
+	ErrClosed = errors.New("unified: connector is closed")
 )
 
-// NodeError is an error that happened on one node. Node is the node's
-// address (host:port, never a password), Op what was being done ("connect",
-// "exec", "query", "prepare", "begin", "commit", "rollback", "probe"...).
+// NodeError is the driver's own error about one node: a connection that
+// could not be made or broke, an open breaker, a commit of unknown outcome.
+// Node is the node's name (host:port, never a password), Op what was being
+// done ("connect", "exec", "query", "prepare", "begin", "commit",
+// "rollback", "ping", "probe"). What a server answered (a constraint
+// violation, a syntax error) is returned as pgx returns it, never wrapped.
 type NodeError struct {
 	Node string
 	Op   string
 	Err  error
 }
 
+// Error is "unified: <op> on <node>: <error>", with the package prefix
+// once even when Err is one of the sentinels above.
 func (e *NodeError) Error() string {
-	return fmt.Sprintf("unified: %s on %s: %v", e.Op, e.Node, e.Err)
+	msg := "<nil>"
+	if e.Err != nil {
+		msg = strings.TrimPrefix(e.Err.Error(), "unified: ")
+	}
+	return "unified: " + e.Op + " on " + e.Node + ": " + msg
 }
 
 // Unwrap returns the underlying error, so errors.Is and errors.As see both

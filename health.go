@@ -34,23 +34,27 @@ type monitor struct {
 	kickc     chan struct{} // buffered(1): "probe now"
 	results   chan probeResult
 	probes    []driver.Conn // per node; used only by that node's in-flight probe
-	// lastPrimary is the last node seen as primary (-1: none yet) and
-	// lostAt when it was lost (zero while it is primary); owned by the loop
-	// goroutine.
+	// building is the last snapshot built, published or not (before the
+	// election the chain of snapshots runs ahead of the published one);
+	// owned by the loop goroutine.
+	building *topology.Snapshot
+	// lastPrimary is the last node seen as primary (-1: none yet); owned by
+	// the loop goroutine.
 	lastPrimary int
-	lostAt      time.Time
 
 	mu sync.Mutex // protects following fields
 	// published is closed and replaced at every publication, waking the
-	// statements that wait for a primary.
+	// operations that wait for one.
 	published chan struct{}
 	// suspectAt is when a statement last reported that the primary may be
-	// gone (zero: no suspicion); fast probing lasts until a probe younger
-	// than it finds a primary, or until failoverDeadline.
-	suspectAt        time.Time
-	failoverDeadline time.Time
-	everPrimary      bool // a primary has been seen since start
-	allProbed        bool // every node has been probed at least once
+	// gone (zero: no suspicion); it is cleared by a snapshot with a primary
+	// probed after it.
+	suspectAt time.Time
+	// lostAt is when the last published snapshot stopped naming a primary
+	// (zero while one is named).
+	lostAt      time.Time
+	waiters     int  // operations waiting for a primary now
+	everPrimary bool // a primary has been published since start
 }
 
 type probeResult struct {
@@ -97,20 +101,29 @@ func (m *monitor) kick() {
 // that says the primary may be gone (classify.Class.LostPrimary): it starts
 // fast re-probing at once. Concurrent calls coalesce into one probe round.
 func (m *monitor) suspectPrimary() {
-	now := time.Now()
 	m.mu.Lock()
-	m.suspectAt = now
-	if m.failoverDeadline.IsZero() {
-		m.failoverDeadline = now.Add(m.c.cfg.FailoverTimeout)
-	}
+	m.suspectAt = time.Now()
 	m.mu.Unlock()
 	m.kick()
 }
 
+// fast reports whether the monitor probes at failoverProbeInterval: while
+// an operation waits for a primary, and for up to unified_failover_timeout
+// after a statement suspected the primary or the primary went missing.
 func (m *monitor) fast() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return !m.failoverDeadline.IsZero() && time.Now().Before(m.failoverDeadline)
+	now, window := time.Now(), m.c.cfg.FailoverTimeout
+	return m.waiters > 0 ||
+		(!m.suspectAt.IsZero() && now.Sub(m.suspectAt) < window) ||
+		(!m.lostAt.IsZero() && now.Sub(m.lostAt) < window)
+}
+
+// publication returns the channel the next publication closes.
+func (m *monitor) publication() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.published
 }
 
 func (m *monitor) run() {
@@ -234,7 +247,7 @@ func (m *monitor) probe(i int) {
 	}
 	o.At = time.Now()
 	if err != nil {
-		o.Err = &NodeError{Node: n.name, Op: opProbe, Err: err}
+		o.Err = &NodeError{Node: n.name, Op: opProbe.String(), Err: err}
 	} else {
 		o.InRecovery, o.LSN, o.Timeline, o.RTT = res.InRecovery, res.LSN, res.Timeline, rtt
 	}
@@ -266,14 +279,29 @@ func (m *monitor) probeOnce(ctx context.Context, i int) (pgprobe.Result, time.Du
 	return res, rtt, nil
 }
 
-// publish builds and stores a new snapshot from the latest observations and
-// wakes every statement waiting for one.
+// publish builds a new snapshot from the latest observations, stores it
+// and wakes every operation waiting for one. Nothing is stored before every
+// node has answered its first probe or timed out: until then the election
+// could still be overturned (a node on a higher timeline, or the incumbent,
+// has not spoken), so no write may be routed (DESIGN.md §4).
 func (m *monitor) publish(names []string, obs []topology.Observation, hist *topology.History) {
 	prev := m.c.topo.Load()
 	now := time.Now()
 	bounds := topology.Bounds{MaxLag: m.c.cfg.MaxReplicaLag, MaxLagBytes: m.c.cfg.MaxReplicaLagBytes}
-	s := topology.Build(prev, names, obs, hist, bounds, now)
+	s := topology.Build(m.building, names, obs, hist, bounds, now)
+	m.building = s
+	if prev == nil {
+		for _, o := range obs {
+			if errors.Is(o.Err, errNotProbed) {
+				return // not elected yet
+			}
+		}
+	}
 	m.c.topo.Store(s)
+	m.interrupt(prev, s)
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	switch {
 	case s.Primary >= 0:
 		if m.lastPrimary >= 0 && m.lastPrimary != s.Primary {
@@ -281,45 +309,55 @@ func (m *monitor) publish(names []string, obs []topology.Observation, hist *topo
 			if !m.lostAt.IsZero() {
 				d = now.Sub(m.lostAt)
 			}
-			m.c.counters.failovers.Add(1)
 			m.c.tel.failover(d)
-			aborted := m.c.nodes[m.lastPrimary].abortWriters()
-			m.c.log.Warn("unified: failover: new primary", "from", names[m.lastPrimary], "to", names[s.Primary],
-				"duration", d, "interrupted_connections", aborted)
+			m.c.log.Warn("unified: failover: new primary", "from", names[m.lastPrimary], "to", names[s.Primary], "duration", d)
 		}
-		m.lastPrimary, m.lostAt = s.Primary, time.Time{}
+		m.lastPrimary, m.lostAt, m.everPrimary = s.Primary, time.Time{}, true
+		if m.suspectAt.IsZero() || obs[s.Primary].At.After(m.suspectAt) {
+			m.suspectAt = time.Time{}
+		}
 	case prev != nil && prev.Primary >= 0:
 		m.lostAt = now
-		m.mu.Lock()
 		if !m.suspectAt.IsZero() && m.suspectAt.Before(now) {
 			m.lostAt = m.suspectAt // the first statement that saw it go
 		}
-		m.mu.Unlock()
 		m.c.log.Warn("unified: primary lost", "node", names[prev.Primary])
 	}
 	if prev == nil || s.Changed(prev) {
 		m.logChange(prev, s)
 	}
-
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	all := true
-	for _, o := range obs {
-		if errors.Is(o.Err, errNotProbed) {
-			all = false
-		}
-	}
-	m.allProbed = all
-	if s.Primary >= 0 {
-		m.everPrimary = true
-		if m.suspectAt.IsZero() || obs[s.Primary].At.After(m.suspectAt) {
-			m.suspectAt, m.failoverDeadline = time.Time{}, time.Time{}
-		}
-	} else if m.everPrimary && m.failoverDeadline.IsZero() {
-		m.failoverDeadline = now.Add(m.c.cfg.FailoverTimeout)
-	}
 	close(m.published)
 	m.published = make(chan struct{})
+}
+
+// interrupt stops what may no longer go on after the change from prev to
+// s: dials to a node that is no longer the primary for the primary slot;
+// the primary sessions on the old primary once another node is the primary
+// (a statement stuck on a hung or cut-off old primary then fails at once,
+// with ErrCommitUnknown for a write, instead of at its own deadline); and
+// the reads and read dials on a node that went down (a hung replica: the
+// reads run again on another node).
+func (m *monitor) interrupt(prev, s *topology.Snapshot) {
+	for i, n := range m.c.nodes {
+		primaryNow := s.Primary == i
+		wasPrimary := prev != nil && prev.Primary == i
+		if !primaryNow {
+			n.interruptDials(slotPrimary)
+		}
+		if wasPrimary && !primaryNow && s.Primary >= 0 {
+			if k := n.interruptConns(slotPrimary); k > 0 {
+				m.c.log.Warn("unified: interrupted sessions on the old primary", "node", n.name, "connections", k)
+			}
+		}
+		down := s.Nodes[i].State == topology.StateDown
+		wasDown := prev != nil && prev.Nodes[i].State == topology.StateDown
+		if down && !wasDown {
+			n.interruptDials(slotRead)
+			if k := n.interruptConns(slotRead); k > 0 {
+				m.c.log.Warn("unified: interrupted reads on a node that went down", "node", n.name, "connections", k)
+			}
+		}
+	}
 }
 
 func (m *monitor) logChange(prev, s *topology.Snapshot) {
@@ -335,43 +373,58 @@ func (m *monitor) logChange(prev, s *topology.Snapshot) {
 	}
 }
 
-// waitPrimary returns a snapshot that names a primary. While there is none it
-// waits, within ctx and unified_failover_timeout, for the monitor to find
-// one. Before any primary has ever been seen, a round in which every node was
-// probed and none is primary fails at once: a wrong DSN must not look like a
-// failover.
-func (c *Connector) waitPrimary(ctx context.Context) (*topology.Snapshot, error) {
-	asked := false
+// waitPrimary returns a snapshot that names a primary. While there is none
+// it waits for the monitor to publish one, within ctx and until the
+// operation's own wait deadline (a.waitDeadline: unified_failover_timeout
+// from when the operation first waited; a nil a waits that long from now).
+// Probing stays fast while any operation waits. Before any primary has been
+// published, an election that found none fails at once: a wrong DSN must
+// not look like a failover.
+func (c *Connector) waitPrimary(ctx context.Context, a *attempt) (*topology.Snapshot, error) {
+	if s := c.topo.Load(); s != nil && s.Primary >= 0 {
+		return s, nil
+	}
+	if c.mon == nil {
+		return nil, ErrNoPrimary
+	}
+	start := time.Now()
+	until := start.Add(c.cfg.FailoverTimeout)
+	if a != nil {
+		until = a.waitDeadline(c)
+	}
+	s, err := c.mon.waitPrimary(ctx, until)
+	if a != nil {
+		a.rec.failoverWait(time.Since(start))
+	}
+	return s, err
+}
+
+func (m *monitor) waitPrimary(ctx context.Context, until time.Time) (*topology.Snapshot, error) {
+	m.start()
+	m.mu.Lock()
+	m.waiters++
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.waiters--
+		m.mu.Unlock()
+	}()
+	m.kick()
 	for {
-		s := c.topo.Load()
+		s := m.c.topo.Load()
 		if s != nil && s.Primary >= 0 {
 			return s, nil
 		}
-		if c.mon == nil {
-			return nil, ErrNoPrimary
-		}
-		m := c.mon
 		m.mu.Lock()
-		ch, ever, all, deadline := m.published, m.everPrimary, m.allProbed, m.failoverDeadline
+		ch, ever := m.published, m.everPrimary
 		m.mu.Unlock()
-		if s != nil && all && !ever {
+		if s != nil && !ever {
 			return nil, noPrimaryError(s)
 		}
-		if ever && !deadline.IsZero() && !time.Now().Before(deadline) {
+		if !time.Now().Before(until) {
 			return nil, noPrimaryError(s)
 		}
-		if !asked {
-			// Once: the monitor keeps probing fast until it finds a
-			// primary; asking again at every publication would turn its
-			// cadence into a busy loop.
-			asked = true
-			if ever {
-				m.suspectPrimary()
-			} else {
-				m.start()
-			}
-		}
-		if err := c.waitPublished(ctx, ch, deadline); err != nil {
+		if err := m.c.waitPublished(ctx, ch, until); err != nil {
 			return nil, fmt.Errorf("%w: waiting for a primary: %w", ErrNoPrimary, err)
 		}
 	}
@@ -379,7 +432,7 @@ func (c *Connector) waitPrimary(ctx context.Context) (*topology.Snapshot, error)
 
 // waitPublished waits for the publication that closes ch, until deadline
 // (zero: none), ctx or Close. Reaching the deadline is not an error: the
-// caller re-checks.
+// caller looks again.
 func (c *Connector) waitPublished(ctx context.Context, ch <-chan struct{}, deadline time.Time) error {
 	var timeout <-chan time.Time
 	if !deadline.IsZero() {
@@ -393,25 +446,26 @@ func (c *Connector) waitPublished(ctx context.Context, ch <-chan struct{}, deadl
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-c.closed:
-		return errors.New("unified: connector is closed")
+		return ErrClosed
 	}
 	return nil
 }
 
-// waitFirstSnapshot starts the monitor if needed and waits until every node
-// has been probed once, so that the first reads see every replica rather
-// than whichever answered first.
-func (c *Connector) waitFirstSnapshot(ctx context.Context) (*topology.Snapshot, error) {
-	m := c.mon
+// elected reports whether the first snapshot is published: every node has
+// answered its first probe or timed out.
+func (m *monitor) elected() bool { return m.c.topo.Load() != nil }
+
+// waitElected starts the monitor if needed and waits for the first
+// snapshot, so that the first statements see every node rather than
+// whichever answered first.
+func (m *monitor) waitElected(ctx context.Context) (*topology.Snapshot, error) {
 	m.start()
 	for {
-		m.mu.Lock()
-		ch, all := m.published, m.allProbed
-		m.mu.Unlock()
-		if all {
-			return c.topo.Load(), nil
+		ch := m.publication()
+		if s := m.c.topo.Load(); s != nil {
+			return s, nil
 		}
-		if err := c.waitPublished(ctx, ch, time.Time{}); err != nil {
+		if err := m.c.waitPublished(ctx, ch, time.Time{}); err != nil {
 			return nil, err
 		}
 	}

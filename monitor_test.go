@@ -156,7 +156,7 @@ func TestMonitorFollowsFailoverFast(t *testing.T) {
 			// As a write does: ask for the primary until it is the new one.
 			start := time.Now()
 			for {
-				s, err := c.waitPrimary(context.Background())
+				s, err := c.waitPrimary(context.Background(), nil)
 				if err != nil {
 					waited <- -1
 					return

@@ -1,6 +1,7 @@
 package unified
 
 import (
+	"context"
 	"database/sql/driver"
 	"fmt"
 	"log/slog"
@@ -54,6 +55,12 @@ func WithLogger(l *slog.Logger) Option {
 // pgx connector with hooks). The health monitor probes through c as well,
 // unless [WithStaticPrimary] is given. A name that is not a node of the
 // Config is an error at NewConnector.
+//
+// A read that falls back to the primary must not write, whatever the
+// driver: a read connection opened through c to the primary runs
+// "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY" right after the
+// dial, unless c is a [ReadOnlyConnector], which opens such sessions its
+// own way.
 func WithNodeConnector(name string, c driver.Connector) Option {
 	return func(o *options) error {
 		if c == nil {
@@ -65,6 +72,24 @@ func WithNodeConnector(name string, c driver.Connector) Option {
 		o.nodeConnectors[name] = c
 		return nil
 	}
+}
+
+// ReadOnlyConnector is a node connector (see [WithNodeConnector]) that
+// opens read-only sessions itself, for example a pgx connector whose
+// config sets default_transaction_read_only=on. unified uses
+// ConnectReadOnly for every read connection to the node and sends nothing
+// of its own on it.
+type ReadOnlyConnector interface {
+	driver.Connector
+	ConnectReadOnly(ctx context.Context) (driver.Conn, error)
+}
+
+// readOnlyConnector adapts a ReadOnlyConnector's ConnectReadOnly to a
+// driver.Connector.
+type readOnlyConnector struct{ ReadOnlyConnector }
+
+func (r readOnlyConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	return r.ConnectReadOnly(ctx)
 }
 
 // WithStaticPrimary fixes the roles instead of discovering them: the node

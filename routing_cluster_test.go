@@ -101,8 +101,8 @@ func TestReadOnlyTransactionOnOneReplica(t *testing.T) {
 		ctx  context.Context
 		opts *sql.TxOptions
 	}{
-		{"TxOptions.ReadOnly", ctx, &sql.TxOptions{ReadOnly: true}},
 		{"ReadOnly context", unified.WithMode(ctx, unified.ReadOnly), nil},
+		{"ReadOnly context and TxOptions.ReadOnly", unified.WithMode(ctx, unified.ReadOnly), &sql.TxOptions{ReadOnly: true}},
 	} {
 		t.Run(begin.name, func(t *testing.T) {
 			tx, err := db.BeginTx(begin.ctx, begin.opts)

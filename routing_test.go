@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"io"
 	"testing"
 
 	"github.com/DATA-DOG/go-sqlmock"
@@ -69,7 +70,7 @@ func TestReadOnlyTransactionStaysOnOneReplica(t *testing.T) {
 	r.ExpectQuery("SELECT b").WillReturnRows(sqlmock.NewRows([]string{"b"}).AddRow(2))
 	r.ExpectCommit()
 
-	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := db.BeginTx(unified.WithMode(ctx, unified.ReadOnly), &sql.TxOptions{ReadOnly: true})
 	require.NoError(t, err)
 	var a, b int
 	require.NoError(t, tx.QueryRowContext(ctx, "SELECT a").Scan(&a))
@@ -107,13 +108,21 @@ func TestReadFallback(t *testing.T) {
 	})
 }
 
-func TestNodeErrorNamesNode(t *testing.T) {
+// What the node's driver answered comes back as it is (pgx's own values,
+// invariant 5); a connection that broke is the driver's own error, a
+// NodeError naming the node and the operation.
+func TestNodeErrorsAndDriverErrors(t *testing.T) {
 	db, mocks := unifiedtest.New(t, unifiedtest.Replicas(1))
 	boom := errors.New("boom")
 	mocks.Primary().ExpectExec("INSERT").WillReturnError(boom)
 	_, err := db.ExecContext(context.Background(), "INSERT INTO t VALUES (1)")
+	assert.Same(t, boom, err, "the node driver's error, unwrapped")
+
+	mocks.Primary().ExpectExec("UPDATE").WillReturnError(io.ErrUnexpectedEOF)
+	_, err = db.ExecContext(context.Background(), "UPDATE t SET x = 1")
 	require.Error(t, err)
-	assert.ErrorIs(t, err, boom)
+	assert.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	assert.ErrorIs(t, err, unified.ErrCommitUnknown, "an autocommit statement whose connection broke after it was sent")
 	var ne *unified.NodeError
 	require.ErrorAs(t, err, &ne)
 	assert.Equal(t, "primary:5432", ne.Node)

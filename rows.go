@@ -1,67 +1,159 @@
 package unified
 
 import (
+	"context"
 	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
 	"reflect"
 )
 
-// heldRows are a node's rows that hold a Batch bulkhead token until Close.
-// Every column-metadata interface is forwarded, so ColumnTypes work as on
-// the node's own rows. Outside Batch mode with a bulkhead, rows are never
-// wrapped.
-type heldRows struct {
+// rows are a node's rows watched by the driver, outside a transaction (or
+// holding a Batch bulkhead token):
+//
+//   - on the primary session, an autocommit query may be a write (INSERT
+//     ... RETURNING): an error from Next or Close after its connection
+//     broke wraps ErrCommitUnknown (invariant 4);
+//   - on the read session, a read whose node failed it before any row
+//     reached the caller runs again on another node, as a failed read
+//     does at QueryContext;
+//   - a Batch token is given back at Close.
+//
+// Every column-type interface pgx's rows implement is forwarded (the parity
+// test checks the list), so ColumnTypes work as on pgx's own rows.
+type rows struct {
 	driver.Rows
+	c     *Conn
+	pc    *physConn
+	ctx   context.Context
+	query string
+	args  []driver.NamedValue
+	st    *stmt // the prepared statement, when run through one
+	// release gives back a Batch bulkhead token; nil without one.
 	release func()
+	inTx    bool  // run inside a transaction (a Batch one)
+	seen    bool  // a row reached the caller
+	err     error // the error Next returned, returned by Close again
+	inUse   bool  // this value of Conn.rowsBuf is taken
 }
 
 var (
-	_ driver.RowsColumnTypeDatabaseTypeName = (*heldRows)(nil)
-	_ driver.RowsColumnTypeLength           = (*heldRows)(nil)
-	_ driver.RowsColumnTypePrecisionScale   = (*heldRows)(nil)
-	_ driver.RowsColumnTypeScanType         = (*heldRows)(nil)
-	_ driver.RowsColumnTypeNullable         = (*heldRows)(nil)
+	_ driver.Rows                           = (*rows)(nil)
+	_ driver.RowsColumnTypeDatabaseTypeName = (*rows)(nil)
+	_ driver.RowsColumnTypeLength           = (*rows)(nil)
+	_ driver.RowsColumnTypePrecisionScale   = (*rows)(nil)
+	_ driver.RowsColumnTypeScanType         = (*rows)(nil)
 )
 
-func (r *heldRows) Close() error {
+// newRows returns the rows value for a query on pc: the Conn's own for pc's
+// slot when it is free (no allocation), else a new one (the caller keeps
+// rows of an earlier query open on a sql.Conn).
+func (c *Conn) newRows(pc *physConn) *rows {
+	if r := &c.rowsBuf[pc.slot]; !r.inUse {
+		return r
+	}
+	return &rows{}
+}
+
+func (r *rows) Next(dest []driver.Value) error {
+	for {
+		err := r.Rows.Next(dest)
+		if err == nil {
+			r.seen = true
+			return nil
+		}
+		if errors.Is(err, io.EOF) {
+			return err
+		}
+		if rerun, ferr := r.failed(err); !rerun {
+			r.err = ferr
+			return ferr
+		}
+	}
+}
+
+// failed applies the rules of outcome.go to an error of Next or Close. It
+// reports whether the read was run again (r.Rows are then the new node's).
+func (r *rows) failed(err error) (rerun bool, _ error) {
+	c, pc := r.c, r.pc
+	f := facts{op: opQuery, slot: pc.slot, mode: c.mode(r.ctx), inTx: r.inTx, used: true, readOnly: pc.readOnly,
+		rowsSeen: r.seen, attempt: 1, retryMax: c.c.cfg.RetryMax,
+		class: classifyOf(r.ctx, err), sent: true, broke: pc.broken()}
+	v := decide(f)
+	c.apply(r.ctx, v, f, pc, pc.node, err)
+	if v.retry == retryReadFailover && !c.closed {
+		if next, npc, rerr := c.rerun(r.ctx, r.query, r.args, r.st, pc.node.index); rerr == nil {
+			_ = r.Rows.Close()
+			r.Rows, r.pc = next, npc
+			return true, nil
+		}
+	}
+	return false, c.shape(v.report, f, pc.node, err)
+}
+
+// rerun runs a read again on another node than exclude.
+func (c *Conn) rerun(ctx context.Context, query string, args []driver.NamedValue, st *stmt, exclude int) (driver.Rows, *physConn, error) {
+	rec := c.c.tel.begin(ctx, opQuery, query, ReadOnly)
+	rec.retry(retryReadFailover)
+	a := attempt{rec: &rec}
+	pc, err := c.physFor(ctx, slotRead, exclude, &a)
+	var dr driver.Rows
+	if err == nil {
+		dr, err = c.queryOn(ctx, pc, query, args, st)
+	}
+	var n *node
+	if pc != nil {
+		n = pc.node
+	}
+	rec.end(ctx, n, slotRead, err)
+	return dr, pc, err
+}
+
+func (r *rows) Close() error {
 	err := r.Rows.Close()
+	switch {
+	case err == nil:
+	case r.err != nil:
+		err = r.err // decided once, in Next
+	case !r.c.closed:
+		_, err = r.failed(err)
+	}
 	if r.release != nil {
 		r.release()
-		r.release = nil
 	}
+	*r = rows{} // frees the Conn's value; drops the references
 	return err
 }
 
-func (r *heldRows) ColumnTypeDatabaseTypeName(i int) string {
+func (r *rows) ColumnTypeDatabaseTypeName(i int) string {
 	if x, ok := r.Rows.(driver.RowsColumnTypeDatabaseTypeName); ok {
 		return x.ColumnTypeDatabaseTypeName(i)
 	}
 	return ""
 }
 
-func (r *heldRows) ColumnTypeLength(i int) (int64, bool) {
+func (r *rows) ColumnTypeLength(i int) (int64, bool) {
 	if x, ok := r.Rows.(driver.RowsColumnTypeLength); ok {
 		return x.ColumnTypeLength(i)
 	}
 	return 0, false
 }
 
-func (r *heldRows) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
+func (r *rows) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
 	if x, ok := r.Rows.(driver.RowsColumnTypePrecisionScale); ok {
 		return x.ColumnTypePrecisionScale(i)
 	}
 	return 0, 0, false
 }
 
-func (r *heldRows) ColumnTypeScanType(i int) reflect.Type {
+func (r *rows) ColumnTypeScanType(i int) reflect.Type {
 	if x, ok := r.Rows.(driver.RowsColumnTypeScanType); ok {
 		return x.ColumnTypeScanType(i)
 	}
 	return reflect.TypeFor[any]()
 }
 
-func (r *heldRows) ColumnTypeNullable(i int) (bool, bool) {
-	if x, ok := r.Rows.(driver.RowsColumnTypeNullable); ok {
-		return x.ColumnTypeNullable(i)
-	}
-	return false, false
+func errStmtNoContext(ps driver.Stmt) error {
+	return fmt.Errorf("unified: node statement %T does not implement the context methods", ps)
 }

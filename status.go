@@ -2,7 +2,6 @@ package unified
 
 import (
 	"context"
-	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -61,8 +60,7 @@ type NodeHealth struct {
 func (c *Connector) Health(ctx context.Context) Health {
 	s := c.snapshot()
 	if c.mon != nil {
-		c.mon.start()
-		if got, err := c.waitFirstSnapshot(ctx); err == nil {
+		if got, err := c.mon.waitElected(ctx); err == nil {
 			s = got
 		} else {
 			s = c.snapshot()
@@ -127,28 +125,20 @@ type Stats struct {
 	Retries uint64
 	// CommitUnknown counts errors returned wrapping ErrCommitUnknown.
 	CommitUnknown uint64
-	// ReadFallbacks counts read connections opened on the primary because
-	// no replica was eligible.
+	// ReadFallbacks counts ReadOnly operations the primary served because
+	// no replica was eligible (the unified.read.fallback metric).
 	ReadFallbacks uint64
 	// Health is the topology at the time of the call (no waiting).
 	Health Health
 }
 
-// counters are the Connector's Stats counters.
-type counters struct {
-	failovers     atomic.Uint64
-	retries       atomic.Uint64
-	commitUnknown atomic.Uint64
-	readFallbacks atomic.Uint64
-}
-
 // Stats returns the counters and the current topology without waiting.
 func (c *Connector) Stats() Stats {
 	return Stats{
-		Failovers:     c.counters.failovers.Load(),
-		Retries:       c.counters.retries.Load(),
-		CommitUnknown: c.counters.commitUnknown.Load(),
-		ReadFallbacks: c.counters.readFallbacks.Load(),
+		Failovers:     c.tel.counts.failovers.Load(),
+		Retries:       c.tel.counts.retries.Load(),
+		CommitUnknown: c.tel.counts.commitUnknown.Load(),
+		ReadFallbacks: c.tel.counts.readFallbacks.Load(),
 		Health:        c.health(c.snapshot(), time.Now()),
 	}
 }

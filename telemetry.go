@@ -64,12 +64,12 @@ var (
 type telemetry struct {
 	c *Connector
 
-	duration      metric.Float64Histogram // db.client.operation.duration
-	retries       metric.Int64Counter
-	fallbacks     metric.Int64Counter
-	commitUnknown metric.Int64Counter
-	failovers     metric.Int64Counter
-	failoverTime  metric.Float64Histogram
+	duration       metric.Float64Histogram // db.client.operation.duration
+	retries        metric.Int64Counter
+	fallbacks      metric.Int64Counter
+	commitUnknowns metric.Int64Counter
+	failovers      metric.Int64Counter
+	failoverTime   metric.Float64Histogram
 
 	conns    metric.Int64ObservableUpDownCounter // db.client.connection.count
 	nodeUp   metric.Int64ObservableGauge
@@ -85,11 +85,15 @@ type telemetry struct {
 
 	common    []attribute.KeyValue // db.system.name, db.namespace
 	nodes     []nodeTelemetry      // by node index
-	retryOpts map[string][]metric.AddOption
+	retryOpts [numRetryReasons][]metric.AddOption
 	names     *sqlop.Names
 	opSets    *cowmap.Map[opKey, []metric.RecordOption]
 	closeOnce sync.Once
-	roleAttrs [2][]attribute.KeyValue // unified.role, by role
+	roleAttrs [2][]attribute.KeyValue // unified.role, by slot
+
+	// counts are the Stats counters: the same events as the counters of
+	// the same names above, counted whether metrics are on or not.
+	counts counts
 }
 
 // nodeTelemetry is one node's attributes and physical connection counts.
@@ -113,8 +117,8 @@ func newTelemetry(c *Connector, o options) (*telemetry, error) {
 	if len(cfgNodes) > 0 && cfgNodes[0].ConnConfig != nil && cfgNodes[0].ConnConfig.Database != "" {
 		t.common = append(t.common, semconv.DBNamespaceKey.String(cfgNodes[0].ConnConfig.Database))
 	}
-	for r, name := range [...]string{rolePrimary: "primary", roleReader: "replica"} {
-		t.roleAttrs[r] = []attribute.KeyValue{keyRole.String(name)}
+	for _, sl := range []slot{slotPrimary, slotRead} {
+		t.roleAttrs[sl] = []attribute.KeyValue{keyRole.String(sl.String())}
 	}
 
 	t.nodes = make([]nodeTelemetry, len(c.nodes))
@@ -140,9 +144,8 @@ func newTelemetry(c *Connector, o options) (*telemetry, error) {
 			}
 		}
 	}
-	t.retryOpts = make(map[string][]metric.AddOption)
-	for _, reason := range []string{"not_sent", "read_failover", "failover"} {
-		t.retryOpts[reason] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(keyRetryReason.String(reason)))}
+	for reason := retryNotSent; reason < numRetryReasons; reason++ {
+		t.retryOpts[reason] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(keyRetryReason.String(reason.String())))}
 	}
 
 	if o.tracerProvider != nil {
@@ -178,7 +181,7 @@ func (t *telemetry) instruments(m metric.Meter) error {
 	t.fallbacks, err = m.Int64Counter("unified.read.fallback", metric.WithUnit("{operation}"),
 		metric.WithDescription("Read-only operations served by the primary because no replica was eligible."))
 	check(err)
-	t.commitUnknown, err = m.Int64Counter("unified.commit_unknown.count", metric.WithUnit("{operation}"),
+	t.commitUnknowns, err = m.Int64Counter("unified.commit_unknown.count", metric.WithUnit("{operation}"),
 		metric.WithDescription("Operations that returned ErrCommitUnknown: the connection broke after a COMMIT or an autocommit write was sent."))
 	check(err)
 	t.failovers, err = m.Int64Counter("unified.failover.count", metric.WithUnit("{failover}"),
@@ -319,11 +322,11 @@ type opRecord struct {
 	span    trace.Span // nil: tracing off
 }
 
-// begin starts an operation: op is one of the op* names, query the SQL
+// begin starts an operation: op is its kind, query the SQL
 // text (only its first keyword is recorded, unless the user opted in to
 // SQL in spans), mode the statement's mode. The node is not known yet:
 // end sets the server attributes.
-func (t *telemetry) begin(ctx context.Context, op, query string, mode Mode) opRecord {
+func (t *telemetry) begin(ctx context.Context, op opKind, query string, mode Mode) opRecord {
 	if t == nil {
 		return opRecord{}
 	}
@@ -331,7 +334,7 @@ func (t *telemetry) begin(ctx context.Context, op, query string, mode Mode) opRe
 	if !r.metrics && t.tracer == nil {
 		return r
 	}
-	r.name = t.names.Operation(op, query)
+	r.name = t.names.Operation(op.String(), query)
 	r.start = time.Now()
 	if t.tracer != nil {
 		r.ctx, r.span = t.startSpan(ctx, op, query, r.name, mode)
@@ -339,7 +342,7 @@ func (t *telemetry) begin(ctx context.Context, op, query string, mode Mode) opRe
 	return r
 }
 
-func (t *telemetry) startSpan(ctx context.Context, op, query, name string, mode Mode) (context.Context, trace.Span) {
+func (t *telemetry) startSpan(ctx context.Context, op opKind, query, name string, mode Mode) (context.Context, trace.Span) {
 	spanName := name
 	if spanName == "" || spanName == otherValue {
 		spanName = "postgresql"
@@ -374,19 +377,18 @@ func (t *telemetry) spanParent(ctx context.Context) context.Context {
 	return trace.ContextWithSpanContext(context.Background(), sc)
 }
 
-// retry notes that the operation is re-sent (reason: "not_sent",
-// "read_failover", "failover"; any other value is recorded as given).
-func (r *opRecord) retry(reason string) {
+// retry notes that the operation is sent again, and why.
+func (r *opRecord) retry(reason retryReason) {
 	if r == nil || r.t == nil {
 		return
 	}
-	opts, ok := r.t.retryOpts[reason]
-	if !ok {
-		opts = []metric.AddOption{metric.WithAttributes(keyRetryReason.String(reason))}
+	r.t.counts.retries.Add(1)
+	if reason >= numRetryReasons {
+		reason = noRetry
 	}
-	r.t.retries.Add(r.context(), 1, opts...)
+	r.t.retries.Add(r.context(), 1, r.t.retryOpts[reason]...)
 	if r.span != nil {
-		r.span.AddEvent("unified.retry", trace.WithAttributes(keyRetryReason.String(reason)))
+		r.span.AddEvent("unified.retry", trace.WithAttributes(keyRetryReason.String(reason.String())))
 	}
 }
 
@@ -406,26 +408,20 @@ func (r *opRecord) context() context.Context {
 }
 
 // end finishes the operation on node n (nil when no node was reached) in
-// role ro (the connection slot: roleReader for a read, even one that fell
-// back to the primary); err is what the caller gets.
-func (r *opRecord) end(ctx context.Context, n *node, ro role, err error) {
+// slot sl (slotRead for a read, even one that fell back to the primary);
+// err is what the caller gets.
+func (r *opRecord) end(ctx context.Context, n *node, sl slot, err error) {
 	t := r.t
 	if t == nil {
 		return
 	}
-	primary := ro == rolePrimary
+	primary := sl == slotPrimary
 	if n != nil && !primary {
 		if s := t.c.snapshot(); s != nil && s.Primary == n.index {
 			primary = true // a read that fell back to the primary
+			t.counts.readFallbacks.Add(1)
 			t.fallbacks.Add(r.contextOr(ctx), 1, t.nodes[n.index].add...)
 		}
-	}
-	if err != nil && errors.Is(err, ErrCommitUnknown) {
-		var opts []metric.AddOption
-		if n != nil {
-			opts = t.nodes[n.index].add
-		}
-		t.commitUnknown.Add(r.contextOr(ctx), 1, opts...)
 	}
 	if r.start.IsZero() {
 		return
@@ -570,38 +566,47 @@ func (t *telemetry) failover(d time.Duration) {
 	if t == nil {
 		return
 	}
+	t.counts.failovers.Add(1)
 	ctx := context.Background()
 	t.failovers.Add(ctx, 1)
 	t.failoverTime.Record(ctx, d.Seconds())
 }
 
-// physOpened counts a physical connection opened to n for statements
-// (probe connections are not counted). Call exactly once per connection,
-// with physClosed when it is closed.
-func (t *telemetry) physOpened(n *node) {
-	if t != nil && n != nil {
-		t.nodes[n.index].open.Add(1)
+// commitUnknown counts an error returned wrapping ErrCommitUnknown, for n
+// (nil: no node known).
+func (t *telemetry) commitUnknown(n *node) {
+	if t == nil {
+		return
+	}
+	t.counts.commitUnknown.Add(1)
+	var opts []metric.AddOption
+	if n != nil {
+		opts = t.nodes[n.index].add
+	}
+	t.commitUnknowns.Add(context.Background(), 1, opts...)
+}
+
+// connCount moves n's physical connection counts: open (+1 at dial, -1 at
+// close; probe connections are not counted) and used (+1 while a statement
+// or a transaction runs on one, -1 after).
+func (t *telemetry) connCount(n *node, open, used int64) {
+	if t == nil || n == nil {
+		return
+	}
+	nt := &t.nodes[n.index]
+	if open != 0 {
+		nt.open.Add(open)
+	}
+	if used != 0 {
+		nt.used.Add(used)
 	}
 }
 
-// physClosed counts a physical connection to n closed.
-func (t *telemetry) physClosed(n *node) {
-	if t != nil && n != nil {
-		t.nodes[n.index].open.Add(-1)
-	}
-}
-
-// physUsed marks one physical connection to n as used: a statement or a
-// transaction starts running on it. Pair with physIdle.
-func (t *telemetry) physUsed(n *node) {
-	if t != nil && n != nil {
-		t.nodes[n.index].used.Add(1)
-	}
-}
-
-// physIdle ends a physUsed.
-func (t *telemetry) physIdle(n *node) {
-	if t != nil && n != nil {
-		t.nodes[n.index].used.Add(-1)
-	}
+// counts are the Connector's Stats counters, kept by the telemetry that
+// also exports them as metrics.
+type counts struct {
+	failovers     atomic.Uint64 // = unified.failover.count
+	retries       atomic.Uint64 // = unified.retry.count
+	commitUnknown atomic.Uint64 // = unified.commit_unknown.count
+	readFallbacks atomic.Uint64 // = unified.read.fallback
 }

@@ -409,7 +409,9 @@ func TestTelemetryCommitUnknownAndFallback(t *testing.T) {
 	f.primary.ExpectExec("").WillReturnError(io.ErrUnexpectedEOF)
 	_, err := f.db.ExecContext(ctx, "INSERT INTO t VALUES (1)")
 	require.ErrorIs(t, err, unified.ErrCommitUnknown)
-	// No replica: a read falls back to the primary.
+	// No replica: a read falls back to the primary, on a session made
+	// read-only first.
+	f.primary.ExpectExec("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").WillReturnResult(sqlmock.NewResult(0, 0))
 	f.primary.ExpectQuery("").WillReturnRows(sqlmock.NewRows([]string{"n"}).AddRow(1))
 	var n int
 	require.NoError(t, f.db.QueryRowContext(unified.WithMode(ctx, unified.ReadOnly), "SELECT 1").Scan(&n))

@@ -146,10 +146,21 @@ func New(t T, opts ...Option) (*sql.DB, *Mocks) {
 }
 
 // dsnConnector opens connections of a driver that has no OpenConnector.
+// It is a unified.ReadOnlyConnector whose read-only sessions are ordinary
+// mock connections: a mock enforces nothing, and unified then sends no
+// statement of its own to make a fallback read read-only, so that the
+// mocks' ordered expectations see only the code under test.
 type dsnConnector struct {
 	dsn string
 	drv driver.Driver
 }
 
+var _ unified.ReadOnlyConnector = dsnConnector{}
+
 func (c dsnConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
 func (c dsnConnector) Driver() driver.Driver                        { return c.drv }
+
+// ConnectReadOnly opens a mock connection like Connect.
+func (c dsnConnector) ConnectReadOnly(ctx context.Context) (driver.Conn, error) {
+	return c.Connect(ctx)
+}

@@ -1,0 +1,208 @@
+package unified
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+
+	"github.com/unifiedsql/unified/internal/classify"
+)
+
+// This file is the I/O loop of one operation: get the connection, run,
+// classify once, decide (outcome.go), apply. It gathers facts and carries
+// out verdicts; it takes no decision of its own.
+
+// attempt is the state of one operation across its attempts.
+type attempt struct {
+	rec *opRecord
+	// waitUntil is when the operation stops waiting for a primary: set the
+	// first time it waits, unified_failover_timeout later (each operation
+	// waits that long from when it started waiting, not from the loss).
+	waitUntil time.Time
+}
+
+// waitDeadline returns waitUntil, setting it on the first call.
+func (a *attempt) waitDeadline(c *Connector) time.Time {
+	if a.waitUntil.IsZero() {
+		a.waitUntil = time.Now().Add(c.cfg.FailoverTimeout)
+	}
+	return a.waitUntil
+}
+
+// run executes fn on the connection for slot sl with the retry rules of
+// decide; it returns the physical connection of the last attempt (nil if
+// none was reached) and the caller's error.
+func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, fn func(*physConn) error) (*physConn, error) {
+	exclude := -1
+	var bo *backoff.ExponentialBackOff
+	for n := 1; ; {
+		f := facts{op: op, slot: sl, mode: m, attempt: n, retryMax: c.c.cfg.RetryMax}
+		pc, err := c.physFor(ctx, sl, exclude, a)
+		var nd *node
+		if err != nil {
+			var ne *NodeError
+			if !errors.As(err, &ne) || ne.Op != opConnect.String() {
+				return nil, err // finished (ErrBadConn), ErrNoPrimary, ErrNoReplica, ErrClosed: final
+			}
+			nd = c.c.nodeNamed(ne.Node)
+			f.noConn, f.breakerOpen = true, errors.Is(err, ErrCircuitOpen)
+			if f.class = classify.Of(ctx, err); f.class == classify.Other {
+				f.class = classify.Connection // a dial the monitor or Close interrupted
+			}
+		} else {
+			nd = pc.node
+			f.used, f.readOnly, f.busy = pc.used, pc.readOnly, pc.busy()
+			if err = c.call(pc, a.rec, op, fn); err == nil || errors.Is(err, driver.ErrSkip) {
+				return pc, err
+			}
+			f.class, f.sent, f.broke = classifyOf(ctx, err), sentOf(err), pc.broken()
+		}
+		f.static = c.c.mon == nil
+		f.mayWait = !f.static && (a.waitUntil.IsZero() || time.Now().Before(a.waitUntil))
+		v := decide(f)
+		c.apply(ctx, v, f, pc, nd, err)
+		if v.retry != noRetry {
+			var wait time.Duration
+			if v.retry == retryFailover {
+				a.waitDeadline(c.c)
+				wait = 4 * failoverProbeInterval // cut short by the next publication
+			} else {
+				n++
+				if bo == nil {
+					bo = c.c.newBackoff()
+				}
+				wait = bo.NextBackOff()
+			}
+			if v.exclude && nd != nil {
+				exclude = nd.index
+			}
+			if c.c.pause(ctx, wait) == nil {
+				a.rec.retry(v.retry)
+				continue
+			}
+		}
+		return pc, c.shape(v.report, f, nd, err)
+	}
+}
+
+// classifyOf is the error's class against the caller's context.
+func classifyOf(ctx context.Context, err error) classify.Class { return classify.Of(ctx, err) }
+
+// sentOf reports whether a failed call may have reached the server: pgx
+// (v5.13 and later, jackc/pgx#2700) marks what provably did not as safe to
+// retry, and drivers return driver.ErrBadConn only then.
+func sentOf(err error) bool { return !classify.NotSent(err) }
+
+// call runs fn on pc and notes its use.
+func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) error) error {
+	// "used" is only visible to a metrics collection that runs during the
+	// statement: no shared-counter traffic without one.
+	if rec.metrics {
+		c.c.tel.connCount(pc.node, 0, 1)
+	}
+	err := fn(pc)
+	if rec.metrics {
+		c.c.tel.connCount(pc.node, 0, -1)
+	}
+	if pc.sock != nil {
+		pc.lastUsed = time.Now()
+	}
+	if err == nil && op != opPing {
+		pc.used = true
+	}
+	return err
+}
+
+// apply carries out a verdict's side effects: the breaker's count, the
+// connection given up, the monitor told.
+func (c *Conn) apply(ctx context.Context, v verdict, f facts, pc *physConn, n *node, err error) {
+	if pc != nil && n != nil && !f.busy {
+		n.breaker.record(ctx, err)
+	}
+	switch {
+	case v.finish:
+		c.finish()
+	case v.discard && pc != nil && c.phys[pc.slot] == pc:
+		c.drop(pc.slot)
+	}
+	if v.suspect && c.c.mon != nil {
+		c.c.mon.suspectPrimary()
+	}
+}
+
+// errLostAfterSend replaces driver.ErrBadConn when the connection broke
+// after the request may have reached the server: database/sql must not run
+// it again (invariant 3).
+var errLostAfterSend = errors.New("connection lost after the request was sent")
+
+// shape turns a node driver's error into the caller's, as the report says.
+func (c *Conn) shape(r report, f facts, n *node, err error) error {
+	if f.sent && errors.Is(err, driver.ErrBadConn) && r != reportBadConn {
+		err = errLostAfterSend
+	}
+	name := ""
+	if n != nil {
+		name = n.name
+	}
+	switch r {
+	case reportBadConn:
+		return driver.ErrBadConn
+	case reportCommitUnknown:
+		c.c.tel.commitUnknown(n)
+		return &NodeError{Node: name, Op: f.op.String(), Err: fmt.Errorf("%w: %w", ErrCommitUnknown, err)}
+	case reportNoPrimary:
+		return fmt.Errorf("%w: %w", ErrNoPrimary, err)
+	case reportNodeError:
+		var ne *NodeError
+		if errors.As(err, &ne) {
+			return err // a dial's error names its node already
+		}
+		return &NodeError{Node: name, Op: f.op.String(), Err: err}
+	default:
+		return err
+	}
+}
+
+func (c *Connector) newBackoff() *backoff.ExponentialBackOff {
+	return &backoff.ExponentialBackOff{
+		InitialInterval:     c.cfg.RetryBackoffInitial,
+		RandomizationFactor: 0.5,
+		Multiplier:          2,
+		MaxInterval:         c.cfg.RetryBackoffMax,
+	}
+}
+
+// pause waits d before a retry, cut short when the monitor publishes a new
+// topology (the retry should see it at once); it fails when ctx ends or
+// the Connector closes.
+func (c *Connector) pause(ctx context.Context, d time.Duration) error {
+	var published <-chan struct{}
+	if c.mon != nil {
+		published = c.mon.publication()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-published:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.closed:
+		return ErrClosed
+	}
+	return nil
+}
+
+// nodeNamed returns the node called name, nil if there is none.
+func (c *Connector) nodeNamed(name string) *node {
+	for _, n := range c.nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	return nil
+}

@@ -1,0 +1,163 @@
+package unified
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/unifiedsql/unified/internal/sockcheck"
+)
+
+// physConn is one physical connection to one node, in one slot of a
+// logical connection, and the optional interfaces its driver offers,
+// asserted once at dial.
+type physConn struct {
+	tel      *telemetry
+	node     *node
+	slot     slot
+	readOnly bool // the session cannot write: opened read-only (a read connection)
+	dc       driver.Conn
+	sc       *stdlib.Conn // nil for a node driver other than pgx
+	execer   driver.ExecerContext
+	queryer  driver.QueryerContext
+	preparer driver.ConnPrepareContext
+	beginner driver.ConnBeginTx
+	pinger   driver.Pinger
+	resetter driver.SessionResetter
+	// sock looks at a pgx connection's socket before an idle session is
+	// used again (nil for other drivers): see fit.
+	sock *sockcheck.Checker
+	// used: the connection has served a statement. For the primary slot
+	// the session is the user's from then on (DESIGN.md §2).
+	used bool
+	// lastUsed is when the last statement on it ended.
+	lastUsed time.Time
+	closed   bool
+}
+
+// sockCheckAfter is how long a primary session must have been idle before
+// its socket is looked at on reuse. A connection used again within it was
+// answering a moment ago; skipping the system call keeps it off the hot
+// path of busy connections. If such a connection did die in between, the
+// write is reported as ErrCommitUnknown rather than as never sent: less
+// precise, never wrong.
+const sockCheckAfter = time.Millisecond
+
+// errNotPgx is returned by StdlibConn for a node with another driver.
+var errNotPgx = errors.New("unified: the node's driver is not pgx stdlib")
+
+func newPhysConn(tel *telemetry, n *node, s slot, readOnly bool, dc driver.Conn) *physConn {
+	pc := &physConn{tel: tel, node: n, slot: s, readOnly: readOnly, dc: dc}
+	pc.execer, _ = dc.(driver.ExecerContext)
+	pc.queryer, _ = dc.(driver.QueryerContext)
+	pc.preparer, _ = dc.(driver.ConnPrepareContext)
+	pc.beginner, _ = dc.(driver.ConnBeginTx)
+	pc.pinger, _ = dc.(driver.Pinger)
+	pc.resetter, _ = dc.(driver.SessionResetter)
+	if sc, ok := dc.(*stdlib.Conn); ok {
+		pc.sc = sc
+		pc.sock = sockcheck.New(sc.Conn().PgConn().Conn())
+		n.track(pc)
+	}
+	tel.connCount(n, 1, 0)
+	return pc
+}
+
+// abort closes the socket from another goroutine (the health monitor's),
+// so that a statement in flight on it fails at once. The owner finds the
+// connection broken.
+func (pc *physConn) abort() {
+	if pc.sc != nil {
+		_ = pc.sc.Conn().PgConn().Conn().Close()
+	}
+}
+
+func (pc *physConn) close() {
+	if pc.closed {
+		return
+	}
+	pc.closed = true
+	if pc.sc != nil {
+		pc.node.untrack(pc)
+	}
+	pc.tel.connCount(pc.node, -1, 0)
+	_ = pc.dc.Close()
+}
+
+// broken reports whether the driver says the connection is gone (pgx
+// closes a connection whose network failed or whose context was canceled
+// mid-query).
+func (pc *physConn) broken() bool {
+	if pc.closed {
+		return true
+	}
+	return pc.sc != nil && pc.sc.Conn().IsClosed()
+}
+
+// busy reports whether the connection is still busy with rows the caller
+// left open: pgx fails any other statement on it with "conn busy".
+func (pc *physConn) busy() bool {
+	return pc.sc != nil && pc.sc.Conn().PgConn().IsBusy()
+}
+
+// fit reports whether an idle session can carry a request: not broken, and
+// after sockCheckAfter of idleness its socket shows no sign that the server
+// ended the session (closed, reset, or an ErrorResponse waiting). NOTIFY,
+// notices and ParameterStatus messages waiting on it are not such a sign.
+func (pc *physConn) fit() bool {
+	if pc.broken() {
+		return false
+	}
+	return pc.sock == nil || time.Since(pc.lastUsed) < sockCheckAfter || !pc.sock.Unfit()
+}
+
+func (pc *physConn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if pc.execer == nil {
+		return nil, driver.ErrSkip // database/sql falls back to Prepare+Exec
+	}
+	return pc.execer.ExecContext(ctx, query, args)
+}
+
+func (pc *physConn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if pc.queryer == nil {
+		return nil, driver.ErrSkip
+	}
+	return pc.queryer.QueryContext(ctx, query, args)
+}
+
+func (pc *physConn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
+	if pc.preparer != nil {
+		return pc.preparer.PrepareContext(ctx, query)
+	}
+	return pc.dc.Prepare(query)
+}
+
+func (pc *physConn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if pc.beginner != nil {
+		return pc.beginner.BeginTx(ctx, opts)
+	}
+	if opts.Isolation != 0 || opts.ReadOnly {
+		return nil, fmt.Errorf("unified: node driver %T does not support transaction options", pc.dc)
+	}
+	return pc.dc.Begin() //nolint:staticcheck // the node driver has no BeginTx
+}
+
+func (pc *physConn) ping(ctx context.Context) error {
+	if pc.pinger == nil {
+		return nil
+	}
+	return pc.pinger.Ping(ctx)
+}
+
+// reset passes database/sql's ResetSession on (pgx pings a session idle
+// for more than a second and refuses one left inside a transaction).
+func (pc *physConn) reset(ctx context.Context) error {
+	if pc.resetter == nil {
+		return nil
+	}
+	return pc.resetter.ResetSession(ctx)
+}
