@@ -144,6 +144,16 @@ const nodeCount = 3
 // Binaries locates patroni and etcd (on $PATH) and the PostgreSQL server
 // binaries (pgcluster.FindBinDir). The error names what to install.
 func Binaries() (patroniBin, etcdBin, pgBinDir string, err error) {
+	if patroniBin, etcdBin, err = patroniTools(); err != nil {
+		return "", "", "", err
+	}
+	if pgBinDir, err = pgcluster.FindBinDir(); err != nil {
+		return "", "", "", fmt.Errorf("patroni: %w", err)
+	}
+	return patroniBin, etcdBin, pgBinDir, nil
+}
+
+func patroniTools() (patroniBin, etcdBin string, err error) {
 	var missing []string
 	if patroniBin, err = exec.LookPath("patroni"); err != nil {
 		missing = append(missing, "patroni")
@@ -152,13 +162,10 @@ func Binaries() (patroniBin, etcdBin, pgBinDir string, err error) {
 		missing = append(missing, "etcd")
 	}
 	if len(missing) > 0 {
-		return "", "", "", fmt.Errorf("patroni: %s not found on $PATH: install them (\"apt-get install patroni etcd-server etcd-client\" on Debian/Ubuntu: Patroni 3.0.2 with python3-psycopg2 and python3-etcd, etcd 3.4)",
+		return "", "", fmt.Errorf("patroni: %s not found on $PATH: install them (\"apt-get install patroni etcd-server etcd-client\" on Debian/Ubuntu: Patroni 3.0.2 with python3-psycopg2 and python3-etcd, etcd 3.4)",
 			strings.Join(missing, " and "))
 	}
-	if pgBinDir, err = pgcluster.FindBinDir(); err != nil {
-		return "", "", "", fmt.Errorf("patroni: %w", err)
-	}
-	return patroniBin, etcdBin, pgBinDir, nil
+	return patroniBin, etcdBin, nil
 }
 
 // Start starts etcd, then node 0's Patroni, which bootstraps PostgreSQL
@@ -182,12 +189,14 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.DCS != EtcdV2 && opts.DCS != EtcdV3 {
 		return nil, fmt.Errorf("patroni: unknown DCS %d", opts.DCS)
 	}
-	patroniBin, etcdBin, pgBin, err := Binaries()
+	patroniBin, etcdBin, err := patroniTools()
 	if err != nil {
 		return nil, err
 	}
 	if opts.BinDir == "" {
-		opts.BinDir = pgBin
+		if opts.BinDir, err = pgcluster.FindBinDir(); err != nil {
+			return nil, fmt.Errorf("patroni: %w", err)
+		}
 	}
 	if opts.TempDir == "" {
 		opts.TempDir = pgcluster.DefaultTempDir()

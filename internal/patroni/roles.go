@@ -164,8 +164,11 @@ func (c *Cluster) Leader(ctx context.Context) (int, error) {
 // hung, one is the Leader, the two others are replicas whose Patroni
 // reports them running and which stream from the leader (its
 // pg_stat_replication), and with Options.Synchronous one of them is its
-// synchronous standby. Without a deadline in ctx it waits up to 2
-// minutes; the error gives the last reason the cluster was not healthy.
+// synchronous standby known to Patroni's REST API (which a switchover
+// asks). It fails at once, with the log's tail, when a node's processes
+// have exited: after Crash, call StartNode first. Without a deadline in
+// ctx it waits up to 2 minutes; the error gives the last reason the
+// cluster was not healthy.
 func (c *Cluster) WaitHealthy(ctx context.Context) error {
 	ctx, cancel := withDefault(ctx)
 	defer cancel()
