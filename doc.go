@@ -40,12 +40,17 @@
 //     unified_replica_policy when the logical connection opens its read
 //     connection, and kept while it stays eligible. With no eligible replica
 //     it runs on the primary (unified_read_fallback=primary) or fails with
-//     [ErrNoReplica] (=error). Read connections are opened with
-//     default_transaction_read_only=on, so a write sent in this mode fails
-//     with the server's SQLSTATE 25006 and never silently runs on the
-//     primary. A read that loses its connection outside a transaction is
-//     re-run on another node. BeginTx with sql.TxOptions{ReadOnly: true}
-//     or a ReadOnly context begins the transaction on a replica.
+//     [ErrNoReplica] (=error). Read sessions are read-only
+//     (default_transaction_read_only=on, or SET SESSION CHARACTERISTICS for
+//     a [WithNodeConnector] driver), so a write sent in this mode fails with
+//     the server's SQLSTATE 25006 and never silently runs on the primary. A
+//     read whose node fails it outside a transaction before any row reached
+//     the caller is re-run on another node. The read session is the
+//     driver's: it may move to another replica between statements, so
+//     session state set in this mode (SET, temporary tables) is not kept.
+//     BeginTx with a ReadOnly context begins the transaction on a replica;
+//     sql.TxOptions{ReadOnly: true} without a mode is a read-only
+//     transaction on the primary session, exactly as with pgx.
 //   - [Batch]: the primary, admitted through a bulkhead of
 //     unified_max_batch_conns statements (or transactions) at once, waiting
 //     within the context for a slot, so bulk work cannot take every
@@ -67,10 +72,17 @@
 // connections. With sql.Open, database/sql owns the pool: call db.Set*; with
 // [OpenDB], the unified_max_open_conns family of parameters is applied.
 //
-// Before every statement the logical connection checks its physical
-// connection against the current topology snapshot (one atomic load): a
-// primary connection to a node that is no longer the primary is closed and
-// replaced before anything is sent, so no write reaches a demoted node.
+// The primary session is the user's: once it has served a statement it is
+// never replaced, as with pgx. Before every statement the logical
+// connection checks it against the current topology snapshot (one atomic
+// load) and, after a millisecond of idleness, its socket (a session the
+// server closed, or sent a FATAL error to, is gone; a NOTIFY is not a sign
+// of that). When the session is lost or its node is no longer the primary,
+// the logical connection is finished: every later call returns
+// driver.ErrBadConn before anything is sent, and database/sql discards it
+// and moves pooled calls to another connection, which waits for the new
+// primary. A [sql.Conn] or [sql.Tx] caller gets the error, as with pgx. No
+// write reaches a demoted node.
 //
 // Use (*sql.Conn).Raw and [Conn.StdlibConn] to reach pgx-only features such
 // as CopyFrom.
@@ -80,13 +92,15 @@
 // Each [Connector] runs one health monitor from its first connection until
 // Close. Every unified_health_interval it probes each node in parallel on a
 // dedicated connection, in one round trip (role, WAL position, timeline),
-// within unified_health_timeout, and publishes an immutable snapshot. When a
-// statement on the primary fails in a way that says the primary may be gone,
-// the monitor re-probes every few milliseconds until a primary is found or
-// unified_failover_timeout passes; writes wait for it within their context
-// deadline. Before any primary has been seen (a wrong DSN, a cluster with
-// no primary) a write fails with [ErrNoPrimary] after the first probe round
-// instead of waiting.
+// within unified_health_timeout, and publishes an immutable snapshot. The
+// first snapshot is published once every node has answered its first probe
+// or timed out: before that the election could be overturned, so nothing
+// is routed. When a statement on the primary fails in a way that says the
+// primary may be gone, the monitor re-probes every few milliseconds while
+// any write waits; each write waits up to unified_failover_timeout from
+// when it began waiting, within its context deadline. Before any primary
+// has been seen (a wrong DSN, a cluster with no primary) a write fails with
+// [ErrNoPrimary] after the first probe round instead of waiting.
 //
 // # Errors and retries
 //
@@ -95,11 +109,15 @@
 // ReadOnly read outside a transaction that lost its connection: it re-runs
 // on another node. When the connection breaks after a COMMIT, or an
 // autocommit statement on the primary, was sent, the error wraps
-// [ErrCommitUnknown]: the write may have been committed and was not re-sent.
-// Errors about one node are [*NodeError] values naming the node (never a
-// password) and the operation. Each node has a circuit breaker that counts
-// only connection-class failures; an open breaker fails fast with
-// [ErrCircuitOpen].
+// [ErrCommitUnknown]: the write may have been committed and was not re-sent;
+// so does an error while reading the rows of such a statement. What a
+// server answered is returned as pgx returns it (a *pgconn.PgError, not
+// wrapped). The driver's own errors about one node (a failed dial, a broken
+// connection, an open breaker) are [*NodeError] values naming the node
+// (never a password) and the operation. Each node has a circuit breaker
+// that counts only connection-class failures; an open breaker fails fast
+// with [ErrCircuitOpen]. The rules are one pure function of what happened
+// (outcome.go in the source), table-tested.
 //
 // # Health and observability
 //
