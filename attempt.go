@@ -37,7 +37,7 @@ func (a *attempt) waitDeadline(c *Connector) time.Time {
 // decide; it returns the physical connection of the last attempt (nil if
 // none was reached) and the caller's error.
 func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, fn func(*physConn) error) (*physConn, error) {
-	exclude := -1
+	var exclude *node
 	var bo *backoff.ExponentialBackOff
 	for n := 1; ; {
 		f := facts{op: op, slot: sl, mode: m, attempt: n, retryMax: c.c.cfg.RetryMax}
@@ -48,7 +48,7 @@ func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, 
 			if !errors.As(err, &ne) || ne.Op != opConnect.String() {
 				return nil, err // finished (ErrBadConn), ErrNoPrimary, ErrNoReplica, ErrClosed: final
 			}
-			nd = c.c.nodeNamed(ne.Node)
+			nd = c.c.viewNow().named(ne.Node)
 			f.noConn, f.breakerOpen = true, errors.Is(err, ErrCircuitOpen)
 			if f.class = classify.Of(ctx, err); f.class == classify.Other {
 				f.class = classify.Connection // a dial the monitor or Close interrupted
@@ -78,7 +78,7 @@ func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, 
 				wait = bo.NextBackOff()
 			}
 			if v.exclude && nd != nil {
-				exclude = nd.index
+				exclude = nd
 			}
 			if c.c.pause(ctx, wait) == nil {
 				a.rec.retry(v.retry)
@@ -193,16 +193,6 @@ func (c *Connector) pause(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	case <-c.closed:
 		return ErrClosed
-	}
-	return nil
-}
-
-// nodeNamed returns the node called name, nil if there is none.
-func (c *Connector) nodeNamed(name string) *node {
-	for _, n := range c.nodes {
-		if n.name == name {
-			return n
-		}
 	}
 	return nil
 }

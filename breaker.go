@@ -110,8 +110,6 @@ func (b *breaker) healthy() {
 	}
 }
 
-// breakerAllows reports whether node i's breaker lets new work through; the
-// router skips nodes whose breaker is open.
-func (c *Connector) breakerAllows(i int) bool {
-	return c.nodes[i].breaker.state() != gobreaker.StateOpen
-}
+// allows reports whether the breaker lets new work through; the router
+// skips nodes whose breaker is open.
+func (b *breaker) allows() bool { return b.state() != gobreaker.StateOpen }

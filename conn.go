@@ -306,9 +306,10 @@ func (c *Conn) ResetSession(ctx context.Context) error {
 	if c.closed || c.finished {
 		return driver.ErrBadConn
 	}
-	s := c.c.snapshot()
+	v := c.c.viewNow()
 	if pc := c.phys[slotPrimary]; pc != nil {
-		ok := pc.fit() && (s == nil || s.Primary < 0 || s.Primary == pc.node.index) && pc.reset(ctx) == nil
+		primary := v.primary()
+		ok := pc.fit() && (primary == nil || primary == pc.node) && pc.reset(ctx) == nil
 		switch {
 		case !ok && pc.used:
 			return c.finish()
@@ -316,7 +317,7 @@ func (c *Conn) ResetSession(ctx context.Context) error {
 			c.drop(slotPrimary)
 		}
 	}
-	if pc := c.phys[slotRead]; pc != nil && (!pc.fit() || c.readStale(pc, s) || pc.reset(ctx) != nil) {
+	if pc := c.phys[slotRead]; pc != nil && (!pc.fit() || c.c.readStale(pc, v) || pc.reset(ctx) != nil) {
 		c.drop(slotRead)
 	}
 	return nil
@@ -378,7 +379,7 @@ func (c *Conn) physical(ctx context.Context, m Mode) (*physConn, error) {
 		return c.tx.pc, nil
 	}
 	a := attempt{rec: &opRecord{}}
-	pc, err := c.physFor(ctx, slotFor(m), -1, &a)
+	pc, err := c.physFor(ctx, slotFor(m), nil, &a)
 	if err != nil {
 		return nil, err
 	}

@@ -5,11 +5,10 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
+	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
 
@@ -25,11 +24,16 @@ type Connector struct {
 	cfg   *Config
 	opts  options
 	log   *slog.Logger
-	nodes []*node
+	seeds []*seed // the DSN's hosts
 	drv   *Driver
 
-	topo atomic.Pointer[topology.Snapshot]
+	// view is the published topology and its nodes; nil until the first
+	// election (WithStaticPrimary: fixed at NewConnector).
+	view atomic.Pointer[view]
 	rr   atomic.Uint64 // round-robin cursor for replicas
+	// balance counts the times a replica became eligible: read sessions
+	// chosen before it may move (rebalancing, see Conn.readConn).
+	balance atomic.Uint64
 	// pgxArgs: every node is pgx, so arguments pass through unconverted.
 	pgxArgs bool
 	mon     *monitor // nil with WithStaticPrimary
@@ -47,86 +51,6 @@ var (
 	_ driver.Connector           = (*Connector)(nil)
 	_ interface{ Close() error } = (*Connector)(nil)
 )
-
-// node is one host: how to open physical connections to it, and what is
-// open or being opened to it, so that the health monitor can interrupt it.
-type node struct {
-	index int
-	name  string
-	// rw opens ordinary physical connections.
-	rw driver.Connector
-	// ro opens connections whose transactions are read-only by default
-	// (default_transaction_read_only=on): reads use them, so a write sent
-	// in ReadOnly mode fails on a replica and on the primary fallback alike.
-	// For a node connector given with WithNodeConnector (custom), ro is rw
-	// and read connections are made read-only by a statement at dial.
-	ro     driver.Connector
-	custom bool
-	// connectTimeout is the DSN's connect_timeout (0: none given).
-	connectTimeout time.Duration
-	// breaker counts this node's connection-class failures (dials,
-	// statements, probes); a successful probe closes it.
-	breaker *breaker
-
-	mu sync.Mutex // protects following fields
-	// conns are the open pgx connections to this node, by slot.
-	conns [2]map[*physConn]struct{}
-	// dials cancel the dials in progress to this node, by slot.
-	dials [2]map[*context.CancelFunc]struct{}
-}
-
-func (n *node) track(pc *physConn) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.conns[pc.slot] == nil {
-		n.conns[pc.slot] = make(map[*physConn]struct{})
-	}
-	n.conns[pc.slot][pc] = struct{}{}
-}
-
-func (n *node) untrack(pc *physConn) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	delete(n.conns[pc.slot], pc)
-}
-
-// dialing registers the cancel of a dial in progress for slot sl; the
-// returned stop unregisters it.
-func (n *node) dialing(sl slot, cancel context.CancelFunc) (stop func()) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.dials[sl] == nil {
-		n.dials[sl] = make(map[*context.CancelFunc]struct{})
-	}
-	n.dials[sl][&cancel] = struct{}{}
-	return func() {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		delete(n.dials[sl], &cancel)
-	}
-}
-
-// interruptDials cancels the dials in progress for slot sl.
-func (n *node) interruptDials(sl slot) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for cancel := range n.dials[sl] {
-		(*cancel)()
-	}
-}
-
-// interruptConns closes the sockets of the slot's open connections: a
-// statement waiting on the node fails at once instead of at its own
-// deadline. The connections' owners find them broken. It returns how many
-// there were.
-func (n *node) interruptConns(sl slot) int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for pc := range n.conns[sl] {
-		pc.abort()
-	}
-	return len(n.conns[sl])
-}
 
 // NewConnector validates cfg and returns a Connector for it. cfg is copied;
 // later changes to it have no effect. No connection is opened and no
@@ -150,64 +74,42 @@ func NewConnector(cfg *Config, opts ...Option) (*Connector, error) {
 		c.batch = make(chan struct{}, cfg.MaxBatchConns)
 	}
 
-	known := make(map[string]bool)
-	for i, nc := range cfg.Nodes() {
-		known[nc.Name] = true
-		n := &node{index: i, name: nc.Name, breaker: newBreaker(cfg, nc.Name, o.logger)}
-		n.connectTimeout = nc.ConnConfig.ConnectTimeout
-		if custom, ok := o.nodeConnectors[nc.Name]; ok {
-			n.rw, n.ro, n.custom = custom, custom, true
-			if roc, ok := custom.(ReadOnlyConnector); ok {
-				n.ro, n.custom = readOnlyConnector{roc}, false
-			}
-		} else {
-			n.rw = stdlib.GetConnector(*nc.ConnConfig)
-			ro := nc.ConnConfig.Copy()
-			if ro.RuntimeParams == nil {
-				ro.RuntimeParams = make(map[string]string)
-			}
-			ro.RuntimeParams["default_transaction_read_only"] = "on"
-			n.ro = stdlib.GetConnector(*ro)
-		}
-		c.nodes = append(c.nodes, n)
-	}
-	c.pgxArgs = true
-	for _, n := range c.nodes {
-		if _, ok := n.rw.Driver().(*stdlib.Driver); !ok {
-			c.pgxArgs = false
-		}
+	for _, nc := range cfg.Nodes() {
+		c.seeds = append(c.seeds, &seed{NodeConfig: nc, custom: o.nodeConnectors[nc.Name]})
 	}
 	for name := range o.nodeConnectors {
-		if !known[name] {
-			return nil, fmt.Errorf("unified: WithNodeConnector: %q is not a node of the config (nodes: %v)", name, c.nodeNames())
+		if !slices.ContainsFunc(c.seeds, func(sd *seed) bool { return sd.Name == name }) {
+			return nil, errNoSuchNode("WithNodeConnector", name, c.seeds)
+		}
+	}
+	c.pgxArgs = len(o.nodeConnectors) == 0
+	for _, sd := range c.seeds {
+		if sd.custom != nil {
+			if _, ok := sd.custom.Driver().(*stdlib.Driver); !ok {
+				c.pgxArgs = false
+			}
 		}
 	}
 	if c.tel, err = newTelemetry(c, o); err != nil {
 		return nil, err
 	}
 	if o.static {
+		nodes := make([]*node, len(c.seeds))
 		primary := -1
-		for _, n := range c.nodes {
-			if n.name == o.staticPrimary {
-				primary = n.index
+		for i, sd := range c.seeds {
+			nodes[i] = c.newNode(sd, "")
+			if sd.Name == o.staticPrimary {
+				primary = i
 			}
 		}
 		if primary < 0 {
-			return nil, fmt.Errorf("unified: WithStaticPrimary: %q is not a node of the config (nodes: %v)", o.staticPrimary, c.nodeNames())
+			return nil, errNoSuchNode("WithStaticPrimary", o.staticPrimary, c.seeds)
 		}
-		c.topo.Store(staticSnapshot(c.nodeNames(), primary))
+		c.view.Store(staticView(nodes, primary))
 	} else {
 		c.mon = newMonitor(c)
 	}
 	return c, nil
-}
-
-func (c *Connector) nodeNames() []string {
-	names := make([]string, len(c.nodes))
-	for i, n := range c.nodes {
-		names[i] = n.name
-	}
-	return names
 }
 
 // Connect returns a new logical connection. It does no I/O: physical
@@ -242,7 +144,7 @@ func (c *Connector) Driver() driver.Driver { return c.drv }
 func (c *Connector) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.closed)
-		for _, n := range c.nodes {
+		for _, n := range c.viewNow().allNodes() {
 			n.interruptDials(slotPrimary)
 			n.interruptDials(slotRead)
 		}
@@ -257,8 +159,16 @@ func (c *Connector) Close() error {
 // Config returns a copy of the Connector's configuration.
 func (c *Connector) Config() *Config { return c.cfg.Copy() }
 
-// snapshot returns the current topology, nil before the first probe.
-func (c *Connector) snapshot() *topology.Snapshot { return c.topo.Load() }
+// viewNow returns the published view, nil before the first election.
+func (c *Connector) viewNow() *view { return c.view.Load() }
+
+// snapshot returns the current topology, nil before the first election.
+func (c *Connector) snapshot() *topology.Snapshot {
+	if v := c.view.Load(); v != nil {
+		return v.s
+	}
+	return nil
+}
 
 // OpenDB returns a *sql.DB over a new Connector for cfg and applies the pool
 // settings held in cfg (unified_max_open_conns and friends). Closing the DB

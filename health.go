@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -13,9 +14,20 @@ import (
 )
 
 // failoverProbeInterval is the probe cadence while the primary is missing or
-// suspected: tens of milliseconds, so that waiting writes go out right after
-// a promotion, not a health interval later.
+// suspected: milliseconds, so that waiting writes go out right after a
+// promotion, not a health interval later.
 const failoverProbeInterval = 5 * time.Millisecond
+
+// Warm-up: for warmupWindow after the first election and after every change
+// of primary, while a replica's lag is unknown (it is behind every sample
+// of the primary's position: not eligible, see topology's LagUnknown),
+// nodes are probed every warmupInterval, so that replicas are shown within
+// the lag bounds a few probes after the start instead of a health interval
+// later.
+const (
+	warmupWindow   = 2 * time.Second
+	warmupInterval = 50 * time.Millisecond
+)
 
 var errNotProbed = errors.New("not probed yet")
 
@@ -23,7 +35,7 @@ var errNotProbed = errors.New("not probed yet")
 // probe per node (each on its own dedicated connection, all in parallel),
 // folds each result into a new immutable topology snapshot and publishes it.
 // A slow or hung node delays only its own probe: the loop publishes every
-// result as it arrives.
+// result as it arrives. Nothing outside this file takes its lock.
 type monitor struct {
 	c      *Connector
 	ctx    context.Context // canceled by stop
@@ -33,14 +45,15 @@ type monitor struct {
 	startOnce sync.Once
 	kickc     chan struct{} // buffered(1): "probe now"
 	results   chan probeResult
-	probes    []driver.Conn // per node; used only by that node's in-flight probe
+
+	// Owned by the loop goroutine:
+	members []*member
 	// building is the last snapshot built, published or not (before the
-	// election the chain of snapshots runs ahead of the published one);
-	// owned by the loop goroutine.
-	building *topology.Snapshot
-	// lastPrimary is the last node seen as primary (-1: none yet); owned by
-	// the loop goroutine.
-	lastPrimary int
+	// election the chain of snapshots runs ahead of the published one).
+	building    *topology.Snapshot
+	hist        topology.History
+	lastPrimary *node     // the last node published as primary
+	warmUntil   time.Time // see warmupWindow
 
 	mu sync.Mutex // protects following fields
 	// published is closed and replaced at every publication, waking the
@@ -57,22 +70,37 @@ type monitor struct {
 	everPrimary bool // a primary has been published since start
 }
 
+// member is one node as the monitor probes it.
+type member struct {
+	n        *node
+	obs      topology.Observation
+	inflight bool
+	// failures and notBefore give each failing node its own backoff, so a
+	// node that keeps failing (down, rejecting our credentials) is probed
+	// ever less often (see probeBackoffLimit), even during a failover,
+	// while the healthy ones keep their cadence.
+	failures  int
+	notBefore time.Time
+	// launched is when its last probe started: a node is never probed more
+	// often than every failoverProbeInterval, however often statements ask.
+	launched time.Time
+	conn     driver.Conn // the probe connection; used only by the in-flight probe
+}
+
 type probeResult struct {
-	node int
-	obs  topology.Observation
+	m   *member
+	obs topology.Observation
 }
 
 func newMonitor(c *Connector) *monitor {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &monitor{
-		c:           c,
-		ctx:         ctx,
-		cancel:      cancel,
-		kickc:       make(chan struct{}, 1),
-		results:     make(chan probeResult, len(c.nodes)),
-		probes:      make([]driver.Conn, len(c.nodes)),
-		published:   make(chan struct{}),
-		lastPrimary: -1,
+		c:         c,
+		ctx:       ctx,
+		cancel:    cancel,
+		kickc:     make(chan struct{}, 1),
+		results:   make(chan probeResult),
+		published: make(chan struct{}),
 	}
 }
 
@@ -128,36 +156,19 @@ func (m *monitor) publication() <-chan struct{} {
 
 func (m *monitor) run() {
 	defer m.wg.Done()
-	n := len(m.c.nodes)
-	obs := make([]topology.Observation, n)
-	for i := range obs {
-		obs[i].Err = errNotProbed
+	for _, n := range m.c.resolveNodes(m.ctx, m.c.lookup(), 2*m.c.cfg.HealthTimeout) {
+		m.members = append(m.members, &member{n: n, obs: topology.Observation{Err: errNotProbed}})
 	}
-	inflight := make([]bool, n)
-	// failures and notBefore give each failing node its own backoff, so a
-	// node that keeps failing (down, rejecting our credentials) is probed
-	// ever less often (see probeBackoffLimit), even during a failover,
-	// while the healthy ones keep their cadence.
-	failures := make([]int, n)
-	notBefore := make([]time.Time, n)
-	// launched is when each node's last probe started: a node is never
-	// probed more often than every failoverProbeInterval, however often
-	// statements ask.
-	launched := make([]time.Time, n)
 	pending := 0
-	var hist topology.History
-	names := m.c.nodeNames()
-
 	launch := func() {
 		now := time.Now()
-		for i := range inflight {
-			if inflight[i] || now.Before(notBefore[i]) || now.Sub(launched[i]) < failoverProbeInterval {
+		for _, mb := range m.members {
+			if mb.inflight || now.Before(mb.notBefore) || now.Sub(mb.launched) < failoverProbeInterval {
 				continue
 			}
-			launched[i] = now
-			inflight[i] = true
+			mb.launched, mb.inflight = now, true
 			pending++
-			go m.probe(i)
+			go m.probe(mb)
 		}
 	}
 	timer := time.NewTimer(0)
@@ -168,10 +179,10 @@ func (m *monitor) run() {
 			for ; pending > 0; pending-- {
 				<-m.results
 			}
-			for i, pc := range m.probes {
-				if pc != nil {
-					_ = pc.Close()
-					m.probes[i] = nil
+			for _, mb := range m.members {
+				if mb.conn != nil {
+					_ = mb.conn.Close()
+					mb.conn = nil
 				}
 			}
 			return
@@ -183,19 +194,22 @@ func (m *monitor) run() {
 			timer.Reset(m.nextInterval())
 		case r := <-m.results:
 			pending--
-			inflight[r.node] = false
-			obs[r.node] = r.obs
+			mb := r.m
+			mb.inflight, mb.obs = false, r.obs
 			if r.obs.Err != nil {
-				failures[r.node]++
-				notBefore[r.node] = r.obs.At.Add(probeBackoff(m.nextInterval(), m.probeBackoffLimit(), failures[r.node]))
+				mb.failures++
+				mb.notBefore = r.obs.At.Add(probeBackoff(m.nextInterval(), m.probeBackoffLimit(), mb.failures))
 			} else {
-				failures[r.node], notBefore[r.node] = 0, time.Time{}
+				mb.failures, mb.notBefore = 0, time.Time{}
 			}
-			m.publish(names, obs, &hist)
-			if m.fast() {
+			m.publish()
+			switch {
+			case m.fast():
 				// Re-probe this node at once during a failover: the
 				// loop is driven by answers, not by the clock.
 				timer.Reset(failoverProbeInterval)
+			case m.warming():
+				timer.Reset(min(warmupInterval, m.c.cfg.HealthInterval))
 			}
 		}
 	}
@@ -227,17 +241,33 @@ func (m *monitor) nextInterval() time.Duration {
 	if m.fast() {
 		return failoverProbeInterval
 	}
+	if m.warming() {
+		return min(warmupInterval, m.c.cfg.HealthInterval)
+	}
 	return m.c.cfg.HealthInterval
 }
 
-// probe runs one probe of node i within unified_health_timeout, dialing the
-// node's probe connection first when it has none.
-func (m *monitor) probe(i int) {
+// warming reports whether the monitor is in a warm-up (see warmupWindow).
+func (m *monitor) warming() bool {
+	if m.building == nil || !time.Now().Before(m.warmUntil) {
+		return false
+	}
+	for _, n := range m.building.Nodes {
+		if n.LagUnknown && n.State == topology.StateLagging {
+			return true
+		}
+	}
+	return false
+}
+
+// probe runs one probe of mb's node within unified_health_timeout, dialing
+// the node's probe connection first when it has none.
+func (m *monitor) probe(mb *member) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.c.cfg.HealthTimeout)
 	defer cancel()
-	n := m.c.nodes[i]
+	n := mb.n
 	o := topology.Observation{}
-	res, rtt, err := m.probeOnce(ctx, i)
+	res, rtt, err := m.probeOnce(ctx, mb)
 	// Classify against the monitor's context, not the probe's: a probe
 	// timeout is the node's fault, not a cancellation.
 	if err != nil {
@@ -250,30 +280,29 @@ func (m *monitor) probe(i int) {
 		o.Err = &NodeError{Node: n.name, Op: opProbe.String(), Err: err}
 	} else {
 		o.InRecovery, o.LSN, o.Timeline, o.RTT = res.InRecovery, res.LSN, res.Timeline, rtt
+		o.SystemID, o.Started = res.SystemID, res.Started
 	}
-	m.results <- probeResult{node: i, obs: o}
+	m.results <- probeResult{m: mb, obs: o} // the loop reads every result, draining at stop
 }
 
-func (m *monitor) probeOnce(ctx context.Context, i int) (pgprobe.Result, time.Duration, error) {
-	pc := m.probes[i]
-	if pc == nil {
-		var err error
-		pc, err = m.c.nodes[i].rw.Connect(ctx)
+func (m *monitor) probeOnce(ctx context.Context, mb *member) (pgprobe.Result, time.Duration, error) {
+	if mb.conn == nil {
+		pc, err := mb.n.rw.Connect(ctx)
 		if err != nil {
 			return pgprobe.Result{}, 0, err
 		}
-		m.probes[i] = pc
+		mb.conn = pc
 	}
-	q, ok := pc.(driver.QueryerContext)
+	q, ok := mb.conn.(driver.QueryerContext)
 	if !ok {
-		return pgprobe.Result{}, 0, fmt.Errorf("node connection %T does not implement driver.QueryerContext", pc)
+		return pgprobe.Result{}, 0, fmt.Errorf("node connection %T does not implement driver.QueryerContext", mb.conn)
 	}
 	start := time.Now()
 	res, err := pgprobe.Run(ctx, q)
 	rtt := time.Since(start)
 	if err != nil {
-		_ = pc.Close()
-		m.probes[i] = nil
+		_ = mb.conn.Close()
+		mb.conn = nil
 		return pgprobe.Result{}, 0, err
 	}
 	return res, rtt, nil
@@ -284,11 +313,16 @@ func (m *monitor) probeOnce(ctx context.Context, i int) (pgprobe.Result, time.Du
 // node has answered its first probe or timed out: until then the election
 // could still be overturned (a node on a higher timeline, or the incumbent,
 // has not spoken), so no write may be routed (DESIGN.md §4).
-func (m *monitor) publish(names []string, obs []topology.Observation, hist *topology.History) {
-	prev := m.c.topo.Load()
+func (m *monitor) publish() {
+	prev := m.c.viewNow()
 	now := time.Now()
+	nodes := make([]*node, len(m.members))
+	obs := make([]topology.Observation, len(m.members))
+	for i, mb := range m.members {
+		nodes[i], obs[i] = mb.n, mb.obs
+	}
 	bounds := topology.Bounds{MaxLag: m.c.cfg.MaxReplicaLag, MaxLagBytes: m.c.cfg.MaxReplicaLagBytes}
-	s := topology.Build(m.building, names, obs, hist, bounds, now)
+	s := topology.Build(m.building, names(nodes), obs, &m.hist, bounds, now)
 	m.building = s
 	if prev == nil {
 		for _, o := range obs {
@@ -297,61 +331,88 @@ func (m *monitor) publish(names []string, obs []topology.Observation, hist *topo
 			}
 		}
 	}
-	m.c.topo.Store(s)
-	m.interrupt(prev, s)
+	v := &view{s: s, nodes: nodes}
+	m.c.view.Store(v)
+	m.interrupt(prev, v)
+	if rebalance(prev, v) {
+		m.c.balance.Add(1)
+	}
+	primary := v.primary()
+	if prev == nil || primary != prev.primary() {
+		m.warmUntil = now.Add(warmupWindow)
+	}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
-	case s.Primary >= 0:
-		if m.lastPrimary >= 0 && m.lastPrimary != s.Primary {
+	case primary != nil:
+		if m.lastPrimary != nil && m.lastPrimary != primary {
 			d := time.Duration(0)
 			if !m.lostAt.IsZero() {
 				d = now.Sub(m.lostAt)
 			}
 			m.c.tel.failover(d)
-			m.c.log.Warn("unified: failover: new primary", "from", names[m.lastPrimary], "to", names[s.Primary], "duration", d)
+			m.c.log.Warn("unified: failover: new primary", "from", m.lastPrimary.name, "to", primary.name, "duration", d)
 		}
-		m.lastPrimary, m.lostAt, m.everPrimary = s.Primary, time.Time{}, true
+		m.lastPrimary, m.lostAt, m.everPrimary = primary, time.Time{}, true
 		if m.suspectAt.IsZero() || obs[s.Primary].At.After(m.suspectAt) {
 			m.suspectAt = time.Time{}
 		}
-	case prev != nil && prev.Primary >= 0:
+	case prev.primary() != nil:
 		m.lostAt = now
 		if !m.suspectAt.IsZero() && m.suspectAt.Before(now) {
 			m.lostAt = m.suspectAt // the first statement that saw it go
 		}
-		m.c.log.Warn("unified: primary lost", "node", names[prev.Primary])
+		m.c.log.Warn("unified: primary lost", "node", prev.primary().name)
 	}
-	if prev == nil || s.Changed(prev) {
-		m.logChange(prev, s)
+	var prevSnap *topology.Snapshot
+	if prev != nil {
+		prevSnap = prev.s
+	}
+	if prevSnap == nil || s.Changed(prevSnap) {
+		m.logChange(prevSnap, s)
 	}
 	close(m.published)
 	m.published = make(chan struct{})
 }
 
+// rebalance reports whether a replica is eligible in v that was not in prev:
+// read sessions chosen before may then move (see Conn.readConn).
+func rebalance(prev, v *view) bool {
+	if prev == nil {
+		return false
+	}
+	for i, n := range v.nodes {
+		if replicaEligible(v.s, i) && !replicaEligible(prev.s, prev.index(n)) {
+			return true
+		}
+	}
+	return false
+}
+
 // interrupt stops what may no longer go on after the change from prev to
-// s: dials to a node that is no longer the primary for the primary slot;
+// v: dials to a node that is no longer the primary for the primary slot;
 // the primary sessions on the old primary once another node is the primary
 // (a statement stuck on a hung or cut-off old primary then fails at once,
 // with ErrCommitUnknown for a write, instead of at its own deadline); and
 // the reads and read dials on a node that went down (a hung replica: the
 // reads run again on another node).
-func (m *monitor) interrupt(prev, s *topology.Snapshot) {
-	for i, n := range m.c.nodes {
-		primaryNow := s.Primary == i
-		wasPrimary := prev != nil && prev.Primary == i
-		if !primaryNow {
+func (m *monitor) interrupt(prev, v *view) {
+	primary := v.primary()
+	for i, n := range v.nodes {
+		if n != primary {
 			n.interruptDials(slotPrimary)
 		}
-		if wasPrimary && !primaryNow && s.Primary >= 0 {
+		if prev != nil && prev.primary() == n && primary != nil && primary != n {
 			if k := n.interruptConns(slotPrimary); k > 0 {
 				m.c.log.Warn("unified: interrupted sessions on the old primary", "node", n.name, "connections", k)
 			}
 		}
-		down := s.Nodes[i].State == topology.StateDown
-		wasDown := prev != nil && prev.Nodes[i].State == topology.StateDown
-		if down && !wasDown {
+		wasDown := false
+		if j := prev.index(n); j >= 0 {
+			wasDown = prev.s.Nodes[j].State == topology.StateDown
+		}
+		if v.s.Nodes[i].State == topology.StateDown && !wasDown {
 			n.interruptDials(slotRead)
 			if k := n.interruptConns(slotRead); k > 0 {
 				m.c.log.Warn("unified: interrupted reads on a node that went down", "node", n.name, "connections", k)
@@ -362,27 +423,30 @@ func (m *monitor) interrupt(prev, s *topology.Snapshot) {
 
 func (m *monitor) logChange(prev, s *topology.Snapshot) {
 	for i, n := range s.Nodes {
-		if prev != nil && i < len(prev.Nodes) && prev.Nodes[i].Role == n.Role && prev.Nodes[i].State == n.State {
+		if prev != nil && i < len(prev.Nodes) && prev.Nodes[i].Name == n.Name && prev.Nodes[i].Role == n.Role && prev.Nodes[i].State == n.State {
 			continue
 		}
 		attrs := []any{"node", n.Name, "role", n.Role.String(), "state", n.State.String()}
 		if n.LastErr != nil {
 			attrs = append(attrs, "error", n.LastErr.Error())
 		}
+		if n.AliasOf != "" {
+			attrs = append(attrs, "alias_of", n.AliasOf)
+		}
 		m.c.log.Info("unified: node changed", attrs...)
 	}
 }
 
-// waitPrimary returns a snapshot that names a primary. While there is none
-// it waits for the monitor to publish one, within ctx and until the
+// waitPrimary returns a view that names a primary. While there is none it
+// waits for the monitor to publish one, within ctx and until the
 // operation's own wait deadline (a.waitDeadline: unified_failover_timeout
 // from when the operation first waited; a nil a waits that long from now).
 // Probing stays fast while any operation waits. Before any primary has been
 // published, an election that found none fails at once: a wrong DSN must
 // not look like a failover.
-func (c *Connector) waitPrimary(ctx context.Context, a *attempt) (*topology.Snapshot, error) {
-	if s := c.topo.Load(); s != nil && s.Primary >= 0 {
-		return s, nil
+func (c *Connector) waitPrimary(ctx context.Context, a *attempt) (*view, error) {
+	if v := c.viewNow(); v.primary() != nil {
+		return v, nil
 	}
 	if c.mon == nil {
 		return nil, ErrNoPrimary
@@ -392,14 +456,14 @@ func (c *Connector) waitPrimary(ctx context.Context, a *attempt) (*topology.Snap
 	if a != nil {
 		until = a.waitDeadline(c)
 	}
-	s, err := c.mon.waitPrimary(ctx, until)
+	v, err := c.mon.waitPrimary(ctx, until)
 	if a != nil {
 		a.rec.failoverWait(time.Since(start))
 	}
-	return s, err
+	return v, err
 }
 
-func (m *monitor) waitPrimary(ctx context.Context, until time.Time) (*topology.Snapshot, error) {
+func (m *monitor) waitPrimary(ctx context.Context, until time.Time) (*view, error) {
 	m.start()
 	m.mu.Lock()
 	m.waiters++
@@ -411,18 +475,18 @@ func (m *monitor) waitPrimary(ctx context.Context, until time.Time) (*topology.S
 	}()
 	m.kick()
 	for {
-		s := m.c.topo.Load()
-		if s != nil && s.Primary >= 0 {
-			return s, nil
+		v := m.c.viewNow()
+		if v.primary() != nil {
+			return v, nil
 		}
 		m.mu.Lock()
 		ch, ever := m.published, m.everPrimary
 		m.mu.Unlock()
-		if s != nil && !ever {
-			return nil, noPrimaryError(s)
+		if v != nil && !ever {
+			return nil, noPrimaryError(v)
 		}
 		if !time.Now().Before(until) {
-			return nil, noPrimaryError(s)
+			return nil, noPrimaryError(v)
 		}
 		if err := m.c.waitPublished(ctx, ch, until); err != nil {
 			return nil, fmt.Errorf("%w: waiting for a primary: %w", ErrNoPrimary, err)
@@ -451,19 +515,15 @@ func (c *Connector) waitPublished(ctx context.Context, ch <-chan struct{}, deadl
 	return nil
 }
 
-// elected reports whether the first snapshot is published: every node has
-// answered its first probe or timed out.
-func (m *monitor) elected() bool { return m.c.topo.Load() != nil }
-
-// waitElected starts the monitor if needed and waits for the first
-// snapshot, so that the first statements see every node rather than
-// whichever answered first.
-func (m *monitor) waitElected(ctx context.Context) (*topology.Snapshot, error) {
+// waitElected starts the monitor if needed and waits for the first view,
+// so that the first statements see every node rather than whichever
+// answered first.
+func (m *monitor) waitElected(ctx context.Context) (*view, error) {
 	m.start()
 	for {
 		ch := m.publication()
-		if s := m.c.topo.Load(); s != nil {
-			return s, nil
+		if v := m.c.viewNow(); v != nil {
+			return v, nil
 		}
 		if err := m.c.waitPublished(ctx, ch, time.Time{}); err != nil {
 			return nil, err
@@ -472,12 +532,12 @@ func (m *monitor) waitElected(ctx context.Context) (*topology.Snapshot, error) {
 }
 
 // noPrimaryError wraps ErrNoPrimary with what the nodes last said.
-func noPrimaryError(s *topology.Snapshot) error {
-	if s == nil {
+func noPrimaryError(v *view) error {
+	if v == nil {
 		return ErrNoPrimary
 	}
 	errs := []error{ErrNoPrimary}
-	for _, n := range s.Nodes {
+	for _, n := range v.s.Nodes {
 		switch {
 		case n.LastErr != nil && n.State == topology.StateDown:
 			errs = append(errs, n.LastErr)
@@ -488,15 +548,11 @@ func noPrimaryError(s *topology.Snapshot) error {
 	return errors.Join(errs...)
 }
 
-// staticSnapshot is the topology of WithStaticPrimary: fixed roles, all up.
-func staticSnapshot(names []string, primary int) *topology.Snapshot {
-	s := &topology.Snapshot{Primary: primary, At: time.Now(), Generation: 1}
-	for i, name := range names {
-		n := topology.Node{Name: name, Role: topology.RoleReplica, State: topology.StateUp, Since: s.At, LastSeen: s.At}
-		if i == primary {
-			n.Role = topology.RolePrimary
-		}
-		s.Nodes = append(s.Nodes, n)
+// lookup is how host names become node addresses: WithLookupFunc's, else
+// the system resolver.
+func (c *Connector) lookup() func(ctx context.Context, host string) ([]string, error) {
+	if c.opts.lookup != nil {
+		return c.opts.lookup
 	}
-	return s
+	return net.DefaultResolver.LookupHost
 }

@@ -73,8 +73,8 @@ func (c *fakeConn) QueryContext(_ context.Context, query string, _ []driver.Name
 	}
 	if query == pgprobe.Query {
 		f.probes = append(f.probes, time.Now())
-		return &fakeRows{cols: []string{"in_recovery", "lsn", "timeline"},
-			vals: []driver.Value{f.inRecovery, pgprobe.FormatLSN(f.lsn), int64(f.timeline)}}, nil
+		return &fakeRows{cols: []string{"in_recovery", "lsn", "timeline", "system", "started"},
+			vals: []driver.Value{f.inRecovery, pgprobe.FormatLSN(f.lsn), int64(f.timeline), nil, nil}}, nil
 	}
 	return &fakeRows{cols: []string{"x"}, vals: []driver.Value{int64(1)}}, nil
 }
@@ -156,12 +156,12 @@ func TestMonitorFollowsFailoverFast(t *testing.T) {
 			// As a write does: ask for the primary until it is the new one.
 			start := time.Now()
 			for {
-				s, err := c.waitPrimary(context.Background(), nil)
+				v, err := c.waitPrimary(context.Background(), nil)
 				if err != nil {
 					waited <- -1
 					return
 				}
-				if c.nodes[s.Primary].name == "n1:5432" {
+				if v.primary().name == "n1:5432" {
 					waited <- time.Since(start)
 					return
 				}
@@ -256,7 +256,7 @@ func TestBreakerFailsFastAndHalfOpens(t *testing.T) {
 		time.Sleep(2*time.Second + time.Millisecond)
 		node.set(func(f *fakeNode) { f.down = false })
 		require.NoError(t, exec(), "half-open after unified_breaker_open: one trial goes through")
-		assert.Equal(t, "closed", breakerName(c.nodes[0].breaker.state()))
+		assert.Equal(t, "closed", breakerName(c.viewNow().nodes[0].breaker.state()))
 
 		// SQL errors and the caller's cancellation never trip it.
 		ctx, cancel := context.WithCancel(t.Context())
@@ -264,7 +264,7 @@ func TestBreakerFailsFastAndHalfOpens(t *testing.T) {
 		for i := 0; i < 5; i++ {
 			_, _ = conn.ExecContext(ctx, "INSERT", nil)
 		}
-		assert.Equal(t, "closed", breakerName(c.nodes[0].breaker.state()))
+		assert.Equal(t, "closed", breakerName(c.viewNow().nodes[0].breaker.state()))
 		require.NoError(t, conn.Close())
 	})
 }

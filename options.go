@@ -22,6 +22,7 @@ type options struct {
 	nodeConnectors map[string]driver.Connector
 	staticPrimary  string
 	static         bool
+	lookup         func(ctx context.Context, host string) ([]string, error)
 }
 
 func buildOptions(opts []Option) (options, error) {
@@ -103,6 +104,21 @@ func WithStaticPrimary(name string) Option {
 	return func(o *options) error {
 		o.static = true
 		o.staticPrimary = name
+		return nil
+	}
+}
+
+// WithLookupFunc sets how the DSN's host names are resolved into nodes
+// (default: net.DefaultResolver.LookupHost). Every address a name resolves
+// to is a node of its own, named "host/address:port"; IP addresses, Unix
+// sockets and hosts with a WithNodeConnector connector are not resolved.
+// For service discovery that is not DNS, and for tests.
+func WithLookupFunc(lookup func(ctx context.Context, host string) (addrs []string, err error)) Option {
+	return func(o *options) error {
+		if lookup == nil {
+			return fmt.Errorf("unified: WithLookupFunc: nil function")
+		}
+		o.lookup = lookup
 		return nil
 	}
 }

@@ -36,7 +36,10 @@ type physConn struct {
 	used bool
 	// lastUsed is when the last statement on it ended.
 	lastUsed time.Time
-	closed   bool
+	// balance is the Connector's rebalancing count when this read
+	// connection was chosen (see Connector.rebalanced).
+	balance uint64
+	closed  bool
 }
 
 // sockCheckAfter is how long a primary session must have been idle before

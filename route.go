@@ -38,7 +38,7 @@ var errFinished = driver.ErrBadConn
 // the session is broken, or another node is the primary, the logical
 // connection is finished: driver.ErrBadConn before anything is sent. An
 // unused slot waits for a primary and dials it.
-func (c *Conn) physFor(ctx context.Context, sl slot, exclude int, a *attempt) (*physConn, error) {
+func (c *Conn) physFor(ctx context.Context, sl slot, exclude *node, a *attempt) (*physConn, error) {
 	if c.finished {
 		return nil, errFinished
 	}
@@ -46,39 +46,37 @@ func (c *Conn) physFor(ctx context.Context, sl slot, exclude int, a *attempt) (*
 		return c.readConn(ctx, exclude)
 	}
 	for {
-		s := c.c.snapshot()
+		v := c.c.viewNow()
+		primary := v.primary()
 		pc := c.phys[slotPrimary]
 		if pc != nil && pc.used {
 			switch {
 			case !pc.fit():
 				return nil, c.finish()
-			case s != nil && s.Primary == pc.node.index:
+			case primary == pc.node:
 				return pc, nil
-			case s != nil && s.Primary >= 0:
+			case primary != nil:
 				return nil, c.finish() // another node is the primary: invariants 1 and 9
 			}
 		} else if pc != nil {
-			if pc.fit() && s != nil && s.Primary == pc.node.index {
+			if pc.fit() && primary == pc.node {
 				return pc, nil
 			}
 			c.drop(slotPrimary) // unused: it may be dialed again
-			pc = nil
 		}
-		if s == nil || s.Primary < 0 {
-			var err error
-			if s, err = c.c.waitPrimary(ctx, a); err != nil {
+		if primary == nil {
+			if _, err := c.c.waitPrimary(ctx, a); err != nil {
 				return nil, err
 			}
 			continue // look again: the used session's node may be back
 		}
-		n := c.c.nodes[s.Primary]
-		pc, err := c.c.dial(ctx, n, slotPrimary, false)
+		pc, err := c.c.dial(ctx, primary, slotPrimary, false)
 		if err != nil {
 			return nil, err
 		}
 		// Checked again after the dial, before the first byte: the node
 		// may have lost the role meanwhile (invariant 1).
-		if now := c.c.snapshot(); now == nil || now.Primary != n.index {
+		if c.c.viewNow().primary() != primary {
 			pc.close()
 			continue
 		}
@@ -97,11 +95,13 @@ func (c *Conn) finish() error {
 }
 
 // readConn returns the read slot's connection, replacing it when its node
-// may no longer serve reads (readStale) or just failed this statement.
-func (c *Conn) readConn(ctx context.Context, exclude int) (*physConn, error) {
-	s := c.c.snapshot()
+// may no longer serve reads (readStale), just failed this statement, or the
+// replicas were rebalanced since it was chosen and the policy now picks
+// another node.
+func (c *Conn) readConn(ctx context.Context, exclude *node) (*physConn, error) {
+	v := c.c.viewNow()
 	if pc := c.phys[slotRead]; pc != nil {
-		if pc.node.index != exclude && pc.fit() && !c.readStale(pc, s) {
+		if pc.node != exclude && pc.fit() && !c.c.readStale(pc, v) && !c.c.rebalanced(pc, v) {
 			return pc, nil
 		}
 		c.drop(slotRead)
@@ -114,59 +114,87 @@ func (c *Conn) readConn(ctx context.Context, exclude int) (*physConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	pc.balance = c.c.balance.Load()
 	c.phys[slotRead] = pc
 	return pc, nil
 }
 
 // readStale reports whether a read connection may no longer serve reads
-// under s: its replica is no longer eligible, or it is a fallback on the
+// under v: its replica is no longer eligible, or it is a fallback on the
 // primary while a replica is eligible again.
-func (c *Conn) readStale(pc *physConn, s *topology.Snapshot) bool {
-	if s == nil {
+func (c *Connector) readStale(pc *physConn, v *view) bool {
+	if v == nil {
 		return false
 	}
-	if pc.node.index == s.Primary {
+	if pc.node == v.primary() {
 		// A fallback read connection on the primary: keep it only while no
 		// replica is eligible.
-		return pickReplica(s, PolicyRoundRobin, 0, c.c.breakerAllows) >= 0
+		return pickReplica(v.s, PolicyRoundRobin, 0, c.breakerAllows(v)) >= 0
 	}
-	return !replicaEligible(s, pc.node.index)
+	return !replicaEligible(v.s, v.index(pc.node))
+}
+
+// rebalanced reports whether a read connection chosen before a replica
+// became eligible should move: the policy, asked again, picks another node.
+// It moves read sessions onto a replica that rejoined (its node caught up
+// again, or an old primary came back as a replica) within a health interval
+// or two, at a statement boundary outside a transaction; the primary
+// session is never touched for this.
+func (c *Connector) rebalanced(pc *physConn, v *view) bool {
+	gen := c.balance.Load()
+	if pc.balance == gen || v == nil {
+		return false
+	}
+	pc.balance = gen
+	i := pickReplica(v.s, c.cfg.ReplicaPolicy, c.cursor(), c.breakerAllows(v))
+	return i >= 0 && v.nodes[i] != pc.node
+}
+
+// cursor is the replica policy's next cursor: the round-robin counter, or
+// a random number for PolicyRandom.
+func (c *Connector) cursor() uint64 {
+	if c.cfg.ReplicaPolicy == PolicyRandom {
+		return rand.Uint64()
+	}
+	return c.rr.Add(1)
+}
+
+// breakerAllows returns the filter of the nodes of v whose breaker lets new
+// work through.
+func (c *Connector) breakerAllows(v *view) func(i int) bool {
+	return func(i int) bool { return v.nodes[i].breaker.allows() }
 }
 
 // readNode picks the node for a new read connection: an eligible replica,
 // else the primary (fallback; unified_read_fallback=primary), or
 // ErrNoReplica.
-func (c *Connector) readNode(ctx context.Context, exclude int) (n *node, fallback bool, err error) {
-	s := c.snapshot()
-	if c.mon != nil && !c.mon.elected() {
-		if s, err = c.mon.waitElected(ctx); err != nil {
+func (c *Connector) readNode(ctx context.Context, exclude *node) (n *node, fallback bool, err error) {
+	v := c.viewNow()
+	if v == nil && c.mon != nil {
+		if v, err = c.mon.waitElected(ctx); err != nil {
 			return nil, false, err
 		}
 	}
-	allowed := func(i int) bool { return i != exclude && c.breakerAllows(i) }
-	var cursor uint64
-	if c.cfg.ReplicaPolicy == PolicyRandom {
-		cursor = rand.Uint64()
-	} else {
-		cursor = c.rr.Add(1)
+	allows := c.breakerAllows(v)
+	allowed := func(i int) bool { return v.nodes[i] != exclude && allows(i) }
+	cursor := c.cursor()
+	if i := pickReplica(v.s, c.cfg.ReplicaPolicy, cursor, allowed); i >= 0 {
+		return v.nodes[i], false, nil
 	}
-	if i := pickReplica(s, c.cfg.ReplicaPolicy, cursor, allowed); i >= 0 {
-		return c.nodes[i], false, nil
-	}
-	if exclude >= 0 {
+	if exclude != nil {
 		// The node that just failed this read is the only eligible one:
 		// try it again rather than fall back (or fail) for a blip.
-		if i := pickReplica(s, c.cfg.ReplicaPolicy, cursor, c.breakerAllows); i >= 0 {
-			return c.nodes[i], false, nil
+		if i := pickReplica(v.s, c.cfg.ReplicaPolicy, cursor, allows); i >= 0 {
+			return v.nodes[i], false, nil
 		}
 	}
 	if c.cfg.ReadFallback == FallbackError {
 		return nil, false, ErrNoReplica
 	}
-	if s, err = c.waitPrimary(ctx, nil); err != nil {
+	if v, err = c.waitPrimary(ctx, nil); err != nil {
 		return nil, false, err
 	}
-	return c.nodes[s.Primary], true, nil
+	return v.primary(), true, nil
 }
 
 // replicaEligible reports whether node i of s may serve reads: a replica

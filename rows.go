@@ -83,7 +83,7 @@ func (r *rows) failed(err error) (rerun bool, _ error) {
 	v := decide(f)
 	c.apply(r.ctx, v, f, pc, pc.node, err)
 	if v.retry == retryReadFailover && !c.closed {
-		if next, npc, rerr := c.rerun(r.ctx, r.query, r.args, r.st, pc.node.index); rerr == nil {
+		if next, npc, rerr := c.rerun(r.ctx, r.query, r.args, r.st, pc.node); rerr == nil {
 			_ = r.Rows.Close()
 			r.Rows, r.pc = next, npc
 			return true, nil
@@ -93,7 +93,7 @@ func (r *rows) failed(err error) (rerun bool, _ error) {
 }
 
 // rerun runs a read again on another node than exclude.
-func (c *Conn) rerun(ctx context.Context, query string, args []driver.NamedValue, st *stmt, exclude int) (driver.Rows, *physConn, error) {
+func (c *Conn) rerun(ctx context.Context, query string, args []driver.NamedValue, st *stmt, exclude *node) (driver.Rows, *physConn, error) {
 	rec := c.c.tel.begin(ctx, opQuery, query, ReadOnly)
 	rec.retry(retryReadFailover)
 	a := attempt{rec: &rec}

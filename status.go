@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
-
-	"github.com/unifiedsql/unified/internal/topology"
 )
 
 // Health is a point-in-time view of the cluster as the Connector sees it.
@@ -28,19 +26,33 @@ type Health struct {
 
 // NodeHealth is one node's part of Health.
 type NodeHealth struct {
-	Name string // host:port, as in the DSN
+	// Name is "host:port" as in the DSN, or "host/address:port" for one of
+	// the addresses a host name resolved to.
+	Name string
+	// Host is the DSN's host; Address the address the name resolved to
+	// ("" for an address or socket given as such); Source where the node
+	// came from: "dsn".
+	Host    string
+	Address string
+	Source  string
 	// Role is "primary", "replica" or "unknown" (never probed
 	// successfully). A node that is down keeps the role it last had.
 	Role string
-	// State is "up", "down", "lagging" (a replica beyond the lag bounds),
-	// "fenced" (claims primary but lost the election: no writes) or
-	// "unknown" (not probed yet).
-	State string
+	// State is "up", "down", "lagging" (a replica beyond the lag bounds,
+	// or not yet shown within them: LagUnknown), "fenced" (claims primary
+	// but lost the election: no writes), "diverged" (a replica not known to
+	// be on the primary's timeline: no reads), "alias" (the same server as
+	// the node AliasOf names: not used) or "unknown" (not probed yet).
+	State   string
+	AliasOf string
 	// LagBytes and Lag are how far a replica is behind the primary, in WAL
 	// bytes and in time (how long ago the primary was where the replica
-	// is); 0 for the primary and when no primary is known.
-	LagBytes uint64
-	Lag      time.Duration
+	// is); 0 for the primary and when no primary is known. With LagUnknown
+	// the replica is behind every sample of the primary's WAL position this
+	// process holds, and Lag is only a lower bound.
+	LagBytes   uint64
+	Lag        time.Duration
+	LagUnknown bool
 	RTT      time.Duration // the last probe's round trip
 	Timeline uint32
 	// Breaker is the node's circuit breaker: "closed", "half-open" or "open".
@@ -58,31 +70,34 @@ type NodeHealth struct {
 // probe; if ctx ends first it reports what is known (possibly no nodes
 // probed, every state "unknown").
 func (c *Connector) Health(ctx context.Context) Health {
-	s := c.snapshot()
+	v := c.viewNow()
 	if c.mon != nil {
 		if got, err := c.mon.waitElected(ctx); err == nil {
-			s = got
+			v = got
 		} else {
-			s = c.snapshot()
+			v = c.viewNow()
 		}
 	}
-	return c.health(s, time.Now())
+	return c.health(v, time.Now())
 }
 
-func (c *Connector) health(s *topology.Snapshot, now time.Time) Health {
+func (c *Connector) health(v *view, now time.Time) Health {
 	h := Health{}
-	if s == nil {
-		for _, n := range c.nodes {
-			h.Nodes = append(h.Nodes, NodeHealth{Name: n.name, Role: "unknown", State: "unknown", Breaker: breakerName(n.breaker.state())})
+	if v == nil {
+		for _, sd := range c.seeds {
+			h.Nodes = append(h.Nodes, NodeHealth{Name: sd.Name, Host: sd.ConnConfig.Host, Source: "dsn", Role: "unknown", State: "unknown", Breaker: "closed"})
 		}
 		return h
 	}
+	s := v.s
 	h.At, h.Age = s.At, now.Sub(s.At)
 	for i, n := range s.Nodes {
+		nd := v.nodes[i]
 		nh := NodeHealth{
-			Name: n.Name, Role: n.Role.String(), State: n.State.String(),
-			LagBytes: n.LagBytes, Lag: n.Lag, RTT: n.RTT, Timeline: n.Timeline,
-			Breaker:  breakerName(c.nodes[i].breaker.state()),
+			Name: n.Name, Host: nd.host, Address: nd.addr, Source: "dsn",
+			Role: n.Role.String(), State: n.State.String(), AliasOf: n.AliasOf,
+			LagBytes: n.LagBytes, Lag: n.Lag, LagUnknown: n.LagUnknown, RTT: n.RTT, Timeline: n.Timeline,
+			Breaker:  breakerName(nd.breaker.state()),
 			LastSeen: n.LastSeen, Since: n.Since,
 		}
 		if n.LastErr != nil {
@@ -90,11 +105,12 @@ func (c *Connector) health(s *topology.Snapshot, now time.Time) Health {
 		}
 		h.Nodes = append(h.Nodes, nh)
 	}
-	if p, ok := s.PrimaryNode(); ok {
-		h.Primary = p.Name
-		h.Writable = c.breakerAllows(s.Primary)
+	allows := c.breakerAllows(v)
+	if p := v.primary(); p != nil {
+		h.Primary = p.name
+		h.Writable = p.breaker.allows()
 	}
-	h.Readable = pickReplica(s, PolicyRoundRobin, 0, c.breakerAllows) >= 0 ||
+	h.Readable = pickReplica(s, PolicyRoundRobin, 0, allows) >= 0 ||
 		(c.cfg.ReadFallback == FallbackPrimary && h.Writable)
 	if c.isClosed() {
 		// A closed Connector serves nothing, whatever it last saw.
@@ -139,6 +155,6 @@ func (c *Connector) Stats() Stats {
 		Retries:       c.tel.counts.retries.Load(),
 		CommitUnknown: c.tel.counts.commitUnknown.Load(),
 		ReadFallbacks: c.tel.counts.readFallbacks.Load(),
-		Health:        c.health(c.snapshot(), time.Now()),
+		Health:        c.health(c.viewNow(), time.Now()),
 	}
 }

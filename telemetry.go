@@ -84,7 +84,6 @@ type telemetry struct {
 	traceSQL bool
 
 	common    []attribute.KeyValue // db.system.name, db.namespace
-	nodes     []nodeTelemetry      // by node index
 	retryOpts [numRetryReasons][]metric.AddOption
 	names     *sqlop.Names
 	opSets    *cowmap.Map[opKey, []metric.RecordOption]
@@ -109,6 +108,31 @@ type nodeTelemetry struct {
 	used atomic.Int64 // of which a statement or transaction is running on
 }
 
+// initNode sets n's attributes and instrument options: server.address and
+// server.port (the DSN's host and port), unified.node (the node's name) and,
+// for an address a host name resolved to, network.peer.address.
+func (t *telemetry) initNode(n *node) {
+	nt := &n.tel
+	nt.attrs = []attribute.KeyValue{
+		semconv.ServerAddressKey.String(n.host),
+		semconv.ServerPortKey.Int(n.port),
+		keyNode.String(n.name),
+	}
+	if n.addr != "" {
+		nt.attrs = append(nt.attrs, semconv.NetworkPeerAddressKey.String(n.addr))
+	}
+	set := attribute.NewSet(nt.attrs...)
+	nt.observe = metric.WithAttributeSet(set)
+	nt.add = []metric.AddOption{metric.WithAttributeSet(set)}
+	for p, role := range [...]string{"replica", "primary"} {
+		for u, state := range [...]attribute.KeyValue{semconv.DBClientConnectionStateIdle, semconv.DBClientConnectionStateUsed} {
+			kv := append(append([]attribute.KeyValue{}, nt.attrs...),
+				semconv.DBClientConnectionPoolNameKey.String(n.name), state, keyRole.String(role))
+			nt.conn[p][u] = metric.WithAttributeSet(attribute.NewSet(kv...))
+		}
+	}
+}
+
 func newTelemetry(c *Connector, o options) (*telemetry, error) {
 	t := &telemetry{c: c, traceSQL: o.traceSQL, names: sqlop.NewNames(),
 		opSets: cowmap.New[opKey, []metric.RecordOption](maxOpSets)}
@@ -121,29 +145,6 @@ func newTelemetry(c *Connector, o options) (*telemetry, error) {
 		t.roleAttrs[sl] = []attribute.KeyValue{keyRole.String(sl.String())}
 	}
 
-	t.nodes = make([]nodeTelemetry, len(c.nodes))
-	for i, n := range c.nodes {
-		host, port := splitNodeName(n.name)
-		if i < len(cfgNodes) && cfgNodes[i].Name == n.name && cfgNodes[i].ConnConfig != nil {
-			host, port = cfgNodes[i].ConnConfig.Host, int(cfgNodes[i].ConnConfig.Port)
-		}
-		nt := &t.nodes[i]
-		nt.attrs = []attribute.KeyValue{
-			semconv.ServerAddressKey.String(host),
-			semconv.ServerPortKey.Int(port),
-			keyNode.String(n.name),
-		}
-		set := attribute.NewSet(nt.attrs...)
-		nt.observe = metric.WithAttributeSet(set)
-		nt.add = []metric.AddOption{metric.WithAttributeSet(set)}
-		for p, role := range [...]string{"replica", "primary"} {
-			for u, state := range [...]attribute.KeyValue{semconv.DBClientConnectionStateIdle, semconv.DBClientConnectionStateUsed} {
-				kv := append(append([]attribute.KeyValue{}, nt.attrs...),
-					semconv.DBClientConnectionPoolNameKey.String(n.name), state, keyRole.String(role))
-				nt.conn[p][u] = metric.WithAttributeSet(attribute.NewSet(kv...))
-			}
-		}
-	}
 	for reason := retryNotSent; reason < numRetryReasons; reason++ {
 		t.retryOpts[reason] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(keyRetryReason.String(reason.String())))}
 	}
@@ -223,15 +224,12 @@ func (t *telemetry) instruments(m metric.Meter) error {
 // observe reports the asynchronous instruments from the current topology
 // snapshot and the breakers. It runs on the metric reader's goroutine.
 func (t *telemetry) observe(_ context.Context, o metric.Observer) error {
-	s := t.c.snapshot()
-	for i, n := range t.c.nodes {
-		nt := &t.nodes[i]
-		var tn *topology.Node
-		if s != nil && i < len(s.Nodes) {
-			tn = &s.Nodes[i]
-		}
-		reachable := tn != nil && tn.State != topology.StateDown && tn.State != topology.StateUnknown
-		primary := s != nil && s.Primary == i
+	v := t.c.viewNow()
+	for i, n := range v.allNodes() {
+		nt := &n.tel
+		tn := &v.s.Nodes[i]
+		reachable := tn.State != topology.StateDown && tn.State != topology.StateUnknown
+		primary := v.s.Primary == i
 
 		o.ObserveInt64(t.nodeUp, b2i(reachable), nt.observe)
 		o.ObserveInt64(t.nodeRole, nodeRoleValue(tn, primary), nt.observe)
@@ -416,12 +414,10 @@ func (r *opRecord) end(ctx context.Context, n *node, sl slot, err error) {
 		return
 	}
 	primary := sl == slotPrimary
-	if n != nil && !primary {
-		if s := t.c.snapshot(); s != nil && s.Primary == n.index {
-			primary = true // a read that fell back to the primary
-			t.counts.readFallbacks.Add(1)
-			t.fallbacks.Add(r.contextOr(ctx), 1, t.nodes[n.index].add...)
-		}
+	if n != nil && !primary && t.c.viewNow().primary() == n {
+		primary = true // a read that fell back to the primary
+		t.counts.readFallbacks.Add(1)
+		t.fallbacks.Add(r.contextOr(ctx), 1, n.tel.add...)
 	}
 	if r.start.IsZero() {
 		return
@@ -439,15 +435,12 @@ func (r *opRecord) end(ctx context.Context, n *node, sl slot, err error) {
 		errType, code = errorType(ctx, err)
 	}
 	if r.metrics {
-		k := opKey{node: -1, primary: primary, mode: r.mode, name: r.name, errType: errType, code: code}
-		if n != nil {
-			k.node = n.index
-		}
+		k := opKey{node: n, primary: primary, mode: r.mode, name: r.name, errType: errType, code: code}
 		t.duration.Record(r.contextOr(ctx), time.Since(r.start).Seconds(), t.opSet(k)...)
 	}
 	if r.span != nil {
 		if n != nil {
-			r.span.SetAttributes(t.nodes[n.index].attrs...)
+			r.span.SetAttributes(n.tel.attrs...)
 		}
 		r.span.SetAttributes(t.roleAttrs[b2i(!primary)]...)
 		if err != nil {
@@ -518,7 +511,7 @@ func validSQLState(s string) bool {
 
 // opKey identifies one attribute set of db.client.operation.duration.
 type opKey struct {
-	node    int // -1: no node reached
+	node    *node // nil: no node reached
 	primary bool
 	mode    Mode
 	name    string
@@ -542,10 +535,10 @@ func (t *telemetry) opAttrs(k opKey) []attribute.KeyValue {
 	if k.name != "" {
 		attrs = append(attrs, semconv.DBOperationNameKey.String(k.name))
 	}
-	if k.node >= 0 && k.node < len(t.nodes) {
+	if k.node != nil {
 		// server.address and server.port: unified.node would repeat them,
 		// and the SDK's cost per Record grows with the attribute count.
-		attrs = append(attrs, t.nodes[k.node].attrs[:2]...)
+		attrs = append(attrs, k.node.tel.attrs[:2]...)
 	}
 	if k.mode.valid() {
 		attrs = append(attrs, keyMode.String(k.mode.String()))
@@ -581,7 +574,7 @@ func (t *telemetry) commitUnknown(n *node) {
 	t.counts.commitUnknown.Add(1)
 	var opts []metric.AddOption
 	if n != nil {
-		opts = t.nodes[n.index].add
+		opts = n.tel.add
 	}
 	t.commitUnknowns.Add(context.Background(), 1, opts...)
 }
@@ -593,7 +586,7 @@ func (t *telemetry) connCount(n *node, open, used int64) {
 	if t == nil || n == nil {
 		return
 	}
-	nt := &t.nodes[n.index]
+	nt := &n.tel
 	if open != 0 {
 		nt.open.Add(open)
 	}

@@ -35,10 +35,10 @@ var (
 // 1 if Close failed. While it runs, SIGINT and SIGTERM close the cluster
 // and exit, so Ctrl-C leaves nothing running.
 func Main(m *testing.M, opts Options, c **Cluster) int {
-	required := os.Getenv(pgcluster.RequireEnv) == "require"
+	required := os.Getenv(pgcluster.Env) == "require"
 	skip := func(reason string) int {
 		if required {
-			fmt.Fprintf(os.Stderr, "patroni: cluster required (%s=require) but unavailable: %s\n", pgcluster.RequireEnv, reason)
+			fmt.Fprintf(os.Stderr, "patroni: cluster required (%s=require) but unavailable: %s\n", pgcluster.Env, reason)
 			return 1
 		}
 		fmt.Fprintf(os.Stderr, "patroni: skipping Patroni tests: %s\n", reason)

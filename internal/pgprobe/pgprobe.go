@@ -18,9 +18,10 @@ import (
 	"strings"
 )
 
-// Query returns one row (in_recovery bool, lsn text, timeline int8).
+// Query returns one row (in_recovery bool, lsn text, timeline int8,
+// system text, started text).
 //
-// pg_is_in_recovery() is evaluated once, in the sub-select, so all three
+// pg_is_in_recovery() is evaluated once, in the sub-select, so all the
 // columns describe the same side of a promotion that happens mid-query; the
 // CASE then keeps pg_current_wal_lsn() and pg_walfile_name(), which fail
 // during recovery, from running on a replica.
@@ -28,19 +29,30 @@ import (
 //   - lsn: pg_current_wal_lsn() on a primary; pg_last_wal_replay_lsn() on a
 //     replica, '0/0' if it has replayed nothing.
 //   - timeline: on a primary, the first 8 hex digits of the name of the
-//     current WAL file; on a replica the WAL receiver's received_tli, 0 when
-//     no receiver runs or the role lacks pg_read_all_stats (then
-//     pg_stat_wal_receiver hides it). Only a primary's timeline is used for
-//     fencing.
+//     current WAL file. On a replica the WAL receiver's received_tli; when
+//     no receiver runs, or the role lacks pg_read_all_stats (then
+//     pg_stat_wal_receiver hides it), the higher of the timelines of the
+//     last restartpoint and of the minimum recovery point: a lower bound of
+//     the timeline it replays (it lags after a timeline switch until the
+//     next restartpoint); 0 when none is known.
+//   - system and started: the control file's system identifier and the
+//     postmaster's start time, both readable by any role: together they
+//     say which server answered (two addresses of one server answer the
+//     same).
 const Query = `SELECT r.in_recovery,
        (CASE WHEN r.in_recovery
              THEN COALESCE(pg_last_wal_replay_lsn(), '0/0'::pg_lsn)
              ELSE pg_current_wal_lsn()
         END)::text AS lsn,
        CASE WHEN r.in_recovery
-            THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), 0)::int8
+            THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
+                          NULLIF(GREATEST((SELECT timeline_id FROM pg_control_checkpoint()),
+                                          (SELECT min_recovery_end_timeline FROM pg_control_recovery())), 0),
+                          0)::int8
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8
-       END AS timeline
+       END AS timeline,
+       (SELECT system_identifier FROM pg_control_system())::text AS system,
+       pg_postmaster_start_time()::text AS started
 FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r`
 
 // Result is a node's answer to Query.
@@ -48,7 +60,12 @@ type Result struct {
 	InRecovery bool   // a replica (or a node still recovering)
 	LSN        uint64 // current WAL LSN on a primary, replay LSN on a replica
 	Timeline   uint32 // 0 when unknown (see Query)
+	SystemID   uint64 // the system identifier; 0 when unknown
+	Started    string // the postmaster's start time as text; "" when unknown
 }
+
+// columns is the number of columns of Query.
+const columns = 5
 
 // ErrNoRow is returned (wrapped) when the probe query returned no row.
 var ErrNoRow = errors.New("pgprobe: probe returned no row")
@@ -68,10 +85,10 @@ func Run(ctx context.Context, q driver.QueryerContext) (res Result, err error) {
 			res, err = Result{}, fmt.Errorf("pgprobe: close rows: %w", cerr)
 		}
 	}()
-	if n := len(rows.Columns()); n != 3 {
-		return Result{}, fmt.Errorf("pgprobe: probe returned %d columns, want 3", n)
+	if n := len(rows.Columns()); n != columns {
+		return Result{}, fmt.Errorf("pgprobe: probe returned %d columns, want %d", n, columns)
 	}
-	dest := make([]driver.Value, 3)
+	dest := make([]driver.Value, columns)
 	if err := rows.Next(dest); err != nil {
 		if errors.Is(err, io.EOF) {
 			return Result{}, ErrNoRow
@@ -102,7 +119,30 @@ func parseRow(v []driver.Value) (Result, error) {
 		return Result{}, fmt.Errorf("pgprobe: timeline %d out of range", tl)
 	}
 	r.Timeline = uint32(tl)
+	if v[3] != nil {
+		sys, err := asString(v[3])
+		if err != nil {
+			return Result{}, fmt.Errorf("pgprobe: system: %w", err)
+		}
+		if r.SystemID, err = parseSystemID(sys); err != nil {
+			return Result{}, err
+		}
+	}
+	if v[4] != nil {
+		if r.Started, err = asString(v[4]); err != nil {
+			return Result{}, fmt.Errorf("pgprobe: started: %w", err)
+		}
+	}
 	return r, nil
+}
+
+// parseSystemID parses the text of a bigint system identifier; a negative
+// one (the top bit set) keeps its bits.
+func parseSystemID(s string) (uint64, error) {
+	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return uint64(i), nil
+	}
+	return 0, fmt.Errorf("pgprobe: invalid system identifier %q", s)
 }
 
 func asBool(v driver.Value) (bool, error) {

@@ -70,9 +70,13 @@ func (r *fakeRows) Next(dest []driver.Value) error {
 	return nil
 }
 
-var probeCols = []string{"in_recovery", "lsn", "timeline"}
+var probeCols = []string{"in_recovery", "lsn", "timeline", "system", "started"}
 
+// row is one probe row; the identity columns are NULL unless given.
 func row(vals ...driver.Value) *fakeRows {
+	for len(vals) < len(probeCols) {
+		vals = append(vals, nil)
+	}
 	return &fakeRows{cols: probeCols, values: [][]driver.Value{vals}}
 }
 
@@ -94,6 +98,16 @@ func TestRun(t *testing.T) {
 			name: "primary, pgx stdlib types",
 			q:    &fakeQueryer{rows: row(false, "16/B374D848", int64(3))},
 			want: Result{InRecovery: false, LSN: 0x16_B374D848, Timeline: 3},
+		},
+		{
+			name: "with the server's identity",
+			q:    &fakeQueryer{rows: row(false, "1/0", int64(1), "7441829345412765001", "2026-12-01 20:28:59.178764+00")},
+			want: Result{LSN: 1 << 32, Timeline: 1, SystemID: 7441829345412765001, Started: "2026-12-01 20:28:59.178764+00"},
+		},
+		{
+			name:    "bad system identifier",
+			q:       &fakeQueryer{rows: row(false, "1/0", int64(1), "x7", "t")},
+			errText: "invalid system identifier",
 		},
 		{
 			name: "replica that replayed nothing",

@@ -125,3 +125,10 @@ func interpolate(span time.Duration, num, den uint64) time.Duration {
 	q, _ := bits.Div64(hi, lo, den) // q < span since num < den: no overflow
 	return time.Duration(q)
 }
+
+// Covers reports whether a replica replayed up to replay is within the
+// history: at or past its oldest sample, so that TimeLag is the lag itself
+// and not a lower bound. An empty history covers nothing.
+func (h *History) Covers(replay uint64) bool {
+	return h != nil && h.n > 0 && replay >= h.at(0).lsn
+}

@@ -9,39 +9,63 @@
 // per node, the primary's LSN [History] and the lag [Bounds]:
 //
 //   - A node whose probe failed (Err != nil) is [StateDown]. It keeps its last
-//     known Role, LSN, Timeline and RTT; LastErr is the probe's error and
-//     LastSeen stays the time of its last successful probe. Lag is 0.
+//     known Role, LSN, Timeline, RTT and system identity; LastErr is the
+//     probe's error and LastSeen stays the time of its last successful
+//     probe. Lag is 0.
+//   - Aliases. A node that answered with the same server identity (system
+//     identifier and postmaster start time) as an earlier node that answered
+//     is the same server under another address or name: [StateAlias], with
+//     AliasOf naming the first, and it takes no part in the election or the
+//     routing. (127.0.0.1 and ::1 of one "localhost" server.)
 //   - A node that answered is a primary candidate when it is not in recovery
 //     (InRecovery false), otherwise a replica.
 //   - Timeline guard. MaxTimeline is the highest timeline ever seen on a
 //     primary candidate: prev's, raised by every candidate of this round. A
 //     candidate on a lower timeline is an old primary that came back without
 //     being rewound: it is [StateFenced], even when it is the only candidate.
-//   - Among the remaining candidates the highest (Timeline, LSN) wins. On a
-//     tie, prev's primary keeps the role if it is among the tied nodes, else
-//     the lowest index wins. Every other candidate is [StateFenced] with
-//     [RolePrimary]: it claims to be a primary and gets no writes.
-//   - Fencing sticks. A node fenced in prev, or fenced before it went down,
-//     stays fenced for as long as it reports InRecovery false; it is released
-//     when it reports recovery (it became a replica). The one exception: it
-//     wins when its timeline is strictly higher than prev's MaxTimeline and
-//     than every other candidate's (it was promoted again since). So two
-//     split-brain primaries on one timeline never trade places, even while
-//     the winner is briefly down.
+//   - Incumbency. Among the candidates on MaxTimeline, prev's primary keeps
+//     the role: a newcomer on the same timeline (a standby started without
+//     standby.signal, which comes up as a second primary on the same
+//     timeline) does not take it, however much WAL it has. Only a higher
+//     timeline, or the incumbent leaving the role (down, fenced, a replica,
+//     gone), moves it. Without an incumbent (the first snapshot, or the
+//     primary left) the highest LSN wins, then the lowest index.
+//   - Every other candidate is [StateFenced] with [RolePrimary]: it claims to
+//     be a primary and gets no writes. Fencing sticks while its reason
+//     stands: a node fenced because another node held the role stays fenced
+//     while that node still claims the role (up and primary, or down: a node
+//     that does not answer may still be taking writes from others) and is
+//     released the moment it does not (it reported recovery, or left the
+//     node set); a node fenced by the timeline guard stays fenced until a
+//     timeline higher than every other candidate's makes it the winner (it
+//     was promoted again). Any fenced node is released when it reports
+//     recovery.
 //   - No winner (no candidate, or all fenced): Primary is -1.
 //   - The winner's LSN is added to the History, after a Reset when the
 //     winner is not prev's primary (LSNs of different nodes do not compare).
-//   - Replicas: LagBytes = primary LSN - replica LSN (0 if the replica is
-//     ahead), Lag = History.TimeLag(replica LSN, now). A replica exceeding a
-//     non-zero bound is [StateLagging], else [StateUp]. With no primary its
-//     lag is unknown: LagBytes and Lag are 0 and it stays [StateUp], so reads
-//     keep flowing during a failover.
+//   - Replicas, against the winner: a replica whose timeline is known and is
+//     not the winner's is [StateDiverged] (it follows another lineage, such
+//     as a fenced old primary's, and may hold writes the primary lacks or
+//     lack ones it acknowledged); so is a replica whose timeline is unknown
+//     (0) while any node is fenced. Otherwise LagBytes = primary LSN -
+//     replica LSN (0 if the replica is ahead), Lag = History.TimeLag(replica
+//     LSN, now). A replica behind the oldest sample the History holds (a new
+//     process, a new primary) has a Lag that is only a lower bound: it is
+//     [StateLagging] with LagUnknown set until it is shown within the
+//     bounds. A replica exceeding a non-zero bound is [StateLagging], else
+//     [StateUp].
+//   - With no winner, the lineage is MaxTimeline's and the lag cannot be
+//     measured: a replica keeps the lag state of prev (so that reads keep
+//     flowing during a failover to replicas that were within the bounds),
+//     and a replica prev did not show within the bounds is [StateLagging].
 //   - Since is the time State last changed (now for a node new in this
 //     snapshot); Generation is prev's + 1.
 //
 // Limitation of the timeline guard: MaxTimeline only grows. A cluster
 // recreated from scratch behind the same addresses (timeline 1 again) stays
-// fenced until the snapshot chain is restarted (a new Connector).
+// fenced until the snapshot chain is restarted (a new Connector). Timelines
+// are compared by number: two separate promotions to the same timeline
+// number on different forks look alike.
 //
 // # Concurrency
 //
@@ -95,9 +119,15 @@ const (
 	StateLagging
 	// StateFenced: claims to be a primary but lost the election; no writes.
 	StateFenced
+	// StateDiverged: a replica not known to be on the primary's timeline;
+	// no reads.
+	StateDiverged
+	// StateAlias: the same server as another node (AliasOf); not used.
+	StateAlias
 )
 
-// String returns "unknown", "up", "down", "lagging" or "fenced".
+// String returns "unknown", "up", "down", "lagging", "fenced", "diverged" or
+// "alias".
 func (s State) String() string {
 	switch s {
 	case StateUnknown:
@@ -110,6 +140,10 @@ func (s State) String() string {
 		return "lagging"
 	case StateFenced:
 		return "fenced"
+	case StateDiverged:
+		return "diverged"
+	case StateAlias:
+		return "alias"
 	}
 	return "State(" + strconv.Itoa(int(s)) + ")"
 }
@@ -129,6 +163,11 @@ type Observation struct {
 	Timeline uint32
 	// RTT is the probe's round-trip time.
 	RTT time.Duration
+	// SystemID is the server's system identifier (0 when unknown) and
+	// Started its postmaster start time ("" when unknown): together the
+	// server's identity.
+	SystemID uint64
+	Started  string
 }
 
 // Node is one node in a Snapshot.
@@ -144,13 +183,22 @@ type Node struct {
 	// primary.
 	LagBytes uint64
 	Lag      time.Duration
-	LastErr  error     // the last probe's error; nil when it succeeded
-	LastSeen time.Time // the last successful probe; zero if never
-	Since    time.Time // when State last changed
+	// LagUnknown: the replica is behind every primary sample held, so Lag
+	// is only a lower bound (StateLagging until shown within the bounds).
+	LagUnknown bool
+	LastErr    error     // the last probe's error; nil when it succeeded
+	LastSeen   time.Time // the last successful probe; zero if never
+	Since      time.Time // when State last changed
+	SystemID   uint64    // last known system identifier; 0 if never known
+	AliasOf    string    // for StateAlias: the node this one is the same server as
 
-	// fenced: this node was fenced and has not reported recovery since. It
-	// survives StateDown so that fencing sticks across an outage.
-	fenced bool
+	// fenced: this node was fenced and has not been released since (see the
+	// package documentation). It survives StateDown so that fencing sticks
+	// across an outage. fencedBy names the node that held the role when it
+	// was fenced, "" for the timeline guard.
+	fenced   bool
+	fencedBy string
+	started  string // last known postmaster start time
 }
 
 // Snapshot is the topology at one moment. It is immutable after Build.
@@ -235,14 +283,16 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 	s.Generation++
 	prevMaxTimeline := s.MaxTimeline
 
-	// Pass 1: per-node facts, and the candidates' highest timeline.
+	// Pass 1: per-node facts, aliases, and the candidates' highest timeline.
 	var candidates []int
+	identities := map[string]string{} // server identity -> first node's name
 	for i, name := range names {
 		o := &obs[i]
 		n := Node{Name: name}
 		if p := prevByName[name]; p != nil {
 			n.Role, n.LSN, n.Timeline, n.RTT = p.Role, p.LSN, p.Timeline, p.RTT
-			n.LastSeen, n.fenced = p.LastSeen, p.fenced
+			n.LastSeen, n.fenced, n.fencedBy = p.LastSeen, p.fenced, p.fencedBy
+			n.SystemID, n.started = p.SystemID, p.started
 		}
 		if o.Err != nil {
 			n.State = StateDown
@@ -251,53 +301,110 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 			continue
 		}
 		n.State = StateUp
-		n.LSN, n.Timeline, n.RTT = o.LSN, o.Timeline, o.RTT
+		n.LSN, n.RTT = o.LSN, o.RTT
+		n.SystemID, n.started = o.SystemID, o.Started
 		n.LastSeen = o.At
 		if n.LastSeen.IsZero() {
 			n.LastSeen = now
 		}
+		if id := identity(o); id != "" {
+			if first, ok := identities[id]; ok {
+				n.State, n.AliasOf = StateAlias, first
+				n.Role = RoleReplica
+				if !o.InRecovery {
+					n.Role = RolePrimary
+				}
+				n.Timeline = o.Timeline
+				s.Nodes[i] = n
+				continue
+			}
+			identities[id] = name
+		}
 		if o.InRecovery {
 			n.Role = RoleReplica
-			n.fenced = false // reported recovery: released
+			n.fenced, n.fencedBy = false, "" // reported recovery: released
+			// A replica's timeline may be unknown for a moment (its WAL
+			// receiver restarting): the last known one stands, since a
+			// replay timeline only grows.
+			n.Timeline = max(o.Timeline, replicaTimeline(prevByName[name]))
 		} else {
 			n.Role = RolePrimary
+			n.Timeline = o.Timeline
 			candidates = append(candidates, i)
 			s.MaxTimeline = max(s.MaxTimeline, o.Timeline)
 		}
 		s.Nodes[i] = n
 	}
 
-	// Pass 2: elect among the candidates that pass the timeline guard and are
-	// not held fenced.
-	winner := -1
+	// Pass 2: elect among the candidates that pass the timeline guard and
+	// whose fence, if any, no longer stands.
+	claims := func(name string) bool { // name still claims the primary role
+		for j := range s.Nodes {
+			if m := &s.Nodes[j]; m.Name == name {
+				return m.Role == RolePrimary && (m.State == StateUp || m.State == StateDown || m.State == StateFenced)
+			}
+		}
+		return false // gone from the node set
+	}
+	eligible := make([]int, 0, len(candidates))
 	for _, i := range candidates {
 		n := &s.Nodes[i]
 		if n.Timeline < s.MaxTimeline {
 			continue
 		}
-		if n.fenced && !newTimeline(s, candidates, i, prevMaxTimeline) {
-			continue
+		if n.fenced {
+			switch {
+			case newTimeline(s, candidates, i, prevMaxTimeline):
+			case n.fencedBy != "" && !claims(n.fencedBy):
+			default:
+				continue
+			}
 		}
-		if winner < 0 || beats(n, &s.Nodes[winner], prevPrimary) {
-			winner = i
+		eligible = append(eligible, i)
+	}
+	winner := -1
+	for _, i := range eligible {
+		if s.Nodes[i].Name == prevPrimary {
+			winner = i // the incumbent keeps the role
+		}
+	}
+	if winner < 0 {
+		for _, i := range eligible {
+			if winner < 0 || s.Nodes[i].LSN > s.Nodes[winner].LSN {
+				winner = i
+			}
 		}
 	}
 	for _, i := range candidates {
 		n := &s.Nodes[i]
 		if i == winner {
-			n.fenced = false
+			n.fenced, n.fencedBy = false, ""
 			continue
 		}
 		n.State = StateFenced
-		n.fenced = true
+		switch {
+		case n.Timeline < s.MaxTimeline:
+			n.fenced, n.fencedBy = true, ""
+		case !n.fenced && winner >= 0:
+			n.fenced, n.fencedBy = true, s.Nodes[winner].Name
+		case !n.fenced:
+			n.fenced = true // no winner: fenced by the guard
+		}
 	}
 	s.Primary = winner
+	fencing := false
+	for i := range s.Nodes {
+		if s.Nodes[i].State == StateFenced {
+			fencing = true
+		}
+	}
 
-	// Pass 3: lag, against the winner.
+	// Pass 3: lineage and lag, against the winner.
+	lineage := s.MaxTimeline
 	var primaryLSN uint64
 	if winner >= 0 {
 		p := &s.Nodes[winner]
-		primaryLSN = p.LSN
+		primaryLSN, lineage = p.LSN, p.Timeline
 		if hist != nil {
 			if p.Name != prevPrimary {
 				hist.Reset()
@@ -311,14 +418,29 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 	}
 	for i := range s.Nodes {
 		n := &s.Nodes[i]
-		if n.State != StateUp || n.Role != RoleReplica || winner < 0 {
+		if n.State != StateUp || n.Role != RoleReplica {
+			continue
+		}
+		if (n.Timeline != 0 && n.Timeline != lineage) || (n.Timeline == 0 && fencing) {
+			n.State = StateDiverged
+			continue
+		}
+		if winner < 0 {
+			// No primary to measure against: keep prev's verdict.
+			n.State = StateLagging
+			if p := prevByName[n.Name]; p != nil && (p.State == StateUp || p.State == StateLagging) {
+				n.State, n.Lag, n.LagBytes, n.LagUnknown = p.State, p.Lag, p.LagBytes, p.LagUnknown
+			} else {
+				n.LagUnknown = true
+			}
 			continue
 		}
 		if primaryLSN > n.LSN {
 			n.LagBytes = primaryLSN - n.LSN
 		}
 		n.Lag = hist.TimeLag(n.LSN, now)
-		if b.exceeded(n.Lag, n.LagBytes) {
+		n.LagUnknown = hist != nil && n.LagBytes > 0 && !hist.Covers(n.LSN)
+		if n.LagUnknown || b.exceeded(n.Lag, n.LagBytes) {
 			n.State = StateLagging
 		}
 	}
@@ -332,6 +454,22 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 		}
 	}
 	return s
+}
+
+// identity is a server's identity as the probe saw it, "" when unknown.
+func identity(o *Observation) string {
+	if o.SystemID == 0 || o.Started == "" {
+		return ""
+	}
+	return strconv.FormatUint(o.SystemID, 10) + "/" + o.Started
+}
+
+// replicaTimeline is the last known timeline of p if it was a replica.
+func replicaTimeline(p *Node) uint32 {
+	if p == nil || p.Role != RoleReplica {
+		return 0
+	}
+	return p.Timeline
 }
 
 // newTimeline reports whether candidate i is on a timeline strictly higher
@@ -348,16 +486,4 @@ func newTimeline(s *Snapshot, candidates []int, i int, prevMax uint32) bool {
 		}
 	}
 	return true
-}
-
-// beats reports whether a should win over b, the best so far (b has the
-// lower index): higher (Timeline, LSN), and on a tie prev's primary.
-func beats(a, b *Node, prevPrimary string) bool {
-	if a.Timeline != b.Timeline {
-		return a.Timeline > b.Timeline
-	}
-	if a.LSN != b.LSN {
-		return a.LSN > b.LSN
-	}
-	return a.Name == prevPrimary && b.Name != prevPrimary
 }

@@ -24,6 +24,13 @@ func prim(lsn uint64, tl uint32) Observation {
 func repl(lsn uint64) Observation {
 	return Observation{InRecovery: true, LSN: lsn, RTT: time.Millisecond}
 }
+
+// replTL is a replica whose timeline is known.
+func replTL(lsn uint64, tl uint32) Observation {
+	o := repl(lsn)
+	o.Timeline = tl
+	return o
+}
 func down() Observation { return Observation{Err: errProbe} }
 
 var names3 = []string{"db1", "db2", "db3"}
@@ -79,7 +86,7 @@ func TestElection(t *testing.T) {
 	}{
 		{
 			name:        "single primary",
-			rounds:      [][]Observation{{prim(100, 1), repl(90), repl(80)}},
+			rounds:      [][]Observation{{prim(100, 1), repl(100), repl(100)}},
 			primary:     0,
 			states:      []State{up, up, up},
 			roles:       []Role{P, R, R},
@@ -87,7 +94,7 @@ func TestElection(t *testing.T) {
 		},
 		{
 			name:        "primary not first",
-			rounds:      [][]Observation{{repl(90), repl(80), prim(100, 1)}},
+			rounds:      [][]Observation{{repl(100), repl(100), prim(100, 1)}},
 			primary:     2,
 			states:      []State{up, up, up},
 			roles:       []Role{R, R, P},
@@ -95,7 +102,7 @@ func TestElection(t *testing.T) {
 		},
 		{
 			name:        "two primaries, higher timeline wins despite lower LSN",
-			rounds:      [][]Observation{{prim(500, 1), prim(100, 2), repl(90)}},
+			rounds:      [][]Observation{{prim(500, 1), prim(100, 2), replTL(100, 2)}},
 			primary:     1,
 			states:      []State{fenced, up, up},
 			roles:       []Role{P, P, R},
@@ -103,7 +110,7 @@ func TestElection(t *testing.T) {
 		},
 		{
 			name:        "same timeline, higher LSN wins",
-			rounds:      [][]Observation{{prim(100, 2), prim(200, 2), repl(90)}},
+			rounds:      [][]Observation{{prim(100, 2), prim(200, 2), replTL(200, 2)}},
 			primary:     1,
 			states:      []State{fenced, up, up},
 			roles:       []Role{P, P, R},
@@ -111,7 +118,7 @@ func TestElection(t *testing.T) {
 		},
 		{
 			name:        "tie without history: lowest index",
-			rounds:      [][]Observation{{repl(90), prim(100, 1), prim(100, 1)}},
+			rounds:      [][]Observation{{replTL(100, 1), prim(100, 1), prim(100, 1)}},
 			primary:     1,
 			states:      []State{up, up, fenced},
 			roles:       []Role{R, P, P},
@@ -121,7 +128,7 @@ func TestElection(t *testing.T) {
 			name: "tie keeps the previous primary",
 			rounds: [][]Observation{
 				{repl(100), repl(100), prim(100, 1)},
-				{prim(100, 1), repl(100), prim(100, 1)},
+				{prim(100, 1), replTL(100, 1), prim(100, 1)},
 			},
 			primary:     2,
 			states:      []State{fenced, up, up},
@@ -144,8 +151,8 @@ func TestElection(t *testing.T) {
 			name: "old primary back on a lower timeline as only candidate stays fenced",
 			rounds: [][]Observation{
 				{prim(100, 1), repl(100), repl(100)},
-				{down(), prim(200, 2), repl(200)},
-				{prim(900, 1), down(), repl(200)},
+				{down(), prim(200, 2), replTL(200, 2)},
+				{prim(900, 1), down(), replTL(200, 2)},
 			},
 			primary:     -1,
 			states:      []State{fenced, dn, up},
@@ -156,8 +163,8 @@ func TestElection(t *testing.T) {
 			name: "old primary back while the new one is up",
 			rounds: [][]Observation{
 				{prim(100, 1), repl(100), repl(100)},
-				{down(), prim(200, 2), repl(200)},
-				{prim(900, 1), prim(210, 2), repl(200)},
+				{down(), prim(200, 2), replTL(200, 2)},
+				{prim(900, 1), prim(210, 2), replTL(210, 2)},
 			},
 			primary:     1,
 			states:      []State{fenced, up, up},
@@ -167,8 +174,8 @@ func TestElection(t *testing.T) {
 		{
 			name: "fenced node stays fenced while the winner is down",
 			rounds: [][]Observation{
-				{prim(100, 2), prim(200, 2), repl(90)},
-				{prim(300, 2), down(), repl(90)},
+				{prim(100, 2), prim(200, 2), replTL(200, 2)},
+				{prim(300, 2), down(), replTL(200, 2)},
 			},
 			primary:     -1,
 			states:      []State{fenced, dn, up},
@@ -178,8 +185,8 @@ func TestElection(t *testing.T) {
 		{
 			name: "fenced node does not take over with a higher LSN on the same timeline",
 			rounds: [][]Observation{
-				{prim(100, 2), prim(200, 2), repl(90)},
-				{prim(400, 2), prim(250, 2), repl(90)},
+				{prim(100, 2), prim(200, 2), replTL(200, 2)},
+				{prim(400, 2), prim(250, 2), replTL(250, 2)},
 			},
 			primary:     1,
 			states:      []State{fenced, up, up},
@@ -189,9 +196,9 @@ func TestElection(t *testing.T) {
 		{
 			name: "fencing survives the fenced node going down",
 			rounds: [][]Observation{
-				{prim(100, 2), prim(200, 2), repl(90)},
-				{down(), prim(210, 2), repl(90)},
-				{prim(900, 2), prim(220, 2), repl(90)},
+				{prim(100, 2), prim(200, 2), replTL(200, 2)},
+				{down(), prim(210, 2), replTL(210, 2)},
+				{prim(900, 2), prim(220, 2), replTL(220, 2)},
 			},
 			primary:     1,
 			states:      []State{fenced, up, up},
@@ -201,8 +208,8 @@ func TestElection(t *testing.T) {
 		{
 			name: "fenced node released after reporting recovery",
 			rounds: [][]Observation{
-				{prim(100, 2), prim(200, 2), repl(90)},
-				{repl(200), prim(300, 2), repl(90)},
+				{prim(100, 2), prim(200, 2), replTL(200, 2)},
+				{replTL(200, 2), prim(300, 2), replTL(300, 2)},
 			},
 			primary:     1,
 			states:      []State{up, up, up},
@@ -212,9 +219,9 @@ func TestElection(t *testing.T) {
 		{
 			name: "released node can be promoted and win later",
 			rounds: [][]Observation{
-				{prim(100, 2), prim(200, 2), repl(90)},
-				{repl(200), down(), repl(90)},
-				{prim(200, 3), down(), repl(90)},
+				{prim(100, 2), prim(200, 2), replTL(200, 2)},
+				{replTL(200, 2), down(), replTL(200, 2)},
+				{prim(200, 3), down(), replTL(200, 3)},
 			},
 			primary:     0,
 			states:      []State{up, dn, up},
@@ -224,8 +231,8 @@ func TestElection(t *testing.T) {
 		{
 			name: "fenced node wins with a strictly higher timeline",
 			rounds: [][]Observation{
-				{prim(100, 2), prim(200, 2), repl(90)},
-				{prim(50, 3), prim(300, 2), repl(90)},
+				{prim(100, 2), prim(200, 2), replTL(200, 2)},
+				{prim(50, 3), prim(300, 2), replTL(50, 3)},
 			},
 			primary:     0,
 			states:      []State{up, fenced, up},
@@ -235,8 +242,8 @@ func TestElection(t *testing.T) {
 		{
 			name: "fenced node sharing a new timeline does not win",
 			rounds: [][]Observation{
-				{prim(100, 2), prim(200, 2), repl(90)},
-				{prim(500, 3), prim(300, 3), repl(90)},
+				{prim(100, 2), prim(200, 2), replTL(200, 2)},
+				{prim(500, 3), prim(300, 3), replTL(300, 3)},
 			},
 			primary:     1,
 			states:      []State{fenced, up, up},
@@ -252,10 +259,10 @@ func TestElection(t *testing.T) {
 			maxTimeline: 1,
 		},
 		{
-			name:        "never seen, down",
+			name:        "never seen, down: a replica never shown within the bounds",
 			rounds:      [][]Observation{{down(), down(), repl(100)}},
 			primary:     -1,
-			states:      []State{dn, dn, up},
+			states:      []State{dn, dn, lagging},
 			roles:       []Role{U, U, R},
 			maxTimeline: 0,
 		},
@@ -485,18 +492,18 @@ func TestLag(t *testing.T) {
 		assert.Equal(t, StateUp, s.Nodes[1].State)
 	})
 
-	t.Run("no primary: lag unknown, replicas stay up", func(t *testing.T) {
+	t.Run("no primary: replicas keep their last verdict, so reads flow", func(t *testing.T) {
 		var hist History
-		b := Bounds{MaxLagBytes: 10}
-		s := Build(nil, names3, []Observation{prim(1000, 1), repl(100), repl(1000)}, &hist, b, t0)
+		b := Bounds{MaxLagBytes: 1000}
+		s := Build(nil, names3, []Observation{prim(1000, 1), repl(1000), repl(1000)}, &hist, b, t0)
+		s = Build(s, names3, []Observation{prim(5000, 1), repl(1000), repl(5000)}, &hist, b, t0.Add(time.Second))
 		require.Equal(t, StateLagging, s.Nodes[1].State)
-		s = Build(s, names3, []Observation{down(), repl(100), repl(1000)}, &hist, b, t0.Add(time.Second))
+		require.Equal(t, StateUp, s.Nodes[2].State)
+		s = Build(s, names3, []Observation{down(), repl(1000), repl(5000)}, &hist, b, t0.Add(2*time.Second))
 		assert.Equal(t, -1, s.Primary)
-		for _, n := range s.Nodes[1:] {
-			assert.Equal(t, StateUp, n.State, n.Name)
-			assert.Zero(t, n.LagBytes, n.Name)
-			assert.Zero(t, n.Lag, n.Name)
-		}
+		assert.Equal(t, StateLagging, s.Nodes[1].State, "it was behind: still no reads")
+		assert.Equal(t, uint64(4000), s.Nodes[1].LagBytes, "its last known lag")
+		assert.Equal(t, StateUp, s.Nodes[2].State, "it was within the bounds: reads go on")
 	})
 
 	t.Run("nil history: time lag 0, bytes still counted", func(t *testing.T) {
@@ -514,11 +521,18 @@ func TestLag(t *testing.T) {
 		// db2 promoted at LSN 1500 (ahead of nothing in db1's history).
 		s = Build(s, names3, []Observation{down(), prim(1500, 2), repl(1000)}, &hist, Bounds{}, t0.Add(10*time.Second))
 		assert.Equal(t, 1, hist.Len())
-		// db3 still at 1000 is older than every sample of the new primary.
+		// db3 still at 1000 is older than every sample of the new primary:
+		// its lag is unknown, at least the samples' span.
 		assert.Equal(t, time.Duration(0), s.Nodes[2].Lag)
+		assert.True(t, s.Nodes[2].LagUnknown)
+		assert.Equal(t, StateLagging, s.Nodes[2].State, "not eligible until shown within the bounds")
 		s = Build(s, names3, []Observation{down(), prim(1600, 2), repl(1000)}, &hist, Bounds{}, t0.Add(15*time.Second))
 		assert.Equal(t, 5*time.Second, s.Nodes[2].Lag, "lower bound: since the oldest sample")
 		assert.Equal(t, uint64(600), s.Nodes[2].LagBytes)
+		assert.Equal(t, StateLagging, s.Nodes[2].State)
+		s = Build(s, names3, []Observation{down(), prim(1700, 2), repl(1600)}, &hist, Bounds{}, t0.Add(16*time.Second))
+		assert.False(t, s.Nodes[2].LagUnknown, "caught up past the oldest sample")
+		assert.Equal(t, StateUp, s.Nodes[2].State)
 	})
 }
 
@@ -654,4 +668,147 @@ func TestStrings(t *testing.T) {
 		[]string{RoleUnknown.String(), RolePrimary.String(), RoleReplica.String(), Role(9).String()})
 	assert.Equal(t, []string{"unknown", "up", "down", "lagging", "fenced", "State(9)"},
 		[]string{StateUnknown.String(), StateUp.String(), StateDown.String(), StateLagging.String(), StateFenced.String(), State(9).String()})
+}
+
+func withID(o Observation, sys uint64, started string) Observation {
+	o.SystemID, o.Started = sys, started
+	return o
+}
+
+// TestIssueRules covers the election, fencing and eligibility rules a
+// real cluster showed were needed: incumbency on one timeline, fences
+// lifted when their reason is gone, replicas of another lineage, replicas
+// behind every sample of a new process, aliases.
+func TestIssueRules(t *testing.T) {
+	tests := []struct {
+		name    string
+		rounds  [][]Observation
+		primary int
+		states  []State
+	}{
+		{
+			name: "a same-timeline newcomer with more WAL does not take the role",
+			rounds: [][]Observation{
+				{prim(100, 1), replTL(100, 1), replTL(100, 1)},
+				{prim(110, 1), prim(5000, 1), replTL(110, 1)},
+			},
+			primary: 0,
+			states:  []State{up, fenced, up},
+		},
+		{
+			name: "the newcomer made a standby again: released, the incumbent never fenced",
+			rounds: [][]Observation{
+				{prim(100, 1), replTL(100, 1), replTL(100, 1)},
+				{prim(110, 1), prim(5000, 1), replTL(110, 1)},
+				{prim(120, 1), replTL(110, 1), replTL(120, 1)},
+			},
+			primary: 0,
+			states:  []State{up, up, up},
+		},
+		{
+			name: "the fence is lifted when the node that held the role leaves it",
+			rounds: [][]Observation{
+				{prim(100, 1), replTL(100, 1), replTL(100, 1)},
+				{prim(110, 1), prim(5000, 1), replTL(110, 1)},
+				{replTL(110, 1), prim(5100, 1), replTL(110, 1)},
+			},
+			primary: 1,
+			states:  []State{lagging, up, lagging}, // both replicas behind the new primary's only sample
+		},
+		{
+			name: "the fence holds while the node that held the role is down",
+			rounds: [][]Observation{
+				{prim(100, 1), replTL(100, 1), replTL(100, 1)},
+				{prim(110, 1), prim(5000, 1), replTL(110, 1)},
+				{down(), prim(5100, 1), replTL(110, 1)},
+			},
+			primary: -1,
+			states:  []State{dn, fenced, up},
+		},
+		{
+			name: "a new process: the stale primary on the lower timeline loses, whatever its WAL",
+			rounds: [][]Observation{
+				{prim(9000, 1), prim(100, 2), replTL(100, 2)},
+			},
+			primary: 1,
+			states:  []State{fenced, up, up},
+		},
+		{
+			name: "a replica of the fenced old primary's lineage gets no reads",
+			rounds: [][]Observation{
+				{prim(5000, 1), prim(100, 2), replTL(6000, 1)},
+			},
+			primary: 1,
+			states:  []State{fenced, up, StateDiverged},
+		},
+		{
+			name: "a replica whose timeline is unknown during a split brain gets no reads",
+			rounds: [][]Observation{
+				{prim(5000, 1), prim(100, 2), repl(100)},
+			},
+			primary: 1,
+			states:  []State{fenced, up, StateDiverged},
+		},
+		{
+			name: "a replica whose timeline is unknown is fine without a competing lineage",
+			rounds: [][]Observation{
+				{prim(100, 1), repl(100), repl(100)},
+			},
+			primary: 0,
+			states:  []State{up, up, up},
+		},
+		{
+			name: "a replica's known timeline stands while its receiver restarts",
+			rounds: [][]Observation{
+				{prim(5000, 1), prim(100, 2), replTL(100, 2)},
+				{prim(5000, 1), prim(100, 2), repl(100)},
+			},
+			primary: 1,
+			states:  []State{fenced, up, up},
+		},
+		{
+			name: "a new process: a replica behind the only sample is not eligible yet",
+			rounds: [][]Observation{
+				{prim(1000, 1), repl(1000), repl(10)},
+			},
+			primary: 0,
+			states:  []State{up, up, lagging},
+		},
+		{
+			name: "a replica that can never catch up stays not eligible",
+			rounds: [][]Observation{
+				{prim(1000, 1), repl(1000), repl(10)},
+				{prim(2000, 1), repl(2000), repl(10)},
+				{prim(3000, 1), repl(3000), repl(10)},
+			},
+			primary: 0,
+			states:  []State{up, up, lagging},
+		},
+		{
+			name: "the same server under two addresses: one node, the other an alias",
+			rounds: [][]Observation{
+				{withID(prim(100, 1), 7, "t1"), withID(prim(100, 1), 7, "t1"), withID(repl(100), 7, "t2")},
+			},
+			primary: 0,
+			states:  []State{up, StateAlias, up},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snaps := run(t, names3, tt.rounds, Bounds{})
+			s := snaps[len(snaps)-1]
+			assert.Equal(t, tt.primary, s.Primary, "Primary")
+			assert.Equal(t, tt.states, states(s), "states")
+		})
+	}
+	t.Run("an alias names the node it repeats", func(t *testing.T) {
+		s := run(t, names3, [][]Observation{{withID(prim(100, 1), 7, "t1"), withID(prim(100, 1), 7, "t1"), repl(100)}}, Bounds{})[0]
+		assert.Equal(t, "db1", s.Nodes[1].AliasOf)
+	})
+	t.Run("a replica behind the only sample: its lag is unknown", func(t *testing.T) {
+		s := run(t, names3, [][]Observation{{prim(1000, 1), repl(1000), repl(10)}}, Bounds{})[0]
+		assert.True(t, s.Nodes[2].LagUnknown)
+		assert.False(t, s.Nodes[1].LagUnknown)
+		assert.Equal(t, uint64(990), s.Nodes[2].LagBytes)
+	})
 }

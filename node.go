@@ -1,0 +1,295 @@
+package unified
+
+import (
+	"context"
+	"database/sql/driver"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/unifiedsql/unified/internal/topology"
+)
+
+// node is one server address: how to open physical connections to it, and
+// what is open or being opened to it, so that the health monitor can
+// interrupt it. A DSN host that is a name becomes one node per address it
+// resolves to (see resolveNodes); an IP address, a Unix socket or a host
+// with a WithNodeConnector connector is one node.
+type node struct {
+	// name is the node's name in Health, errors, logs and metrics: the DSN's
+	// "host:port" for an address or socket given as such, "host/address:port"
+	// for an address a name resolved to ("db1/10.0.0.5:5432").
+	name string
+	host string // the DSN's host (server.address)
+	port int
+	addr string // the address a name resolved to; "" otherwise
+	// rw opens ordinary physical connections.
+	rw driver.Connector
+	// ro opens connections whose transactions are read-only by default
+	// (default_transaction_read_only=on): reads use them, so a write sent
+	// in ReadOnly mode fails on a replica and on the primary fallback alike.
+	// For a node connector given with WithNodeConnector (custom), ro is rw
+	// and read connections to the primary are made read-only by a statement
+	// at dial.
+	ro     driver.Connector
+	custom bool
+	// connectTimeout is the DSN's connect_timeout (0: none given).
+	connectTimeout time.Duration
+	// breaker counts this node's connection-class failures (dials,
+	// statements, probes); a successful probe closes it.
+	breaker *breaker
+	tel     nodeTelemetry
+
+	mu sync.Mutex // protects following fields
+	// conns are the open pgx connections to this node, by slot.
+	conns [2]map[*physConn]struct{}
+	// dials cancel the dials in progress to this node, by slot.
+	dials [2]map[*context.CancelFunc]struct{}
+}
+
+// seed is one host of the DSN, before resolution.
+type seed struct {
+	NodeConfig
+	custom driver.Connector // WithNodeConnector's, nil for pgx
+}
+
+// resolvable reports whether the seed's host is a name to resolve into
+// addresses (not an IP address, not a Unix socket, no node connector).
+func (sd *seed) resolvable() bool {
+	if sd.custom != nil {
+		return false
+	}
+	host := sd.ConnConfig.Host
+	if network, _ := pgconn.NetworkAddress(host, sd.ConnConfig.Port); network == "unix" {
+		return false
+	}
+	_, err := netip.ParseAddr(host)
+	return err != nil
+}
+
+// newNode makes the node for seed sd, at addr when addr is not "" (an
+// address its name resolved to).
+func (c *Connector) newNode(sd *seed, addr string) *node {
+	cc := sd.ConnConfig
+	n := &node{name: sd.Name, host: cc.Host, port: int(cc.Port), addr: addr, connectTimeout: cc.ConnectTimeout}
+	if addr != "" {
+		n.name = cc.Host + "/" + net.JoinHostPort(addr, strconv.Itoa(int(cc.Port)))
+		cc = atAddress(cc, addr)
+	}
+	n.breaker = newBreaker(c.cfg, n.name, c.log)
+	if sd.custom != nil {
+		n.rw, n.ro, n.custom = sd.custom, sd.custom, true
+		if roc, ok := sd.custom.(ReadOnlyConnector); ok {
+			n.ro, n.custom = readOnlyConnector{roc}, false
+		}
+	} else {
+		n.rw = stdlib.GetConnector(*cc)
+		ro := cc.Copy()
+		if ro.RuntimeParams == nil {
+			ro.RuntimeParams = make(map[string]string)
+		}
+		ro.RuntimeParams["default_transaction_read_only"] = "on"
+		n.ro = stdlib.GetConnector(*ro)
+	}
+	c.tel.initNode(n)
+	return n
+}
+
+// atAddress returns a copy of cc that connects to addr: every TLS variant's
+// host becomes the address. The TLS ServerName pgx derived from the host
+// name at parse time is kept, so sslmode=verify-full still verifies the
+// certificate against the name.
+func atAddress(cc *pgx.ConnConfig, addr string) *pgx.ConnConfig {
+	cc = cc.Copy()
+	cc.Host = addr
+	for _, f := range cc.Fallbacks {
+		f.Host = addr
+	}
+	return cc
+}
+
+// resolveNodes turns the seeds into nodes: every address of a host name is
+// a node of its own, found with lookup (bounded by timeout per name); a
+// name that does not resolve stays one node, dialed by name (pgx resolves
+// it then). Two seeds that reach the same address and port are one node
+// (the first); the log says so.
+func (c *Connector) resolveNodes(ctx context.Context, lookup pgconn.LookupFunc, timeout time.Duration) []*node {
+	var nodes []*node
+	seen := make(map[string]string) // address:port -> node name
+	add := func(sd *seed, addr string) {
+		key := sd.Name
+		if addr != "" || !sd.resolvable() {
+			a := addr
+			if a == "" {
+				a = sd.ConnConfig.Host
+			}
+			key = net.JoinHostPort(a, strconv.Itoa(int(sd.ConnConfig.Port)))
+		}
+		if first, dup := seen[key]; dup {
+			c.log.Warn("unified: two hosts of the DSN are the same address: one node", "address", key, "node", first, "host", sd.Name)
+			return
+		}
+		n := c.newNode(sd, addr)
+		seen[key] = n.name
+		nodes = append(nodes, n)
+	}
+	for _, sd := range c.seeds {
+		if !sd.resolvable() {
+			add(sd, "")
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, timeout)
+		addrs, err := lookup(lctx, sd.ConnConfig.Host)
+		cancel()
+		if err != nil || len(addrs) == 0 {
+			c.log.Warn("unified: host name did not resolve; dialed by name", "host", sd.Name, "error", err)
+			add(sd, "")
+			continue
+		}
+		for _, a := range addrs {
+			add(sd, a)
+		}
+	}
+	return nodes
+}
+
+func (n *node) track(pc *physConn) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.conns[pc.slot] == nil {
+		n.conns[pc.slot] = make(map[*physConn]struct{})
+	}
+	n.conns[pc.slot][pc] = struct{}{}
+}
+
+func (n *node) untrack(pc *physConn) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.conns[pc.slot], pc)
+}
+
+// dialing registers the cancel of a dial in progress for slot sl; the
+// returned stop unregisters it.
+func (n *node) dialing(sl slot, cancel context.CancelFunc) (stop func()) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.dials[sl] == nil {
+		n.dials[sl] = make(map[*context.CancelFunc]struct{})
+	}
+	n.dials[sl][&cancel] = struct{}{}
+	return func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		delete(n.dials[sl], &cancel)
+	}
+}
+
+// interruptDials cancels the dials in progress for slot sl.
+func (n *node) interruptDials(sl slot) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for cancel := range n.dials[sl] {
+		(*cancel)()
+	}
+}
+
+// interruptConns closes the sockets of the slot's open connections: a
+// statement waiting on the node fails at once instead of at its own
+// deadline. The connections' owners find them broken. It returns how many
+// there were.
+func (n *node) interruptConns(sl slot) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for pc := range n.conns[sl] {
+		pc.abort()
+	}
+	return len(n.conns[sl])
+}
+
+// view is what the health monitor publishes: a topology snapshot and the
+// nodes its indexes name (s.Nodes[i] is nodes[i]). It is immutable; readers
+// load it with one atomic load.
+type view struct {
+	s     *topology.Snapshot
+	nodes []*node
+}
+
+// primary is the primary's node, nil when there is none.
+func (v *view) primary() *node {
+	if v == nil || v.s.Primary < 0 {
+		return nil
+	}
+	return v.nodes[v.s.Primary]
+}
+
+// index is n's index in the view, -1 when it is not one of its nodes.
+func (v *view) index(n *node) int {
+	if v == nil {
+		return -1
+	}
+	for i, m := range v.nodes {
+		if m == n {
+			return i
+		}
+	}
+	return -1
+}
+
+// allNodes is the view's nodes; nil for a nil view.
+func (v *view) allNodes() []*node {
+	if v == nil {
+		return nil
+	}
+	return v.nodes
+}
+
+// named is the node called name, nil when there is none.
+func (v *view) named(name string) *node {
+	if v == nil {
+		return nil
+	}
+	for _, n := range v.nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// names lists the nodes' names, in order.
+func names(nodes []*node) []string {
+	out := make([]string, len(nodes))
+	for i, n := range nodes {
+		out[i] = n.name
+	}
+	return out
+}
+
+// staticView is the view of WithStaticPrimary: fixed roles, all up.
+func staticView(nodes []*node, primary int) *view {
+	s := &topology.Snapshot{Primary: primary, At: time.Now(), Generation: 1}
+	for i, n := range nodes {
+		tn := topology.Node{Name: n.name, Role: topology.RoleReplica, State: topology.StateUp, Since: s.At, LastSeen: s.At}
+		if i == primary {
+			tn.Role = topology.RolePrimary
+		}
+		s.Nodes = append(s.Nodes, tn)
+	}
+	return &view{s: s, nodes: nodes}
+}
+
+// errNoSuchNode names the nodes when an option names one that is not.
+func errNoSuchNode(option, name string, seeds []*seed) error {
+	var known []string
+	for _, sd := range seeds {
+		known = append(known, sd.Name)
+	}
+	return fmt.Errorf("unified: %s: %q is not a node of the config (nodes: %v)", option, name, known)
+}
