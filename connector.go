@@ -6,8 +6,8 @@ import (
 	"database/sql/driver"
 	"errors"
 	"log/slog"
-	"sync"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/stdlib"

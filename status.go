@@ -53,8 +53,8 @@ type NodeHealth struct {
 	LagBytes   uint64
 	Lag        time.Duration
 	LagUnknown bool
-	RTT      time.Duration // the last probe's round trip
-	Timeline uint32
+	RTT        time.Duration // the last probe's round trip
+	Timeline   uint32
 	// Breaker is the node's circuit breaker: "closed", "half-open" or "open".
 	Breaker string
 	// LastError is the last probe's error (no password), "" when it
