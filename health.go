@@ -49,7 +49,7 @@ type monitor struct {
 	// Owned by the loop goroutine:
 	members []*member
 	// building is the last snapshot built, published or not (before the
-	// election the chain of snapshots runs ahead of the published one).
+	// election the snapshots are built but not published).
 	building    *topology.Snapshot
 	hist        topology.History
 	lastPrimary *node     // the last node published as primary
@@ -280,7 +280,7 @@ func (m *monitor) probe(mb *member) {
 		o.Err = &NodeError{Node: n.name, Op: opProbe.String(), Err: err}
 	} else {
 		o.InRecovery, o.LSN, o.Timeline, o.RTT = res.InRecovery, res.LSN, res.Timeline, rtt
-		o.SystemID, o.Started = res.SystemID, res.Started
+		o.SystemID, o.Started, o.Senders = res.SystemID, res.Started, res.Senders
 	}
 	m.results <- probeResult{m: mb, obs: o} // the loop reads every result, draining at stop
 }
@@ -322,7 +322,13 @@ func (m *monitor) publish() {
 		nodes[i], obs[i] = mb.n, mb.obs
 	}
 	bounds := topology.Bounds{MaxLag: m.c.cfg.MaxReplicaLag, MaxLagBytes: m.c.cfg.MaxReplicaLagBytes}
-	s := topology.Build(m.building, names(nodes), obs, &m.hist, bounds, now)
+	base := m.building
+	if prev == nil {
+		// Before the election every build starts afresh: a candidate that
+		// answered first must not become the incumbent of the next.
+		base = nil
+	}
+	s := topology.Build(base, names(nodes), obs, &m.hist, bounds, now)
 	m.building = s
 	if prev == nil {
 		for _, o := range obs {

@@ -73,8 +73,8 @@ func (c *fakeConn) QueryContext(_ context.Context, query string, _ []driver.Name
 	}
 	if query == pgprobe.Query {
 		f.probes = append(f.probes, time.Now())
-		return &fakeRows{cols: []string{"in_recovery", "lsn", "timeline", "system", "started"},
-			vals: []driver.Value{f.inRecovery, pgprobe.FormatLSN(f.lsn), int64(f.timeline), nil, nil}}, nil
+		return &fakeRows{cols: []string{"in_recovery", "lsn", "timeline", "system", "started", "senders"},
+			vals: []driver.Value{f.inRecovery, pgprobe.FormatLSN(f.lsn), int64(f.timeline), nil, nil, nil}}, nil
 	}
 	return &fakeRows{cols: []string{"x"}, vals: []driver.Value{int64(1)}}, nil
 }

@@ -97,18 +97,24 @@ func (c *Conn) finish() error {
 // readConn returns the read slot's connection, replacing it when its node
 // may no longer serve reads (readStale), just failed this statement, or the
 // replicas were rebalanced since it was chosen and the policy now picks
-// another node.
+// another node (rebalance).
 func (c *Conn) readConn(ctx context.Context, exclude *node) (*physConn, error) {
 	v := c.c.viewNow()
+	var n *node
+	fallback := false
 	if pc := c.phys[slotRead]; pc != nil {
-		if pc.node != exclude && pc.fit() && !c.c.readStale(pc, v) && !c.c.rebalanced(pc, v) {
-			return pc, nil
+		if pc.node != exclude && pc.fit() && !c.c.readStale(pc, v) {
+			if n = c.c.rebalance(pc, v); n == nil {
+				return pc, nil
+			}
 		}
 		c.drop(slotRead)
 	}
-	n, fallback, err := c.c.readNode(ctx, exclude)
-	if err != nil {
-		return nil, err
+	if n == nil {
+		var err error
+		if n, fallback, err = c.c.readNode(ctx, exclude); err != nil {
+			return nil, err
+		}
 	}
 	pc, err := c.c.dial(ctx, n, slotRead, fallback)
 	if err != nil {
@@ -134,20 +140,22 @@ func (c *Connector) readStale(pc *physConn, v *view) bool {
 	return !replicaEligible(v.s, v.index(pc.node))
 }
 
-// rebalanced reports whether a read connection chosen before a replica
-// became eligible should move: the policy, asked again, picks another node.
-// It moves read sessions onto a replica that rejoined (its node caught up
-// again, or an old primary came back as a replica) within a health interval
-// or two, at a statement boundary outside a transaction; the primary
-// session is never touched for this.
-func (c *Connector) rebalanced(pc *physConn, v *view) bool {
+// rebalance returns the node a read connection chosen before a replica
+// became eligible should move to, nil to stay: the policy, asked again,
+// picks another node. It moves read sessions onto a replica that rejoined
+// (its node caught up again, or an old primary came back as a replica)
+// within a health interval or two, at a statement boundary outside a
+// transaction; the primary session is never touched for this.
+func (c *Connector) rebalance(pc *physConn, v *view) *node {
 	gen := c.balance.Load()
 	if pc.balance == gen || v == nil {
-		return false
+		return nil
 	}
 	pc.balance = gen
-	i := pickReplica(v.s, c.cfg.ReplicaPolicy, c.cursor(), c.breakerAllows(v))
-	return i >= 0 && v.nodes[i] != pc.node
+	if i := pickReplica(v.s, c.cfg.ReplicaPolicy, c.cursor(), c.breakerAllows(v)); i >= 0 && v.nodes[i] != pc.node {
+		return v.nodes[i]
+	}
+	return nil
 }
 
 // cursor is the replica policy's next cursor: the round-robin counter, or

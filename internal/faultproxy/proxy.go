@@ -65,11 +65,20 @@ type Proxy struct {
 // accepted connection to target (host:port, such as "127.0.0.1:5432"), dialed
 // anew for each client connection (a client whose dial fails is reset). It
 // starts in pass mode. The caller must call [Proxy.Close].
-func New(target string) (*Proxy, error) {
+func New(target string) (*Proxy, error) { return NewOn("127.0.0.1:0", target) }
+
+// NewOn is New listening on listen (host:port; port 0 picks a free one),
+// for a test that needs the proxy at a given address, such as another
+// loopback address on the port of a real server.
+func NewOn(listen, target string) (*Proxy, error) {
 	if _, _, err := net.SplitHostPort(target); err != nil {
 		return nil, fmt.Errorf("faultproxy: target %q: %w", target, err)
 	}
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	la, err := net.ResolveTCPAddr("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("faultproxy: listen address %q: %w", listen, err)
+	}
+	ln, err := net.ListenTCP("tcp", la)
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: listen: %w", err)
 	}

@@ -556,6 +556,28 @@ func (c *Cluster) Start(ctx context.Context, i int) error {
 	return c.waitReady(ctx, n, -1)
 }
 
+// SetStandbySignal writes (on) or removes (off) standby.signal in stopped
+// node i's data directory: a node started without it comes up as a
+// primary, on the timeline it was on (crash recovery, no timeline switch),
+// which is how a second primary on the same timeline happens.
+func (c *Cluster) SetStandbySignal(i int, on bool) error {
+	n, err := c.node(i)
+	if err != nil {
+		return err
+	}
+	if c.Running(i) {
+		return fmt.Errorf("pgcluster: SetStandbySignal %s: the node runs; stop it first", n.Name)
+	}
+	path := filepath.Join(n.DataDir, "standby.signal")
+	if on {
+		return c.writeFile(path, "")
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("pgcluster: SetStandbySignal %s: %w", n.Name, err)
+	}
+	return nil
+}
+
 // Promote promotes standby i: SELECT pg_promote(wait => false), then polls
 // pg_is_in_recovery() on the same connection every 2 ms and returns the
 // moment it first answered false, that is when the node accepts writes

@@ -19,7 +19,7 @@ import (
 )
 
 // Query returns one row (in_recovery bool, lsn text, timeline int8,
-// system text, started text).
+// system text, started text, senders int8).
 //
 // pg_is_in_recovery() is evaluated once, in the sub-select, so all the
 // columns describe the same side of a promotion that happens mid-query; the
@@ -39,6 +39,8 @@ import (
 //     postmaster's start time, both readable by any role: together they
 //     say which server answered (two addresses of one server answer the
 //     same).
+//   - senders: how many WAL senders (streaming replicas, pg_basebackup)
+//     the node serves; any role sees the rows.
 const Query = `SELECT r.in_recovery,
        (CASE WHEN r.in_recovery
              THEN COALESCE(pg_last_wal_replay_lsn(), '0/0'::pg_lsn)
@@ -52,7 +54,8 @@ const Query = `SELECT r.in_recovery,
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8
        END AS timeline,
        (SELECT system_identifier FROM pg_control_system())::text AS system,
-       pg_postmaster_start_time()::text AS started
+       pg_postmaster_start_time()::text AS started,
+       (SELECT count(*) FROM pg_stat_replication)::int8 AS senders
 FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r`
 
 // Result is a node's answer to Query.
@@ -62,10 +65,11 @@ type Result struct {
 	Timeline   uint32 // 0 when unknown (see Query)
 	SystemID   uint64 // the system identifier; 0 when unknown
 	Started    string // the postmaster's start time as text; "" when unknown
+	Senders    int    // WAL senders the node serves
 }
 
 // columns is the number of columns of Query.
-const columns = 5
+const columns = 6
 
 // ErrNoRow is returned (wrapped) when the probe query returned no row.
 var ErrNoRow = errors.New("pgprobe: probe returned no row")
@@ -132,6 +136,13 @@ func parseRow(v []driver.Value) (Result, error) {
 		if r.Started, err = asString(v[4]); err != nil {
 			return Result{}, fmt.Errorf("pgprobe: started: %w", err)
 		}
+	}
+	if v[5] != nil {
+		n, err := asInt(v[5])
+		if err != nil || n < 0 {
+			return Result{}, fmt.Errorf("pgprobe: senders: invalid %v", v[5])
+		}
+		r.Senders = int(n)
 	}
 	return r, nil
 }

@@ -70,7 +70,7 @@ func (r *fakeRows) Next(dest []driver.Value) error {
 	return nil
 }
 
-var probeCols = []string{"in_recovery", "lsn", "timeline", "system", "started"}
+var probeCols = []string{"in_recovery", "lsn", "timeline", "system", "started", "senders"}
 
 // row is one probe row; the identity columns are NULL unless given.
 func row(vals ...driver.Value) *fakeRows {
@@ -101,8 +101,8 @@ func TestRun(t *testing.T) {
 		},
 		{
 			name: "with the server's identity",
-			q:    &fakeQueryer{rows: row(false, "1/0", int64(1), "7441829345412765001", "2026-12-01 20:28:59.178764+00")},
-			want: Result{LSN: 1 << 32, Timeline: 1, SystemID: 7441829345412765001, Started: "2026-12-01 20:28:59.178764+00"},
+			q:    &fakeQueryer{rows: row(false, "1/0", int64(1), "7441829345412765001", "2026-12-01 20:28:59.178764+00", int64(2))},
+			want: Result{LSN: 1 << 32, Timeline: 1, SystemID: 7441829345412765001, Started: "2026-12-01 20:28:59.178764+00", Senders: 2},
 		},
 		{
 			name:    "bad system identifier",

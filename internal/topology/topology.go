@@ -47,7 +47,13 @@
 //     not the winner's is [StateDiverged] (it follows another lineage, such
 //     as a fenced old primary's, and may hold writes the primary lacks or
 //     lack ones it acknowledged); so is a replica whose timeline is unknown
-//     (0) while any node is fenced. Otherwise LagBytes = primary LSN -
+//     (0) while any node is fenced, and so is a replica that replayed past
+//     a position the primary reported later (another history on the same
+//     timeline number, such as a standby that ran as a second primary for a
+//     while), until it replays again or goes down; a fenced primary that
+//     reports recovery on the same timeline is suspected the same way from
+//     its first answer as a replica. Otherwise LagBytes =
+//     primary LSN -
 //     replica LSN (0 if the replica is ahead), Lag = History.TimeLag(replica
 //     LSN, now). A replica behind the oldest sample the History holds (a new
 //     process, a new primary) has a Lag that is only a lower bound: it is
@@ -168,6 +174,8 @@ type Observation struct {
 	// server's identity.
 	SystemID uint64
 	Started  string
+	// Senders is how many WAL senders (streaming replicas) the node serves.
+	Senders int
 }
 
 // Node is one node in a Snapshot.
@@ -199,6 +207,10 @@ type Node struct {
 	fenced   bool
 	fencedBy string
 	started  string // last known postmaster start time
+	// aheadAt is the replay LSN at which the replica was seen ahead of a
+	// later primary position (another history): it stays diverged while it
+	// has not replayed anything since. 0: never seen ahead.
+	aheadAt uint64
 }
 
 // Snapshot is the topology at one moment. It is immutable after Build.
@@ -292,11 +304,12 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 		if p := prevByName[name]; p != nil {
 			n.Role, n.LSN, n.Timeline, n.RTT = p.Role, p.LSN, p.Timeline, p.RTT
 			n.LastSeen, n.fenced, n.fencedBy = p.LastSeen, p.fenced, p.fencedBy
-			n.SystemID, n.started = p.SystemID, p.started
+			n.SystemID, n.started, n.aheadAt = p.SystemID, p.started, p.aheadAt
 		}
 		if o.Err != nil {
 			n.State = StateDown
 			n.LastErr = o.Err
+			n.aheadAt = 0 // it may come back rebuilt
 			s.Nodes[i] = n
 			continue
 		}
@@ -320,7 +333,16 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 			}
 			identities[id] = name
 		}
+		if !o.InRecovery {
+			n.aheadAt = 0
+		}
 		if o.InRecovery {
+			if n.fenced && n.Role == RolePrimary && o.Timeline == n.Timeline && n.aheadAt == 0 {
+				// A fenced primary that reports recovery on its timeline
+				// may hold the writes it took as a primary (even through a
+				// restart): suspect until it replays from the primary.
+				n.aheadAt = max(o.LSN, 1)
+			}
 			n.Role = RoleReplica
 			n.fenced, n.fencedBy = false, "" // reported recovery: released
 			// A replica's timeline may be unknown for a moment (its WAL
@@ -370,7 +392,7 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 	}
 	if winner < 0 {
 		for _, i := range eligible {
-			if winner < 0 || s.Nodes[i].LSN > s.Nodes[winner].LSN {
+			if winner < 0 || likelierPrimary(&obs[i], &obs[winner]) {
 				winner = i
 			}
 		}
@@ -421,7 +443,12 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 		if n.State != StateUp || n.Role != RoleReplica {
 			continue
 		}
-		if (n.Timeline != 0 && n.Timeline != lineage) || (n.Timeline == 0 && fencing) {
+		if ahead(obs, winner, i) {
+			n.aheadAt = n.LSN
+		} else if n.aheadAt != 0 && n.LSN != n.aheadAt {
+			n.aheadAt = 0 // it replays again: it follows someone
+		}
+		if (n.Timeline != 0 && n.Timeline != lineage) || (n.Timeline == 0 && fencing) || n.aheadAt != 0 {
 			n.State = StateDiverged
 			continue
 		}
@@ -454,6 +481,31 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 		}
 	}
 	return s
+}
+
+// ahead reports whether replica i replayed past a position the primary
+// (winner) reported later: impossible for a replica of that primary (it
+// replays only WAL the primary flushed), so it has another history on the
+// same timeline number (a standby that ran as a primary for a while).
+func ahead(obs []Observation, winner, i int) bool {
+	if winner < 0 {
+		return false
+	}
+	p, r := &obs[winner], &obs[i]
+	return r.LSN > p.LSN && !p.At.IsZero() && !r.At.IsZero() && !p.At.Before(r.At)
+}
+
+// likelierPrimary reports whether candidate a is likelier the cluster's real
+// primary than b (b has the lower index), for an election without an
+// incumbent on one timeline.
+func likelierPrimary(a, b *Observation) bool {
+	if a.Senders != b.Senders {
+		return a.Senders > b.Senders
+	}
+	if a.Started != "" && b.Started != "" && a.Started != b.Started {
+		return a.Started < b.Started // the same format from one cluster: text order is time order
+	}
+	return a.LSN > b.LSN
 }
 
 // identity is a server's identity as the probe saw it, "" when unknown.

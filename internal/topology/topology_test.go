@@ -210,6 +210,7 @@ func TestElection(t *testing.T) {
 			rounds: [][]Observation{
 				{prim(100, 2), prim(200, 2), replTL(200, 2)},
 				{replTL(200, 2), prim(300, 2), replTL(300, 2)},
+				{replTL(300, 2), prim(300, 2), replTL(300, 2)}, // it replays from the primary
 			},
 			primary:     1,
 			states:      []State{up, up, up},
@@ -670,6 +671,11 @@ func TestStrings(t *testing.T) {
 		[]string{StateUnknown.String(), StateUp.String(), StateDown.String(), StateLagging.String(), StateFenced.String(), State(9).String()})
 }
 
+func senders(o Observation, n int) Observation {
+	o.Senders = n
+	return o
+}
+
 func withID(o Observation, sys uint64, started string) Observation {
 	o.SystemID, o.Started = sys, started
 	return o
@@ -696,14 +702,14 @@ func TestIssueRules(t *testing.T) {
 			states:  []State{up, fenced, up},
 		},
 		{
-			name: "the newcomer made a standby again: released, the incumbent never fenced",
+			name: "the newcomer made a standby again: released but suspect, the incumbent never fenced",
 			rounds: [][]Observation{
 				{prim(100, 1), replTL(100, 1), replTL(100, 1)},
 				{prim(110, 1), prim(5000, 1), replTL(110, 1)},
-				{prim(120, 1), replTL(110, 1), replTL(120, 1)},
+				{prim(120, 1), replTL(5000, 1), replTL(120, 1)},
 			},
 			primary: 0,
-			states:  []State{up, up, up},
+			states:  []State{up, StateDiverged, up}, // it may hold writes it took as a primary
 		},
 		{
 			name: "the fence is lifted when the node that held the role leaves it",
@@ -724,6 +730,22 @@ func TestIssueRules(t *testing.T) {
 			},
 			primary: -1,
 			states:  []State{dn, fenced, up},
+		},
+		{
+			name: "a new process, two primaries on one timeline: the one its replicas stream from wins",
+			rounds: [][]Observation{
+				{senders(prim(100, 1), 1), senders(prim(5000, 1), 0), replTL(100, 1)},
+			},
+			primary: 0,
+			states:  []State{up, fenced, up},
+		},
+		{
+			name: "a new process, two primaries on one timeline, no senders: the longest running wins",
+			rounds: [][]Observation{
+				{withID(prim(5000, 1), 7, "2026-12-01 10:00:00+00"), withID(prim(100, 1), 7, "2026-12-01 09:00:00+00"), replTL(100, 1)},
+			},
+			primary: 1,
+			states:  []State{fenced, up, up},
 		},
 		{
 			name: "a new process: the stale primary on the lower timeline loses, whatever its WAL",
@@ -801,6 +823,17 @@ func TestIssueRules(t *testing.T) {
 			assert.Equal(t, tt.states, states(s), "states")
 		})
 	}
+	t.Run("a replica ahead of what the primary reported later has another history", func(t *testing.T) {
+		at := func(o Observation, d time.Duration) Observation { o.At = t0.Add(d); return o }
+		var hist History
+		obs := []Observation{at(prim(1000, 1), 2*time.Millisecond), at(replTL(5000, 1), time.Millisecond), at(replTL(1000, 1), time.Millisecond)}
+		s := Build(nil, names3, obs, &hist, Bounds{}, t0.Add(3*time.Millisecond))
+		assert.Equal(t, []State{up, StateDiverged, up}, states(s))
+		// Seen before the primary's sample: the primary may have moved on.
+		obs[1] = at(replTL(1001, 1), 3*time.Millisecond)
+		s = Build(s, names3, obs, &hist, Bounds{}, t0.Add(4*time.Millisecond))
+		assert.Equal(t, StateUp, s.Nodes[1].State)
+	})
 	t.Run("an alias names the node it repeats", func(t *testing.T) {
 		s := run(t, names3, [][]Observation{{withID(prim(100, 1), 7, "t1"), withID(prim(100, 1), 7, "t1"), repl(100)}}, Bounds{})[0]
 		assert.Equal(t, "db1", s.Nodes[1].AliasOf)
