@@ -293,3 +293,12 @@ func errNoSuchNode(option, name string, seeds []*seed) error {
 	}
 	return fmt.Errorf("unified: %s: %q is not a node of the config (nodes: %v)", option, name, known)
 }
+
+// lookup is how host names become node addresses: WithLookupFunc's, else
+// the system resolver.
+func (c *Connector) lookup() func(ctx context.Context, host string) ([]string, error) {
+	if c.opts.lookup != nil {
+		return c.opts.lookup
+	}
+	return net.DefaultResolver.LookupHost
+}

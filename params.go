@@ -1,0 +1,348 @@
+package unified
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// This file is the table of the unified_* DSN parameters: their defaults,
+// how each is parsed into a Config field and written back (one table drives
+// both directions, and the fuzz seeds), and the enums they take.
+
+// ReadFallback says what a ReadOnly statement does when no replica is
+// eligible (DSN: unified_read_fallback). The zero value is not a valid
+// setting: [ParseConfig] sets FallbackPrimary unless the DSN says otherwise.
+type ReadFallback int
+
+const (
+	// FallbackPrimary runs the read on the primary, still read-only
+	// (DSN spelling "primary", the default).
+	FallbackPrimary ReadFallback = iota + 1
+	// FallbackError fails the read with ErrNoReplica (DSN spelling "error").
+	FallbackError
+)
+
+var readFallbackNames = [...]string{
+	FallbackPrimary: "primary",
+	FallbackError:   "error",
+}
+
+// String returns the DSN spelling ("primary", "error"), or
+// "ReadFallback(n)" for a value outside the enum.
+func (f ReadFallback) String() string {
+	if f.valid() {
+		return readFallbackNames[f]
+	}
+	return fmt.Sprintf("ReadFallback(%d)", int(f))
+}
+
+func (f ReadFallback) valid() bool { return f > 0 && int(f) < len(readFallbackNames) }
+
+// parseReadFallback is the inverse of ReadFallback.String.
+func parseReadFallback(s string) (ReadFallback, bool) {
+	for f := FallbackPrimary; int(f) < len(readFallbackNames); f++ {
+		if readFallbackNames[f] == s {
+			return f, true
+		}
+	}
+	return 0, false
+}
+
+// ReplicaPolicy chooses among eligible replicas (DSN: unified_replica_policy).
+// The zero value is not a valid setting: [ParseConfig] sets PolicyRoundRobin
+// unless the DSN says otherwise.
+type ReplicaPolicy int
+
+const (
+	// PolicyRoundRobin cycles through the eligible replicas (DSN spelling
+	// "round-robin", the default).
+	PolicyRoundRobin ReplicaPolicy = iota + 1
+	// PolicyRandom picks an eligible replica at random (DSN spelling
+	// "random").
+	PolicyRandom
+	// PolicyLeastRTT picks the eligible replica with the lowest probe RTT
+	// (DSN spelling "least-rtt").
+	PolicyLeastRTT
+)
+
+var replicaPolicyNames = [...]string{
+	PolicyRoundRobin: "round-robin",
+	PolicyRandom:     "random",
+	PolicyLeastRTT:   "least-rtt",
+}
+
+// String returns the DSN spelling ("round-robin", "random", "least-rtt"),
+// or "ReplicaPolicy(n)" for a value outside the enum.
+func (p ReplicaPolicy) String() string {
+	if p.valid() {
+		return replicaPolicyNames[p]
+	}
+	return fmt.Sprintf("ReplicaPolicy(%d)", int(p))
+}
+
+func (p ReplicaPolicy) valid() bool { return p > 0 && int(p) < len(replicaPolicyNames) }
+
+// parseReplicaPolicy is the inverse of ReplicaPolicy.String.
+func parseReplicaPolicy(s string) (ReplicaPolicy, bool) {
+	for p := PolicyRoundRobin; int(p) < len(replicaPolicyNames); p++ {
+		if replicaPolicyNames[p] == s {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+// defaultConfig returns the settings a DSN without unified_* parameters
+// gets.
+func defaultConfig() Config {
+	return Config{
+		DefaultMode:         ReadWrite,
+		ReadFallback:        FallbackPrimary,
+		ReplicaPolicy:       PolicyRoundRobin,
+		MaxReplicaLag:       10 * time.Second,
+		MaxReplicaLagBytes:  16 << 20,
+		HealthInterval:      time.Second,
+		HealthTimeout:       500 * time.Millisecond,
+		FailoverTimeout:     30 * time.Second,
+		RetryMax:            3,
+		RetryBackoffInitial: 50 * time.Millisecond,
+		RetryBackoffMax:     time.Second,
+		BreakerFailures:     5,
+		BreakerOpen:         5 * time.Second,
+	}
+}
+
+// param is one unified_* DSN parameter: how it is read, written and
+// checked. The params slice fixes the order FormatDSN and String use.
+type param struct {
+	key   string // DSN key
+	field string // Config field(s), named in errors about modified Configs
+	rule  string // what a valid value is, for error messages
+	// set stores the DSN value v in c and reports whether v is valid
+	// syntax; ok then checks the range.
+	set func(c *Config, v string) bool
+	// get is the canonical DSN spelling of c's value.
+	get func(c *Config) string
+	ok  func(c *Config) bool
+}
+
+// Floors of the durations that pace a loop or a wait, where a tiny value
+// (a typo: 1ns for 1s) would spin a core or defeat the mechanism: the
+// monitor probes every node each health interval; a probe timeout below a
+// millisecond fails every probe; a breaker open for less than the floor
+// sheds no load; a retry backoff below it does not wait.
+const (
+	minHealthInterval = 10 * time.Millisecond
+	minHealthTimeout  = time.Millisecond
+	minBreakerOpen    = 10 * time.Millisecond
+	minRetryBackoff   = time.Millisecond
+)
+
+// durationParam is a duration parameter that must be at least minimum
+// (0: any duration >= 0).
+func durationParam(key, field string, p func(*Config) *time.Duration, minimum time.Duration) param {
+	rule := `must be a Go duration >= 0, such as "0s" or "1m30s" (a plain number is not a duration)`
+	if minimum > 0 {
+		rule = fmt.Sprintf(`must be a Go duration of at least %s, such as "500ms" or "1m30s" (a plain number is not a duration)`, minimum)
+	}
+	return param{
+		key: key, field: field, rule: rule,
+		set: func(c *Config, v string) bool {
+			d, err := time.ParseDuration(v)
+			*p(c) = d
+			return err == nil
+		},
+		get: func(c *Config) string { return p(c).String() },
+		ok:  func(c *Config) bool { return *p(c) >= minimum },
+	}
+}
+
+func intParam(key, field string, p func(*Config) *int, minimum int) param {
+	return param{
+		key: key, field: field, rule: fmt.Sprintf("must be an integer >= %d", minimum),
+		set: func(c *Config, v string) bool {
+			n, err := strconv.Atoi(v)
+			*p(c) = n
+			return err == nil
+		},
+		get: func(c *Config) string { return strconv.Itoa(*p(c)) },
+		ok:  func(c *Config) bool { return *p(c) >= minimum },
+	}
+}
+
+var params = []param{
+	{
+		key: "unified_default_mode", field: "DefaultMode",
+		rule: "must be read-write, read-only, batch or transactional",
+		set: func(c *Config, v string) bool {
+			m, ok := parseMode(v)
+			c.DefaultMode = m
+			return ok
+		},
+		get: func(c *Config) string { return c.DefaultMode.String() },
+		ok:  func(c *Config) bool { return c.DefaultMode.valid() },
+	},
+	{
+		key: "unified_read_fallback", field: "ReadFallback",
+		rule: "must be primary or error",
+		set: func(c *Config, v string) bool {
+			f, ok := parseReadFallback(v)
+			c.ReadFallback = f
+			return ok
+		},
+		get: func(c *Config) string { return c.ReadFallback.String() },
+		ok:  func(c *Config) bool { return c.ReadFallback.valid() },
+	},
+	{
+		key: "unified_replica_policy", field: "ReplicaPolicy",
+		rule: "must be round-robin, random or least-rtt",
+		set: func(c *Config, v string) bool {
+			p, ok := parseReplicaPolicy(v)
+			c.ReplicaPolicy = p
+			return ok
+		},
+		get: func(c *Config) string { return c.ReplicaPolicy.String() },
+		ok:  func(c *Config) bool { return c.ReplicaPolicy.valid() },
+	},
+	durationParam("unified_max_replica_lag", "MaxReplicaLag",
+		func(c *Config) *time.Duration { return &c.MaxReplicaLag }, 0),
+	{
+		key: "unified_max_replica_lag_bytes", field: "MaxReplicaLagBytes",
+		rule: "must be an integer >= 0 (WAL bytes)",
+		set: func(c *Config, v string) bool {
+			n, err := strconv.ParseUint(v, 10, 64)
+			c.MaxReplicaLagBytes = n
+			return err == nil
+		},
+		get: func(c *Config) string { return strconv.FormatUint(c.MaxReplicaLagBytes, 10) },
+		ok:  func(*Config) bool { return true },
+	},
+	durationParam("unified_health_interval", "HealthInterval",
+		func(c *Config) *time.Duration { return &c.HealthInterval }, minHealthInterval),
+	durationParam("unified_health_timeout", "HealthTimeout",
+		func(c *Config) *time.Duration { return &c.HealthTimeout }, minHealthTimeout),
+	durationParam("unified_failover_timeout", "FailoverTimeout",
+		func(c *Config) *time.Duration { return &c.FailoverTimeout }, 0),
+	intParam("unified_retry_max", "RetryMax", func(c *Config) *int { return &c.RetryMax }, 1),
+	{
+		key: "unified_retry_backoff", field: "RetryBackoffInitial, RetryBackoffMax",
+		rule: fmt.Sprintf(`must be initial..max, two Go durations with %s <= initial <= max, such as "50ms..1s"`, minRetryBackoff),
+		set: func(c *Config, v string) bool {
+			lo, hi, found := strings.Cut(v, "..")
+			if !found {
+				return false
+			}
+			var err1, err2 error
+			c.RetryBackoffInitial, err1 = time.ParseDuration(lo)
+			c.RetryBackoffMax, err2 = time.ParseDuration(hi)
+			return err1 == nil && err2 == nil
+		},
+		get: func(c *Config) string {
+			return c.RetryBackoffInitial.String() + ".." + c.RetryBackoffMax.String()
+		},
+		ok: func(c *Config) bool {
+			return c.RetryBackoffInitial >= minRetryBackoff && c.RetryBackoffInitial <= c.RetryBackoffMax
+		},
+	},
+	{
+		key: "unified_breaker_failures", field: "BreakerFailures",
+		rule: "must be an integer between 1 and 4294967295",
+		set: func(c *Config, v string) bool {
+			n, err := strconv.ParseUint(v, 10, 32)
+			c.BreakerFailures = uint32(n)
+			return err == nil
+		},
+		get: func(c *Config) string { return strconv.FormatUint(uint64(c.BreakerFailures), 10) },
+		ok:  func(c *Config) bool { return c.BreakerFailures >= 1 },
+	},
+	durationParam("unified_breaker_open", "BreakerOpen",
+		func(c *Config) *time.Duration { return &c.BreakerOpen }, minBreakerOpen),
+	intParam("unified_max_batch_conns", "MaxBatchConns", func(c *Config) *int { return &c.MaxBatchConns }, 0),
+	intParam("unified_max_open_conns", "MaxOpenConns", func(c *Config) *int { return &c.MaxOpenConns }, 0),
+	intParam("unified_max_idle_conns", "MaxIdleConns", func(c *Config) *int { return &c.MaxIdleConns }, 0),
+	durationParam("unified_conn_max_lifetime", "ConnMaxLifetime",
+		func(c *Config) *time.Duration { return &c.ConnMaxLifetime }, 0),
+	durationParam("unified_conn_max_idle_time", "ConnMaxIdleTime",
+		func(c *Config) *time.Duration { return &c.ConnMaxIdleTime }, 0),
+}
+
+func lookupParam(key string) (param, bool) {
+	for _, p := range params {
+		if p.key == key {
+			return p, true
+		}
+	}
+	return param{}, false
+}
+
+const (
+	keyTargetSessionAttrs = "target_session_attrs"
+	envTargetSessionAttrs = "PGTARGETSESSIONATTRS"
+)
+
+// targetSessionAttrsMode maps a libpq target_session_attrs value to the
+// default mode it asks for.
+func targetSessionAttrsMode(v string) (Mode, bool) {
+	switch v {
+	case "read-write", "primary", "any":
+		return ReadWrite, true
+	case "read-only", "standby", "prefer-standby":
+		return ReadOnly, true
+	}
+	return 0, false
+}
+
+// pgxError rewords an error from pgx.ParseConfig without the connection
+// string pgx quotes (its redaction is best effort), and withholds it
+// entirely if it would still contain one of secrets.
+func pgxError(err error, secrets []string) error {
+	msg := err.Error()
+	if pce, ok := errors.AsType[*pgconn.ParseConfigError](err); ok {
+		bare := *pce
+		bare.ConnString = ""
+		msg = strings.TrimPrefix(bare.Error(), "cannot parse ``: ")
+	}
+	if revealsSecret(msg, secrets) {
+		return errors.New("unified: invalid connection string (details withheld: they would reveal the password)")
+	}
+	return fmt.Errorf("unified: invalid connection string: %s", msg)
+}
+
+func revealsSecret(s string, secrets []string) bool {
+	for _, secret := range secrets {
+		if secret != "" && strings.Contains(s, secret) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPorts checks the port list a DSN gives pgx (dsn.Parts.Ports) before
+// pgx does, so that a port out of range is named with its value: pgx's
+// "invalid port" names neither. It judges only ports written as digits;
+// other text is left to pgx, whose error does not quote it. A port that
+// holds a secret is not quoted either: in a URL whose password holds a '/',
+// libpq's syntax puts part of the password in the port position, and
+// dsn.Split counts such ports among the secrets.
+func checkPorts(ports, secrets []string) error {
+	for _, p := range ports {
+		if p == "" || strings.Trim(p, "0123456789") != "" {
+			continue // the default port, or not a number
+		}
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil && n > 0 {
+			continue
+		}
+		if revealsSecret(p, secrets) {
+			return errors.New("unified: invalid port (value withheld: it would reveal the password): " + rulePort)
+		}
+		return fmt.Errorf("unified: invalid port %q: %s", p, rulePort)
+	}
+	return nil
+}
+
+const rulePort = "must be an integer 1..65535"

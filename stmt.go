@@ -1,0 +1,102 @@
+package unified
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+)
+
+// stmt is a logical prepared statement: it remembers the query and prepares
+// it on each physical connection it executes on.
+type stmt struct {
+	conn     *Conn
+	query    string
+	numInput int
+	prepared []preparedOn
+	closed   bool
+}
+
+type preparedOn struct {
+	pc *physConn
+	st driver.Stmt
+}
+
+var (
+	_ driver.Stmt             = (*stmt)(nil)
+	_ driver.StmtExecContext  = (*stmt)(nil)
+	_ driver.StmtQueryContext = (*stmt)(nil)
+)
+
+// on returns the statement prepared on pc, preparing it there if needed and
+// forgetting the ones on closed connections.
+func (s *stmt) on(ctx context.Context, pc *physConn) (driver.Stmt, error) {
+	live := s.prepared[:0]
+	var found driver.Stmt
+	for _, p := range s.prepared {
+		if p.pc.closed {
+			continue
+		}
+		live = append(live, p)
+		if p.pc == pc {
+			found = p.st
+		}
+	}
+	clear(s.prepared[len(live):])
+	s.prepared = live
+	if found != nil {
+		return found, nil
+	}
+	ps, err := pc.prepare(ctx, s.query)
+	if err != nil {
+		return nil, err
+	}
+	s.prepared = append(s.prepared, preparedOn{pc: pc, st: ps})
+	return ps, nil
+}
+
+func (s *stmt) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var first error
+	for _, p := range s.prepared {
+		if p.pc.closed {
+			continue
+		}
+		if err := p.st.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	s.prepared = nil
+	return first
+}
+
+// NumInput is the parameter count reported by the first preparation.
+func (s *stmt) NumInput() int { return s.numInput }
+
+func (s *stmt) Exec([]driver.Value) (driver.Result, error) {
+	return nil, errors.New("unified: Stmt.Exec is deprecated and not implemented; use ExecContext")
+}
+
+func (s *stmt) Query([]driver.Value) (driver.Rows, error) {
+	return nil, errors.New("unified: Stmt.Query is deprecated and not implemented; use QueryContext")
+}
+
+func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	return s.conn.exec(ctx, s.query, func(pc *physConn) (driver.Result, error) {
+		ps, err := s.on(ctx, pc)
+		if err != nil {
+			return nil, err
+		}
+		e, ok := ps.(driver.StmtExecContext)
+		if !ok {
+			return nil, errStmtNoContext(ps)
+		}
+		return e.ExecContext(ctx, args)
+	})
+}
+
+func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	return s.conn.query(ctx, s.query, args, s)
+}
