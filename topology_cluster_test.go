@@ -210,6 +210,7 @@ func TestReplicaOfFencedLineageServesNoReads(t *testing.T) {
 	require.NoError(t, c.WaitCatchUp(ctx, follower, old))
 
 	db := openUnified(t, c, haParams...)
+	db.SetMaxIdleConns(0) // every read on a new logical connection: a new replica choice
 	ro := unified.WithMode(ctx, unified.ReadOnly)
 	onFollower := 0
 	for range 40 {
@@ -247,6 +248,7 @@ func TestNewProcessAvoidsStaleReplica(t *testing.T) {
 	time.Sleep(3 * time.Second)
 
 	db := openUnified(t, c, "unified_max_replica_lag=1s")
+	db.SetMaxIdleConns(0) // every read on a new logical connection: a new replica choice
 	ro := unified.WithMode(ctx, unified.ReadOnly)
 	missed, onPaused := 0, 0
 	for range 20 {
