@@ -18,7 +18,8 @@ import (
 
 // attempt is the state of one operation across its attempts.
 type attempt struct {
-	rec *opRecord
+	rec  *opRecord
+	want readWant // what a read asks of its replica
 	// waitUntil is when the operation stops waiting for a primary: set the
 	// first time it waits, unified_failover_timeout later (each operation
 	// waits that long from when it started waiting, not from the loss).
@@ -104,11 +105,17 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 	if rec.metrics {
 		c.c.tel.connCount(pc.node, 0, 1)
 	}
+	if pc.slot.read() {
+		pc.node.inflight.Add(1)
+	}
 	err := fn(pc)
+	if pc.slot.read() {
+		pc.node.inflight.Add(-1)
+	}
 	if rec.metrics {
 		c.c.tel.connCount(pc.node, 0, -1)
 	}
-	if pc.sock != nil {
+	if pc.sock != nil || pc.slot == slotFallback {
 		pc.lastUsed = time.Now()
 	}
 	if err == nil && op != opPing {

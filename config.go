@@ -136,7 +136,7 @@ type NodeConfig struct {
 //
 //	unified_default_mode           read-write | read-only | batch | transactional (read-write)
 //	unified_read_fallback          primary | error (primary)
-//	unified_replica_policy         round-robin | random | least-rtt (round-robin)
+//	unified_replica_policy         round-robin | random | least-rtt | least-loaded (round-robin)
 //	unified_max_replica_lag        duration >= 0, 0 = off (10s)
 //	unified_max_replica_lag_bytes  integer >= 0, 0 = off (16777216, 16 MiB)
 //	unified_health_interval        duration >= 10ms (1s)

@@ -791,7 +791,7 @@ func TestValidate(t *testing.T) {
 		{"zero mode", func(c *Config) { c.DefaultMode = 0 }, `unified: invalid unified_default_mode "Mode(0)" (Config.DefaultMode)`},
 		{"mode out of range", func(c *Config) { c.DefaultMode = 9 }, `unified_default_mode "Mode(9)"`},
 		{"zero fallback", func(c *Config) { c.ReadFallback = 0 }, `unified_read_fallback "ReadFallback(0)" (Config.ReadFallback)`},
-		{"bad policy", func(c *Config) { c.ReplicaPolicy = 4 }, `unified_replica_policy "ReplicaPolicy(4)"`},
+		{"bad policy", func(c *Config) { c.ReplicaPolicy = 5 }, `unified_replica_policy "ReplicaPolicy(5)"`},
 		{"negative lag", func(c *Config) { c.MaxReplicaLag = -time.Second }, `unified_max_replica_lag "-1s" (Config.MaxReplicaLag)`},
 		{"zero interval", func(c *Config) { c.HealthInterval = 0 }, `unified_health_interval "0s"`},
 		{"interval below its floor", func(c *Config) { c.HealthInterval = time.Millisecond }, `unified_health_interval "1ms" (Config.HealthInterval): must be a Go duration of at least 10ms`},
@@ -920,6 +920,10 @@ func TestEnumStrings(t *testing.T) {
 	assert.Equal(t, "round-robin", PolicyRoundRobin.String())
 	assert.Equal(t, "random", PolicyRandom.String())
 	assert.Equal(t, "least-rtt", PolicyLeastRTT.String())
+	assert.Equal(t, "least-loaded", PolicyLeastLoaded.String())
+	p, ok := parseReplicaPolicy("least-loaded")
+	assert.True(t, ok)
+	assert.Equal(t, PolicyLeastLoaded, p)
 	assert.Equal(t, "ReadFallback(0)", ReadFallback(0).String())
 	assert.Equal(t, "ReplicaPolicy(7)", ReplicaPolicy(7).String())
 	_, ok := parseReadFallback("ReadFallback(0)")

@@ -40,12 +40,12 @@ import (
 //	})
 type Conn struct {
 	c    *Connector
-	phys [2]*physConn // by slot
-	tx   *tx          // the open transaction (&txState), nil outside one
+	phys [numSlots]*physConn // by slot
+	tx   *tx                 // the open transaction (&txState), nil outside one
 	// txState and rowsBuf hold the open transaction and rows, so that
 	// BeginTx and a query allocate nothing of their own.
 	txState tx
-	rowsBuf [2]rows
+	rowsBuf [numSlots]rows
 
 	closed        bool
 	finished      bool // the primary session is gone: see Conn
@@ -68,10 +68,23 @@ var (
 
 // mode is the statement's mode: the context's, else the default.
 func (c *Conn) mode(ctx context.Context) Mode {
-	if m, ok := ModeFrom(ctx); ok {
-		return m
+	m, _ := c.route(ctx)
+	return m
+}
+
+// route reads the context's hints once: the statement's mode (the
+// context's, else the default), and what a read asks of its replica.
+func (c *Conn) route(ctx context.Context) (Mode, readWant) {
+	h := hintsFrom(ctx)
+	m := h.mode
+	if !m.valid() {
+		m = c.c.cfg.DefaultMode
 	}
-	return c.c.cfg.DefaultMode
+	w := readWant{maxLag: h.maxLag, lagSet: h.lagSet, sess: h.session}
+	if h.session != nil {
+		w.floor = h.session.get()
+	}
+	return m, w
 }
 
 func (c *Conn) drop(s slot) {
@@ -85,9 +98,14 @@ func (c *Conn) drop(s slot) {
 // on the slot its mode routes to, with the rules of outcome.go. It is the
 // one entry of Exec, Query, Prepare and Ping, for Conn and stmt alike.
 func (c *Conn) do(ctx context.Context, op opKind, query string, fn func(*physConn) error) (*physConn, error) {
-	m := c.mode(ctx)
+	m, w := c.route(ctx)
+	return c.doRouted(ctx, op, query, m, w, fn)
+}
+
+// doRouted is do for a caller that has read the context's hints already.
+func (c *Conn) doRouted(ctx context.Context, op opKind, query string, m Mode, w readWant, fn func(*physConn) error) (*physConn, error) {
 	rec := c.c.tel.begin(ctx, op, query, m)
-	a := attempt{rec: &rec}
+	a := attempt{rec: &rec, want: w}
 	var (
 		pc  *physConn
 		err error
@@ -105,6 +123,9 @@ func (c *Conn) do(ctx context.Context, op opKind, query string, fn func(*physCon
 	var n *node
 	if pc != nil {
 		n, sl = pc.node, pc.slot
+	}
+	if err == nil && op == opExec && w.sess != nil && sl == slotPrimary && c.tx == nil {
+		c.capture(ctx, pc, w.sess) // an autocommit statement committed: raise the floor
 	}
 	rec.end(ctx, n, sl, err)
 	return pc, err
@@ -166,8 +187,9 @@ func (c *Conn) query(ctx context.Context, query string, args []driver.NamedValue
 			release() // not handed to the rows: an error, or a panic in the node driver
 		}
 	}()
+	m, w := c.route(ctx)
 	var dr driver.Rows
-	pc, err := c.do(ctx, opQuery, query, func(pc *physConn) (err error) {
+	pc, err := c.doRouted(ctx, opQuery, query, m, w, func(pc *physConn) (err error) {
 		dr, err = c.queryOn(ctx, pc, query, args, st)
 		return err
 	})
@@ -179,6 +201,9 @@ func (c *Conn) query(ctx context.Context, query string, args []driver.NamedValue
 	}
 	r := c.newRows(pc)
 	*r = rows{Rows: dr, c: c, pc: pc, ctx: ctx, query: query, args: args, st: st, release: release, inTx: c.tx != nil, inUse: true}
+	if pc.slot == slotPrimary && c.tx == nil {
+		r.sess = w.sess // an autocommit query may be a write: its floor is read at Close
+	}
 	release = nil
 	return r, nil
 }
@@ -239,7 +264,7 @@ func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if c.tx != nil {
 		return nil, errors.New("unified: a transaction is already open on this connection")
 	}
-	m := c.mode(ctx)
+	m, w := c.route(ctx)
 	release, err := c.c.admitBatch(ctx, m)
 	if err != nil {
 		return nil, err
@@ -250,7 +275,7 @@ func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		}
 	}()
 	rec := c.c.tel.begin(ctx, opBegin, "BEGIN", m)
-	a := attempt{rec: &rec}
+	a := attempt{rec: &rec, want: w}
 	var inner driver.Tx
 	pc, err := c.run(ctx, opBegin, m, slotFor(m), &a, func(pc *physConn) (err error) {
 		inner, err = pc.begin(ctx, opts)
@@ -266,6 +291,9 @@ func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	}
 	// The transaction lives in the Conn (one at a time): no allocation.
 	c.txState = tx{c: c, pc: pc, inner: inner, mode: m, release: release, parent: c.c.tel.spanParent(ctx)}
+	if w.sess != nil && pc.slot == slotPrimary {
+		c.txState.sess, c.txState.ctx = w.sess, ctx // its COMMIT raises the floor
+	}
 	release = nil
 	c.tx = &c.txState
 	c.c.tel.connCount(pc.node, 0, 1)
@@ -301,7 +329,9 @@ func (c *Conn) CheckNamedValue(*driver.NamedValue) error {
 // reused. A primary session that is lost, left inside a transaction (pgx's
 // rule), or whose node is no longer the primary finishes the Conn: it
 // returns driver.ErrBadConn and database/sql discards it. A read session the
-// topology no longer allows is closed; the next read opens another.
+// topology no longer allows is closed, and so is a fallback session on the
+// primary that has sat idle for two health intervals while a replica is
+// eligible; the next read opens another.
 func (c *Conn) ResetSession(ctx context.Context) error {
 	if c.closed || c.finished {
 		return driver.ErrBadConn
@@ -317,8 +347,10 @@ func (c *Conn) ResetSession(ctx context.Context) error {
 			c.drop(slotPrimary)
 		}
 	}
-	if pc := c.phys[slotRead]; pc != nil && (!pc.fit() || c.c.readStale(pc, v) || pc.reset(ctx) != nil) {
-		c.drop(slotRead)
+	for _, sl := range [...]slot{slotRead, slotFallback} {
+		if pc := c.phys[sl]; pc != nil && (!pc.fit() || c.c.readStale(pc, v) || c.c.idleFallback(pc, v) || pc.reset(ctx) != nil) {
+			c.drop(sl)
+		}
 	}
 	return nil
 }
@@ -337,8 +369,9 @@ func (c *Conn) Close() error {
 		_ = c.tx.inner.Rollback()
 		c.tx.end()
 	}
-	c.drop(slotPrimary)
-	c.drop(slotRead)
+	for sl := range numSlots {
+		c.drop(sl)
+	}
 	if c.ownsConnector {
 		return c.c.Close()
 	}
@@ -397,6 +430,11 @@ type tx struct {
 	// parent carries BeginTx's span to COMMIT/ROLLBACK (database/sql gives
 	// them no context); context.Background() when tracing is off.
 	parent context.Context
+	// sess is the session of a transaction on the primary begun with one,
+	// whose COMMIT raises its floor, within ctx (BeginTx's, as pgx uses
+	// it for COMMIT).
+	sess *Session
+	ctx  context.Context
 }
 
 // end detaches the transaction from its connection.
@@ -412,7 +450,13 @@ func (t *tx) end() {
 // Commit commits. When the connection breaks after COMMIT was sent, the
 // error wraps ErrCommitUnknown, whatever the transaction's access mode.
 // COMMIT is never sent again.
-func (t *tx) Commit() error { return t.finish(opCommit, t.inner.Commit) }
+func (t *tx) Commit() error {
+	if t.sess != nil {
+		c, pc, inner, sess, ctx := t.c, t.pc, t.inner, t.sess, t.ctx
+		return t.finish(opCommit, func() error { return c.commitWithFloor(ctx, pc, inner, sess) })
+	}
+	return t.finish(opCommit, t.inner.Commit)
+}
 
 // Rollback rolls back.
 func (t *tx) Rollback() error { return t.finish(opRollback, t.inner.Rollback) }

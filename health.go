@@ -274,6 +274,9 @@ func (m *monitor) publish() {
 	primary := v.primary()
 	if prev == nil || primary != prev.primary() {
 		m.warmUntil = now.Add(warmupWindow)
+		for _, n := range nodes {
+			n.replayHint.Store(0) // positions on the old primary's history
+		}
 	}
 
 	m.mu.Lock()

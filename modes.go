@@ -64,23 +64,59 @@ func parseMode(s string) (Mode, bool) {
 	return 0, false
 }
 
-type modeKey struct{}
+// hints are what a context tells the router: the mode ([WithMode]), the
+// session ([WithSession]) and the lag bound ([WithMaxLag]). They travel
+// under one key, so that a statement reads all three with one context
+// lookup; each With function copies the hints it finds and changes one.
+type hints struct {
+	mode    Mode
+	session *Session
+	maxLag  time.Duration
+	lagSet  bool
+}
+
+type hintsKey struct{}
+
+// hintsFrom returns the hints ctx carries (the zero hints when none).
+func hintsFrom(ctx context.Context) hints {
+	if h, ok := ctx.Value(hintsKey{}).(*hints); ok {
+		return *h
+	}
+	return hints{}
+}
+
+func withHints(ctx context.Context, edit func(*hints)) context.Context {
+	h := hintsFrom(ctx)
+	edit(&h)
+	return context.WithValue(ctx, hintsKey{}, &h)
+}
 
 // WithMode returns a copy of ctx that carries the access mode m. Statements
 // and transactions started with the returned context are routed by m. An
 // invalid m (zero or out of range) is stored as given and treated as unset.
 func WithMode(ctx context.Context, m Mode) context.Context {
-	return context.WithValue(ctx, modeKey{}, m)
+	return withHints(ctx, func(h *hints) { h.mode = m })
 }
 
 // ModeFrom returns the mode carried by ctx and whether one was set with a
 // valid value.
 func ModeFrom(ctx context.Context) (Mode, bool) {
-	m, ok := ctx.Value(modeKey{}).(Mode)
-	if !ok || !m.valid() {
+	m := hintsFrom(ctx).mode
+	if !m.valid() {
 		return 0, false
 	}
 	return m, true
+}
+
+// WithMaxLag returns a copy of ctx whose ReadOnly statements run only on a
+// replica shown to be at most d behind the primary in time, instead of
+// unified_max_replica_lag: tighter or looser, for this statement only. A
+// replica whose lag is not known yet (behind every sample of the primary's
+// position this process holds) does not qualify; unified_max_replica_lag_bytes
+// still applies. Without a qualifying replica the read follows
+// unified_read_fallback, as any read. d <= 0 removes a bound set before.
+func WithMaxLag(ctx context.Context, d time.Duration) context.Context {
+	return withHints(ctx, func(h *hints) { h.maxLag, h.lagSet = d, d > 0 })
 }
 
 // RunTx runs fn in a transaction begun with opts (nil: the defaults) on the

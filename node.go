@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -46,12 +47,17 @@ type node struct {
 	// statements, probes); a successful probe closes it.
 	breaker *breaker
 	tel     nodeTelemetry
+	// inflight counts the ReadOnly statements of this Connector running
+	// on the node now (PolicyLeastLoaded). replayHint is the highest replay
+	// position a session read saw on it since the primary last changed.
+	inflight   atomic.Int64
+	replayHint atomic.Uint64
 
 	mu sync.Mutex // protects following fields
 	// conns are the open pgx connections to this node, by slot.
-	conns [2]map[*physConn]struct{}
+	conns [numSlots]map[*physConn]struct{}
 	// dials cancel the dials in progress to this node, by slot.
-	dials [2]map[*context.CancelFunc]struct{}
+	dials [numSlots]map[*context.CancelFunc]struct{}
 }
 
 // seed is one host of the DSN, before resolution.

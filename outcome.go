@@ -47,7 +47,7 @@ func (k opKind) String() string {
 // prepared nothing, a ping does nothing.
 func (k opKind) effectFree() bool { return k == opBegin || k == opPrepare || k == opPing }
 
-// slot is one of a logical connection's two physical connections.
+// slot is one of a logical connection's physical connections.
 type slot uint8
 
 const (
@@ -55,12 +55,23 @@ const (
 	// the default mode, Batch, Transactional. Once it has served a
 	// statement it is never replaced (invariant 9).
 	slotPrimary slot = iota
-	// slotRead is the driver's read session: ReadOnly statements, on a
-	// replica or read-only on the primary as a fallback. The driver may
-	// move it between statements outside a transaction.
+	// slotRead is the driver's read session on a replica: ReadOnly
+	// statements. The driver may move it between statements outside a
+	// transaction.
 	slotRead
+	// slotFallback is the driver's read-only session on the primary, for
+	// ReadOnly statements no replica may serve (unified_read_fallback, a
+	// session floor no replica has replayed). Like slotRead it is the
+	// driver's.
+	slotFallback
+	numSlots
 )
 
+// read reports whether the slot is one of the driver's read sessions.
+func (s slot) read() bool { return s != slotPrimary }
+
+// String is the unified.role of what the slot's node serves: "replica" for
+// slotRead, "primary" otherwise.
 func (s slot) String() string {
 	if s == slotRead {
 		return "replica"
@@ -221,7 +232,7 @@ func decide(f facts) verdict {
 	case f.class == classify.Auth:
 		// A configuration error: never again.
 		v.report = reportFor(f, gone)
-	case f.slot == slotRead && !f.inTx:
+	case f.slot.read() && !f.inTx:
 		readVerdict(f, gone, &v)
 	case f.inTx:
 		// No retry, no re-routing inside a transaction (invariant 2).

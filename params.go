@@ -68,15 +68,22 @@ const (
 	// PolicyLeastRTT picks the eligible replica with the lowest probe RTT
 	// (DSN spelling "least-rtt").
 	PolicyLeastRTT
+	// PolicyLeastLoaded picks, of two eligible replicas chosen at random,
+	// the one with fewer of this Connector's ReadOnly statements in flight,
+	// ties by probe RTT: the power of two choices (DSN spelling
+	// "least-loaded").
+	PolicyLeastLoaded
 )
 
 var replicaPolicyNames = [...]string{
-	PolicyRoundRobin: "round-robin",
-	PolicyRandom:     "random",
-	PolicyLeastRTT:   "least-rtt",
+	PolicyRoundRobin:  "round-robin",
+	PolicyRandom:      "random",
+	PolicyLeastRTT:    "least-rtt",
+	PolicyLeastLoaded: "least-loaded",
 }
 
-// String returns the DSN spelling ("round-robin", "random", "least-rtt"),
+// String returns the DSN spelling ("round-robin", "random", "least-rtt",
+// "least-loaded"),
 // or "ReplicaPolicy(n)" for a value outside the enum.
 func (p ReplicaPolicy) String() string {
 	if p.valid() {
@@ -200,7 +207,7 @@ var params = []param{
 	},
 	{
 		key: "unified_replica_policy", field: "ReplicaPolicy",
-		rule: "must be round-robin, random or least-rtt",
+		rule: "must be round-robin, random, least-rtt or least-loaded",
 		set: func(c *Config, v string) bool {
 			p, ok := parseReplicaPolicy(v)
 			c.ReplicaPolicy = p

@@ -101,6 +101,33 @@ func (r *opRecord) retry(reason retryReason) {
 	}
 }
 
+// sessionRead notes where a read with a session floor ran, and why.
+func (r *opRecord) sessionRead(sl slot, why sessionReason) {
+	if r == nil || r.t == nil {
+		return
+	}
+	p := b2i(sl != slotRead)
+	r.t.counts.sessionReads[p].Add(1)
+	r.t.sessionReads.Add(r.context(), 1, r.t.sessionOpts[why][p]...)
+}
+
+// sessionFallback is sessionRead for a read the fallback session on the
+// primary serves: counted as a session read only when it has a floor.
+func (r *opRecord) sessionFallback(w readWant, why sessionReason) {
+	if !w.floor.zero() {
+		r.sessionRead(slotFallback, why)
+	}
+}
+
+// floorWait notes the time a session read spent looking at a replica's
+// replay position.
+func (r *opRecord) floorWait(d time.Duration) {
+	if r == nil || r.t == nil || !r.metrics {
+		return
+	}
+	r.t.floorWait.Record(r.context(), d.Seconds())
+}
+
 // failoverWait notes that the operation waited d for a new primary.
 func (r *opRecord) failoverWait(d time.Duration) {
 	if r == nil || r.span == nil {
@@ -117,16 +144,15 @@ func (r *opRecord) context() context.Context {
 }
 
 // end finishes the operation on node n (nil when no node was reached) in
-// slot sl (slotRead for a read, even one that fell back to the primary);
-// err is what the caller gets.
+// slot sl (slotFallback for a read the primary served); err is what the
+// caller gets.
 func (r *opRecord) end(ctx context.Context, n *node, sl slot, err error) {
 	t := r.t
 	if t == nil {
 		return
 	}
-	primary := sl == slotPrimary
-	if n != nil && !primary && t.c.viewNow().primary() == n {
-		primary = true // a read that fell back to the primary
+	primary := sl != slotRead
+	if n != nil && sl == slotFallback {
 		t.counts.readFallbacks.Add(1)
 		t.fallbacks.Add(r.contextOr(ctx), 1, n.tel.add...)
 	}

@@ -5,10 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
-
-	"github.com/unifiedsql/unified/internal/topology"
 )
 
 // This file routes: mode -> slot -> node -> physical connection. The
@@ -42,8 +39,8 @@ func (c *Conn) physFor(ctx context.Context, sl slot, exclude *node, a *attempt) 
 	if c.finished {
 		return nil, errFinished
 	}
-	if sl == slotRead {
-		return c.readConn(ctx, exclude)
+	if sl.read() {
+		return c.readConn(ctx, exclude, a)
 	}
 	for {
 		v := c.c.viewNow()
@@ -70,7 +67,7 @@ func (c *Conn) physFor(ctx context.Context, sl slot, exclude *node, a *attempt) 
 			}
 			continue // look again: the used session's node may be back
 		}
-		pc, err := c.c.dial(ctx, primary, slotPrimary, false)
+		pc, err := c.c.dial(ctx, primary, slotPrimary)
 		if err != nil {
 			return nil, err
 		}
@@ -89,163 +86,10 @@ func (c *Conn) physFor(ctx context.Context, sl slot, exclude *node, a *attempt) 
 // gone. Every later call gets driver.ErrBadConn; database/sql discards it.
 func (c *Conn) finish() error {
 	c.finished = true
-	c.drop(slotPrimary)
-	c.drop(slotRead)
+	for sl := range numSlots {
+		c.drop(sl)
+	}
 	return errFinished
-}
-
-// readConn returns the read slot's connection, replacing it when its node
-// may no longer serve reads (readStale), just failed this statement, or the
-// replicas were rebalanced since it was chosen and the policy now picks
-// another node (rebalance).
-func (c *Conn) readConn(ctx context.Context, exclude *node) (*physConn, error) {
-	v := c.c.viewNow()
-	var n *node
-	fallback := false
-	if pc := c.phys[slotRead]; pc != nil {
-		if pc.node != exclude && pc.fit() && !c.c.readStale(pc, v) {
-			if n = c.c.rebalance(pc, v); n == nil {
-				return pc, nil
-			}
-		}
-		c.drop(slotRead)
-	}
-	if n == nil {
-		var err error
-		if n, fallback, err = c.c.readNode(ctx, exclude); err != nil {
-			return nil, err
-		}
-	}
-	pc, err := c.c.dial(ctx, n, slotRead, fallback)
-	if err != nil {
-		return nil, err
-	}
-	pc.balance = c.c.balance.Load()
-	c.phys[slotRead] = pc
-	return pc, nil
-}
-
-// readStale reports whether a read connection may no longer serve reads
-// under v: its replica is no longer eligible, or it is a fallback on the
-// primary while a replica is eligible again.
-func (c *Connector) readStale(pc *physConn, v *view) bool {
-	if v == nil {
-		return false
-	}
-	if pc.node == v.primary() {
-		// A fallback read connection on the primary: keep it only while no
-		// replica is eligible.
-		return pickReplica(v.s, PolicyRoundRobin, 0, c.breakerAllows(v)) >= 0
-	}
-	return !replicaEligible(v.s, v.index(pc.node))
-}
-
-// rebalance returns the node a read connection chosen before a replica
-// became eligible should move to, nil to stay: the policy, asked again,
-// picks another node. It moves read sessions onto a replica that rejoined
-// (its node caught up again, or an old primary came back as a replica)
-// within a health interval or two, at a statement boundary outside a
-// transaction; the primary session is never touched for this.
-func (c *Connector) rebalance(pc *physConn, v *view) *node {
-	gen := c.balance.Load()
-	if pc.balance == gen || v == nil {
-		return nil
-	}
-	pc.balance = gen
-	if i := pickReplica(v.s, c.cfg.ReplicaPolicy, c.cursor(), c.breakerAllows(v)); i >= 0 && v.nodes[i] != pc.node {
-		return v.nodes[i]
-	}
-	return nil
-}
-
-// cursor is the replica policy's next cursor: the round-robin counter, or
-// a random number for PolicyRandom.
-func (c *Connector) cursor() uint64 {
-	if c.cfg.ReplicaPolicy == PolicyRandom {
-		return rand.Uint64()
-	}
-	return c.rr.Add(1)
-}
-
-// breakerAllows returns the filter of the nodes of v whose breaker lets new
-// work through.
-func (c *Connector) breakerAllows(v *view) func(i int) bool {
-	return func(i int) bool { return v.nodes[i].breaker.allows() }
-}
-
-// readNode picks the node for a new read connection: an eligible replica,
-// else the primary (fallback; unified_read_fallback=primary), or
-// ErrNoReplica.
-func (c *Connector) readNode(ctx context.Context, exclude *node) (n *node, fallback bool, err error) {
-	v := c.viewNow()
-	if v == nil && c.mon != nil {
-		if v, err = c.mon.waitElected(ctx); err != nil {
-			return nil, false, err
-		}
-	}
-	allows := c.breakerAllows(v)
-	allowed := func(i int) bool { return v.nodes[i] != exclude && allows(i) }
-	cursor := c.cursor()
-	if i := pickReplica(v.s, c.cfg.ReplicaPolicy, cursor, allowed); i >= 0 {
-		return v.nodes[i], false, nil
-	}
-	if exclude != nil {
-		// The node that just failed this read is the only eligible one:
-		// try it again rather than fall back (or fail) for a blip.
-		if i := pickReplica(v.s, c.cfg.ReplicaPolicy, cursor, allows); i >= 0 {
-			return v.nodes[i], false, nil
-		}
-	}
-	if c.cfg.ReadFallback == FallbackError {
-		return nil, false, ErrNoReplica
-	}
-	if v, err = c.waitPrimary(ctx, nil); err != nil {
-		return nil, false, err
-	}
-	return v.primary(), true, nil
-}
-
-// replicaEligible reports whether node i of s may serve reads: a replica
-// that is up (not down, not lagging past the bounds, not on another
-// lineage).
-func replicaEligible(s *topology.Snapshot, i int) bool {
-	if s == nil || i < 0 || i >= len(s.Nodes) {
-		return false
-	}
-	n := &s.Nodes[i]
-	return n.Role == topology.RoleReplica && n.State == topology.StateUp
-}
-
-// pickReplica chooses the replica for a new read connection, or -1 when none
-// is eligible. It is pure: cursor is the round-robin counter (or a random
-// number for PolicyRandom), allowed filters nodes further (breaker state,
-// nodes that just failed this statement; nil allows all).
-func pickReplica(s *topology.Snapshot, policy ReplicaPolicy, cursor uint64, allowed func(i int) bool) int {
-	if s == nil {
-		return -1
-	}
-	var eligible [8]int
-	idx := eligible[:0]
-	for i := range s.Nodes {
-		if replicaEligible(s, i) && (allowed == nil || allowed(i)) {
-			idx = append(idx, i)
-		}
-	}
-	if len(idx) == 0 {
-		return -1
-	}
-	switch policy {
-	case PolicyLeastRTT:
-		best := idx[0]
-		for _, i := range idx[1:] {
-			if s.Nodes[i].RTT < s.Nodes[best].RTT {
-				best = i
-			}
-		}
-		return best
-	default: // PolicyRoundRobin, PolicyRandom: the caller supplies the cursor
-		return idx[cursor%uint64(len(idx))]
-	}
 }
 
 // readOnlySession is what a fallback read connection on the primary runs
@@ -262,13 +106,13 @@ const readOnlySession = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
 // connections by default_transaction_read_only, and a fallback read
 // connection on the primary through a WithNodeConnector connector by
 // readOnlySession (unless the connector is a ReadOnlyConnector).
-func (c *Connector) dial(ctx context.Context, n *node, sl slot, fallback bool) (*physConn, error) {
+func (c *Connector) dial(ctx context.Context, n *node, sl slot) (*physConn, error) {
 	done, err := n.breaker.allow(n.name)
 	if err != nil {
 		return nil, err
 	}
 	connector := n.rw
-	if sl == slotRead {
+	if sl.read() {
 		connector = n.ro
 	}
 	dctx, cancel := context.WithTimeout(ctx, c.dialTimeout(n))
@@ -289,8 +133,8 @@ func (c *Connector) dial(ctx context.Context, n *node, sl slot, fallback bool) (
 		return nil, &NodeError{Node: n.name, Op: opConnect.String(), Err: err}
 	}
 	done(ctx, nil)
-	pc := newPhysConn(c.tel, n, sl, sl == slotRead, dc)
-	if fallback && n.custom {
+	pc := newPhysConn(c.tel, n, sl, sl.read(), dc)
+	if sl == slotFallback && n.custom {
 		if err := pc.setReadOnly(ctx); err != nil {
 			pc.close()
 			return nil, &NodeError{Node: n.name, Op: opConnect.String(), Err: err}

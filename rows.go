@@ -32,10 +32,11 @@ type rows struct {
 	st    *stmt // the prepared statement, when run through one
 	// release gives back a Batch bulkhead token; nil without one.
 	release func()
-	inTx    bool  // run inside a transaction (a Batch one)
-	seen    bool  // a row reached the caller
-	err     error // the error Next returned, returned by Close again
-	inUse   bool  // this value of Conn.rowsBuf is taken
+	inTx    bool     // run inside a transaction (a Batch one)
+	sess    *Session // the session of an autocommit query on the primary: its floor is read at Close
+	seen    bool     // a row reached the caller
+	err     error    // the error Next returned, returned by Close again
+	inUse   bool     // this value of Conn.rowsBuf is taken
 }
 
 var (
@@ -118,6 +119,9 @@ func (r *rows) Close() error {
 		err = r.err // decided once, in Next
 	case !r.c.closed:
 		_, err = r.failed(err)
+	}
+	if err == nil && r.sess != nil && r.err == nil && !r.pc.broken() {
+		r.c.capture(r.ctx, r.pc, r.sess) // the statement committed when its rows ended
 	}
 	if r.release != nil {
 		r.release()

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/unifiedsql/unified/internal/pgprobe"
 )
 
 // Health is a point-in-time view of the cluster as the Connector sees it.
@@ -53,8 +55,13 @@ type NodeHealth struct {
 	LagBytes   uint64
 	Lag        time.Duration
 	LagUnknown bool
-	RTT        time.Duration // the last probe's round trip
-	Timeline   uint32
+	// LSN is the node's WAL position at its last probe, in PostgreSQL's
+	// text form: the current position on a primary, the replay position on
+	// a replica (what a session's floor is compared with); "" when never
+	// probed.
+	LSN      string
+	RTT      time.Duration // the last probe's round trip
+	Timeline uint32
 	// Breaker is the node's circuit breaker: "closed", "half-open" or "open".
 	Breaker string
 	// LastError is the last probe's error (no password), "" when it
@@ -103,6 +110,9 @@ func (c *Connector) health(v *view, now time.Time) Health {
 		if n.LastErr != nil {
 			nh.LastError = n.LastErr.Error()
 		}
+		if !n.LastSeen.IsZero() {
+			nh.LSN = pgprobe.FormatLSN(max(n.LSN, nd.replayHint.Load()))
+		}
 		h.Nodes = append(h.Nodes, nh)
 	}
 	allows := c.breakerAllows(v)
@@ -110,7 +120,8 @@ func (c *Connector) health(v *view, now time.Time) Health {
 		h.Primary = p.name
 		h.Writable = p.breaker.allows()
 	}
-	h.Readable = pickReplica(s, PolicyRoundRobin, 0, allows) >= 0 ||
+	eligible := func(i int) bool { return allows(i) && replicaEligible(s, i) }
+	h.Readable = pickReplica(s, PolicyRoundRobin, 0, eligible, loadOf(v)) >= 0 ||
 		(c.cfg.ReadFallback == FallbackPrimary && h.Writable)
 	if c.isClosed() {
 		// A closed Connector serves nothing, whatever it last saw.
@@ -144,6 +155,11 @@ type Stats struct {
 	// ReadFallbacks counts ReadOnly operations the primary served because
 	// no replica was eligible (the unified.read.fallback metric).
 	ReadFallbacks uint64
+	// SessionReadsReplica and SessionReadsPrimary count ReadOnly
+	// operations with a session floor served by a replica that had
+	// replayed it, and by the primary (the unified.session.read metric).
+	SessionReadsReplica uint64
+	SessionReadsPrimary uint64
 	// Health is the topology at the time of the call (no waiting).
 	Health Health
 }
@@ -151,10 +167,12 @@ type Stats struct {
 // Stats returns the counters and the current topology without waiting.
 func (c *Connector) Stats() Stats {
 	return Stats{
-		Failovers:     c.tel.counts.failovers.Load(),
-		Retries:       c.tel.counts.retries.Load(),
-		CommitUnknown: c.tel.counts.commitUnknown.Load(),
-		ReadFallbacks: c.tel.counts.readFallbacks.Load(),
-		Health:        c.health(c.viewNow(), time.Now()),
+		Failovers:           c.tel.counts.failovers.Load(),
+		Retries:             c.tel.counts.retries.Load(),
+		CommitUnknown:       c.tel.counts.commitUnknown.Load(),
+		ReadFallbacks:       c.tel.counts.readFallbacks.Load(),
+		SessionReadsReplica: c.tel.counts.sessionReads[0].Load(),
+		SessionReadsPrimary: c.tel.counts.sessionReads[1].Load(),
+		Health:              c.health(c.viewNow(), time.Now()),
 	}
 }

@@ -43,6 +43,7 @@ const (
 	keyNode        = attribute.Key("unified.node")
 	keyRetryReason = attribute.Key("unified.retry.reason")
 	keyWaitSeconds = attribute.Key("unified.failover_wait.duration")
+	keySessionWhy  = attribute.Key("unified.session.reason")
 )
 
 // Bucket boundaries in seconds: the semantic conventions' advice for
@@ -67,6 +68,8 @@ type telemetry struct {
 	commitUnknowns metric.Int64Counter
 	failovers      metric.Int64Counter
 	failoverTime   metric.Float64Histogram
+	sessionReads   metric.Int64Counter
+	floorWait      metric.Float64Histogram
 
 	conns    metric.Int64ObservableUpDownCounter // db.client.connection.count
 	nodeUp   metric.Int64ObservableGauge
@@ -80,12 +83,13 @@ type telemetry struct {
 	tracer   trace.Tracer // nil: tracing off
 	traceSQL bool
 
-	common    []attribute.KeyValue // db.system.name, db.namespace
-	retryOpts [numRetryReasons][]metric.AddOption
-	names     *sqlop.Names
-	opSets    *cowmap.Map[opKey, []metric.RecordOption]
-	closeOnce sync.Once
-	roleAttrs [2][]attribute.KeyValue // unified.role, by slot
+	common      []attribute.KeyValue // db.system.name, db.namespace
+	retryOpts   [numRetryReasons][]metric.AddOption
+	sessionOpts [numSessionReasons][2][]metric.AddOption // by reason, then 0 replica, 1 primary
+	names       *sqlop.Names
+	opSets      *cowmap.Map[opKey, []metric.RecordOption]
+	closeOnce   sync.Once
+	roleAttrs   [numSlots][]attribute.KeyValue // unified.role, by slot
 
 	// counts are the Stats counters: the same events as the counters of
 	// the same names above, counted whether metrics are on or not.
@@ -138,10 +142,15 @@ func newTelemetry(c *Connector, o options) (*telemetry, error) {
 	if len(cfgNodes) > 0 && cfgNodes[0].ConnConfig != nil && cfgNodes[0].ConnConfig.Database != "" {
 		t.common = append(t.common, semconv.DBNamespaceKey.String(cfgNodes[0].ConnConfig.Database))
 	}
-	for _, sl := range []slot{slotPrimary, slotRead} {
+	for sl := range numSlots {
 		t.roleAttrs[sl] = []attribute.KeyValue{keyRole.String(sl.String())}
 	}
 
+	for why := range numSessionReasons {
+		for p, role := range [...]string{"replica", "primary"} {
+			t.sessionOpts[why][p] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(keyRole.String(role), keySessionWhy.String(why.String())))}
+		}
+	}
 	for reason := retryNotSent; reason < numRetryReasons; reason++ {
 		t.retryOpts[reason] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(keyRetryReason.String(reason.String())))}
 	}
@@ -171,6 +180,13 @@ func (t *telemetry) instruments(m metric.Meter) error {
 	var err error
 	t.duration, err = m.Float64Histogram("db.client.operation.duration",
 		metric.WithUnit("s"), metric.WithDescription("Duration of database client operations."),
+		metric.WithExplicitBucketBoundaries(operationBuckets...))
+	check(err)
+	t.sessionReads, err = m.Int64Counter("unified.session.read", metric.WithUnit("{operation}"),
+		metric.WithDescription("ReadOnly operations with a session floor, by where they ran (unified.role) and why (unified.session.reason)."))
+	check(err)
+	t.floorWait, err = m.Float64Histogram("unified.session.floor_wait", metric.WithUnit("s"),
+		metric.WithDescription("Time a session read spent looking at a replica's replay position before it ran."),
 		metric.WithExplicitBucketBoundaries(operationBuckets...))
 	check(err)
 	t.retries, err = m.Int64Counter("unified.retry.count", metric.WithUnit("{retry}"),
@@ -354,4 +370,6 @@ type counts struct {
 	retries       atomic.Uint64 // = unified.retry.count
 	commitUnknown atomic.Uint64 // = unified.commit_unknown.count
 	readFallbacks atomic.Uint64 // = unified.read.fallback
+	// sessionReads[0] replica, [1] primary: = unified.session.read
+	sessionReads [2]atomic.Uint64
 }
