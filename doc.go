@@ -119,6 +119,16 @@
 // with [ErrCircuitOpen]. The rules are one pure function of what happened
 // (outcome.go in the source), table-tested.
 //
+// # Read your writes
+//
+// A [Session] in a statement's context ([WithSession]) gives
+// read-your-writes: a write made with it raises its floor (a WAL position
+// at or after the commit), and a ReadOnly statement made with it runs only
+// on a replica that has replayed the floor, else on the primary,
+// read-only. [Session.Token] and [ParseSession] carry it across requests
+// and processes; [SessionHandler] does that for HTTP. [WithMaxLag] bounds
+// one statement's replica lag.
+//
 // # Health and observability
 //
 // [Connector.Health] and [Connector.Stats] report every node's role, state
