@@ -51,7 +51,8 @@ func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, 
 			}
 			nd = c.c.viewNow().named(ne.Node)
 			f.noConn, f.breakerOpen = true, errors.Is(err, ErrCircuitOpen)
-			if f.class = classify.Of(ctx, err); f.class == classify.Other {
+			var hook *hookError
+			if f.class = classOf(ctx, err); f.class == classify.Other && !errors.As(err, &hook) {
 				f.class = classify.Connection // a dial the monitor or Close interrupted
 			}
 		} else {
@@ -91,7 +92,7 @@ func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, 
 }
 
 // classifyOf is the error's class against the caller's context.
-func classifyOf(ctx context.Context, err error) classify.Class { return classify.Of(ctx, err) }
+func classifyOf(ctx context.Context, err error) classify.Class { return classOf(ctx, err) }
 
 // sentOf reports whether a failed call may have reached the server: pgx
 // (v5.13 and later, jackc/pgx#2700) marks what provably did not as safe to
@@ -105,6 +106,7 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 	if rec.metrics {
 		c.c.tel.connCount(pc.node, 0, 1)
 	}
+	pc.active.Add(1)
 	if pc.slot.read() {
 		pc.node.inflight.Add(1)
 	}
@@ -112,6 +114,7 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 	if pc.slot.read() {
 		pc.node.inflight.Add(-1)
 	}
+	pc.active.Add(-1)
 	if rec.metrics {
 		c.c.tel.connCount(pc.node, 0, -1)
 	}
@@ -120,6 +123,12 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 	}
 	if err == nil && op != opPing {
 		pc.used = true
+	}
+	if !pc.sawPromotion && pc.promoted() && c.c.mon != nil {
+		// The replica was promoted: the next probe round confirms it now,
+		// not a health interval later.
+		pc.sawPromotion = true
+		c.c.mon.suspectPrimary()
 	}
 	return err
 }

@@ -74,7 +74,7 @@ func (b *breaker) outcome(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
-	switch cls := classify.Of(ctx, err); {
+	switch cls := classOf(ctx, err); {
 	case cls.NodeFault():
 		b.lastErr.Store(&err)
 		return errNodeFault
@@ -88,7 +88,7 @@ func (b *breaker) outcome(ctx context.Context, err error) error {
 // record counts a failure seen outside allow (a statement on an
 // established connection, a probe).
 func (b *breaker) record(ctx context.Context, err error) {
-	if !classify.Of(ctx, err).NodeFault() {
+	if !classOf(ctx, err).NodeFault() {
 		return
 	}
 	if done, aerr := b.cb.Load().Allow(); aerr == nil {
@@ -113,3 +113,16 @@ func (b *breaker) healthy() {
 // allows reports whether the breaker lets new work through; the router
 // skips nodes whose breaker is open.
 func (b *breaker) allows() bool { return b.state() != gobreaker.StateOpen }
+
+// classOf is classify.Of, except for a WithBeforeConnect hook's error: the
+// caller's (Other), or a connection failure when it wraps ErrNodeFault.
+func classOf(ctx context.Context, err error) classify.Class {
+	var hook *hookError
+	if errors.As(err, &hook) {
+		if errors.Is(err, ErrNodeFault) {
+			return classify.Connection
+		}
+		return classify.Other
+	}
+	return classify.Of(ctx, err)
+}

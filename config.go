@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -95,6 +96,17 @@ type Config struct {
 	MaxIdleConns    int
 	ConnMaxLifetime time.Duration
 	ConnMaxIdleTime time.Duration
+	// DNSRefresh: how often every host name of the DSN (and of Patroni's
+	// members) is resolved again (unified_dns_refresh), with 10 % jitter,
+	// and soon after a node of it fails a probe. Default 30s; 0 resolves
+	// once, at the first connection; otherwise at least 1s.
+	DNSRefresh time.Duration
+	// Patroni: Patroni REST API base URLs (unified_patroni, comma
+	// separated, such as "http://db1:8008,http://db2:8008"). When set, the
+	// members of GET /cluster join the DSN's hosts, with the DSN's
+	// credentials and TLS settings. Roles still come from the nodes
+	// themselves.
+	Patroni []string
 
 	// connString is the DSN without unified_* and target_session_attrs, in
 	// the syntax the user wrote it (URL or keyword/value): the other pairs
@@ -222,7 +234,7 @@ func ParseConfig(connString string) (*Config, error) {
 			return nil, fmt.Errorf("unified: unknown parameter %q", kv.Key)
 		}
 		if !p.set(&c, kv.Value) || !p.ok(&c) {
-			return nil, fmt.Errorf("unified: invalid %s %q: %s", p.key, kv.Value, p.rule)
+			return nil, fmt.Errorf("unified: invalid %s %q: %s", p.key, redactURLs(kv.Value), p.rule)
 		}
 	}
 	if !seen[keyTargetSessionAttrs] && !seen["unified_default_mode"] {
@@ -270,7 +282,7 @@ func (c *Config) validate() error {
 	}
 	for _, p := range params {
 		if !p.ok(c) {
-			return fmt.Errorf("unified: invalid %s %q (Config.%s): %s", p.key, p.get(c), p.field, p.rule)
+			return fmt.Errorf("unified: invalid %s %q (Config.%s): %s", p.key, redactURLs(p.get(c)), p.field, p.rule)
 		}
 	}
 	_, err := nodeGroups(c.pgx)
@@ -284,6 +296,7 @@ func (c *Config) Copy() *Config {
 	if c.pgx != nil {
 		cp.pgx = c.pgx.Copy()
 	}
+	cp.Patroni = slices.Clone(c.Patroni)
 	return &cp
 }
 

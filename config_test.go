@@ -662,6 +662,9 @@ type errorCase struct {
 }
 
 var errorCases = []errorCase{
+	{"dns refresh below its floor", "postgres://app:s3cr3t-pw@h1/app?unified_dns_refresh=10ms", []string{`unified_dns_refresh "10ms"`, "at least 1s"}, nil},
+	{"patroni URL without a scheme", "postgres://app:s3cr3t-pw@h1/app?unified_patroni=db1:8008", []string{`unified_patroni "db1:8008"`, "http://"}, nil},
+	{"patroni URL with credentials", "host=h1 password=s3cr3t-pw unified_patroni=http://u:pw@db1:8008", []string{`unified_patroni "http://xxxxx@db1:8008"`}, nil},
 	{"unknown key url", "postgres://app:s3cr3t-pw@h1/app?unified_retry=5", []string{`unknown parameter "unified_retry"`}, nil},
 	{"unknown key keyword/value", "host=h1 password=s3cr3t-pw unified_bogus=1", []string{`"unified_bogus"`}, nil},
 	{"upper-case key", "host=h1 password=s3cr3t-pw UNIFIED_RETRY_MAX=5", []string{`unknown parameter "UNIFIED_RETRY_MAX" (keys are case-sensitive: unified_retry_max)`}, nil},
@@ -940,7 +943,7 @@ func TestString(t *testing.T) {
 		"read_fallback=primary replica_policy=round-robin max_replica_lag=10s max_replica_lag_bytes=16777216 "+
 		"health_interval=1s health_timeout=500ms failover_timeout=30s retry_max=5 retry_backoff=50ms..1s "+
 		"breaker_failures=5 breaker_open=5s max_batch_conns=0 max_open_conns=0 max_idle_conns=0 "+
-		"conn_max_lifetime=0s conn_max_idle_time=0s", c.String())
+		"conn_max_lifetime=0s conn_max_idle_time=0s dns_refresh=30s patroni=", c.String())
 
 	for _, dsn := range []string{
 		// In the URL, as a query password, in run-time parameters.

@@ -204,6 +204,7 @@ func (c *Conn) query(ctx context.Context, query string, args []driver.NamedValue
 	if pc.slot == slotPrimary && c.tx == nil {
 		r.sess = w.sess // an autocommit query may be a write: its floor is read at Close
 	}
+	pc.active.Add(1) // until Close
 	release = nil
 	return r, nil
 }
@@ -297,6 +298,7 @@ func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	release = nil
 	c.tx = &c.txState
 	c.c.tel.connCount(pc.node, 0, 1)
+	pc.active.Add(1) // until the transaction ends
 	return c.tx, nil
 }
 
@@ -440,6 +442,7 @@ type tx struct {
 // end detaches the transaction from its connection.
 func (t *tx) end() {
 	t.c.c.tel.connCount(t.pc.node, 0, -1)
+	t.pc.active.Add(-1)
 	t.c.tx = nil
 	if t.release != nil {
 		t.release()

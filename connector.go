@@ -41,7 +41,8 @@ type Connector struct {
 	// transaction in flight; nil when unified_max_batch_conns is 0.
 	batch chan struct{}
 
-	tel *telemetry
+	tel     *telemetry
+	secrets secrets // passwords WithBeforeConnect set, kept out of errors
 
 	closeOnce sync.Once
 	closed    chan struct{}

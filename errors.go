@@ -29,7 +29,21 @@ var (
 	ErrNotInTransaction = errors.New("unified: statement outside a transaction in transactional mode")
 	// ErrClosed: the Connector (and so its *sql.DB) was closed.
 	ErrClosed = errors.New("unified: connector is closed")
+	// ErrNodeFault, wrapped in a WithBeforeConnect hook's error, counts
+	// that failed dial against the node's circuit breaker.
+	ErrNodeFault = errors.New("unified: node fault")
 )
+
+// hookError is a WithBeforeConnect hook's error: the caller's
+// configuration failed, not the node (unless it wraps ErrNodeFault). Its
+// message has the password the hook set replaced.
+type hookError struct {
+	msg string
+	err error
+}
+
+func (e *hookError) Error() string { return "before connect: " + e.msg }
+func (e *hookError) Unwrap() error { return e.err }
 
 // NodeError is the driver's own error about one node: a connection that
 // could not be made or broke, an open breaker, a commit of unknown outcome.

@@ -3,10 +3,13 @@ package unified
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+
+	"github.com/unifiedsql/unified/internal/classify"
 )
 
 func TestNodeErrorHasOnePrefix(t *testing.T) {
@@ -38,4 +41,19 @@ func TestSentinelsStartWithThePackage(t *testing.T) {
 	for _, err := range []error{ErrNoPrimary, ErrNoReplica, ErrCircuitOpen, ErrCommitUnknown, ErrAlreadyRegistered, ErrNotInTransaction, ErrClosed} {
 		assert.True(t, strings.HasPrefix(err.Error(), "unified: "), err.Error())
 	}
+}
+
+func TestHookErrorsCountOnlyWhenTheySaySo(t *testing.T) {
+	plain := redactHook(errors.New("vault: lease expired"), nil)
+	fault := redactHook(fmt.Errorf("token endpoint down: %w", ErrNodeFault), nil)
+	netErr := redactHook(&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("refused")}, nil)
+	assert.Equal(t, classify.Other, classOf(nil, plain))
+	assert.Equal(t, classify.Other, classOf(nil, netErr), "a hook's own network error is not the node's")
+	assert.Equal(t, classify.Connection, classOf(nil, fault))
+	b := &breaker{}
+	assert.Nil(t, b.outcome(nil, plain), "not a node fault")
+	assert.Equal(t, errNodeFault, b.outcome(nil, fault))
+	red := redactHook(errors.New("token s3cr3t rejected"), []string{"", "s3cr3t"})
+	assert.Equal(t, "before connect: token xxxxx rejected", red.Error())
+	assert.ErrorIs(t, fault, ErrNodeFault)
 }

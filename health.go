@@ -46,6 +46,7 @@ type monitor struct {
 
 	// Owned by the loop goroutine:
 	members []*member
+	disc    discovery
 	// building is the last snapshot built, published or not (before the
 	// election the snapshots are built but not published).
 	building    *topology.Snapshot
@@ -71,6 +72,11 @@ type monitor struct {
 // member is one node as the monitor probes it.
 type member struct {
 	n        *node
+	key      string // see memberKey
+	// draining: its address left its source (drainSince): no new
+	// statements; removed once nothing is open to it.
+	draining   bool
+	drainSince time.Time
 	obs      topology.Observation
 	inflight bool
 	// failures and notBefore give each failing node its own backoff, so a
@@ -140,7 +146,7 @@ func (m *monitor) fast() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now, window := time.Now(), m.c.cfg.FailoverTimeout
-	return m.waiters > 0 ||
+	return m.waiters > 0 || m.c.viewNow().leavingNow() ||
 		(!m.suspectAt.IsZero() && now.Sub(m.suspectAt) < window) ||
 		(!m.lostAt.IsZero() && now.Sub(m.lostAt) < window)
 }
@@ -154,9 +160,7 @@ func (m *monitor) publication() <-chan struct{} {
 
 func (m *monitor) run() {
 	defer m.wg.Done()
-	for _, n := range m.c.resolveNodes(m.ctx, m.c.lookup(), 2*m.c.cfg.HealthTimeout) {
-		m.members = append(m.members, &member{n: n, obs: topology.Observation{Err: errNotProbed}})
-	}
+	m.initDiscovery()
 	pending := 0
 	launch := func() {
 		now := time.Now()
@@ -185,8 +189,31 @@ func (m *monitor) run() {
 			}
 			return
 		case <-timer.C:
+			now := time.Now()
+			m.discover(now)
+			m.retireIdle(now)
+			if before := len(m.members); m.reconcile(now) && len(m.members) != before {
+				m.publish()
+			}
 			launch()
 			timer.Reset(m.nextInterval())
+		case r := <-m.disc.resolved:
+			r.src.busy = false
+			if r.err == nil {
+				r.src.addrs = r.addrs
+			}
+			r.src.next = m.refreshAfter(time.Now())
+			m.reconcile(time.Now())
+			m.publish()
+			launch()
+		case p := <-m.disc.patroni:
+			m.disc.patroniBusy, m.disc.patroniNext = false, time.Now().Add(patroniPoll)
+			if p.err == nil {
+				m.applyPatroni(p.c)
+				m.reconcile(time.Now())
+			}
+			m.publish()
+			launch()
 		case <-m.kickc:
 			launch()
 			timer.Reset(m.nextInterval())
@@ -197,6 +224,7 @@ func (m *monitor) run() {
 			if r.obs.Err != nil {
 				mb.failures++
 				mb.notBefore = r.obs.At.Add(probeBackoff(m.nextInterval(), m.probeBackoffLimit(), mb.failures))
+				m.refreshSoon(mb.n, r.obs.At)
 			} else {
 				mb.failures, mb.notBefore = 0, time.Time{}
 			}
@@ -248,6 +276,9 @@ func (m *monitor) publish() {
 	obs := make([]topology.Observation, len(m.members))
 	for i, mb := range m.members {
 		nodes[i], obs[i] = mb.n, mb.obs
+		if mb.draining {
+			obs[i] = topology.Observation{At: now, Err: &NodeError{Node: mb.n.name, Op: opProbe.String(), Err: errDrained}}
+		}
 	}
 	bounds := topology.Bounds{MaxLag: m.c.cfg.MaxReplicaLag, MaxLagBytes: m.c.cfg.MaxReplicaLagBytes}
 	base := m.building
@@ -265,7 +296,7 @@ func (m *monitor) publish() {
 			}
 		}
 	}
-	v := &view{s: s, nodes: nodes}
+	v := &view{s: s, nodes: nodes, leaving: m.leaving(now)}
 	m.c.view.Store(v)
 	m.interrupt(prev, v)
 	if rebalance(prev, v) {
@@ -349,7 +380,8 @@ func (m *monitor) interrupt(prev, v *view) {
 		if j := prev.index(n); j >= 0 {
 			wasDown = prev.s.Nodes[j].State == topology.StateDown
 		}
-		if v.s.Nodes[i].State == topology.StateDown && !wasDown {
+		drained := errors.Is(v.s.Nodes[i].LastErr, errDrained) // in-flight reads are left to finish
+		if v.s.Nodes[i].State == topology.StateDown && !wasDown && !drained {
 			n.interruptDials(slotRead)
 			if k := n.interruptConns(slotRead); k > 0 {
 				m.c.log.Warn("unified: interrupted reads on a node that went down", "node", n.name, "connections", k)
@@ -382,7 +414,7 @@ func (m *monitor) logChange(prev, s *topology.Snapshot) {
 // published, an election that found none fails at once: a wrong DSN must
 // not look like a failover.
 func (c *Connector) waitPrimary(ctx context.Context, a *attempt) (*view, error) {
-	if v := c.viewNow(); v.primary() != nil {
+	if v := c.viewNow(); v.writable() != nil {
 		return v, nil
 	}
 	if c.mon == nil {
@@ -413,7 +445,7 @@ func (m *monitor) waitPrimary(ctx context.Context, until time.Time) (*view, erro
 	m.kick()
 	for {
 		v := m.c.viewNow()
-		if v.primary() != nil {
+		if v.writable() != nil {
 			return v, nil
 		}
 		m.mu.Lock()

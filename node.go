@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +26,8 @@ import (
 // resolves to (see resolveNodes); an IP address, a Unix socket or a host
 // with a WithNodeConnector connector is one node.
 type node struct {
+	seed   *seed  // the source host it is an address of
+	source string // where it came from: "dsn", "dns" (an address of a DSN host name) or "patroni"
 	// name is the node's name in Health, errors, logs and metrics: the DSN's
 	// "host:port" for an address or socket given as such, "host/address:port"
 	// for an address a name resolved to ("db1/10.0.0.5:5432").
@@ -52,6 +56,8 @@ type node struct {
 	// position a session read saw on it since the primary last changed.
 	inflight   atomic.Int64
 	replayHint atomic.Uint64
+	// noLoadBalance: Patroni's noloadbalance tag: no reads.
+	noLoadBalance atomic.Bool
 
 	mu sync.Mutex // protects following fields
 	// conns are the open pgx connections to this node, by slot.
@@ -84,7 +90,7 @@ func (sd *seed) resolvable() bool {
 // address its name resolved to).
 func (c *Connector) newNode(sd *seed, addr string) *node {
 	cc := sd.ConnConfig
-	n := &node{name: sd.Name, host: cc.Host, port: int(cc.Port), addr: addr, connectTimeout: cc.ConnectTimeout}
+	n := &node{seed: sd, source: "dsn", name: sd.Name, host: cc.Host, port: int(cc.Port), addr: addr, connectTimeout: cc.ConnectTimeout}
 	if addr != "" {
 		n.name = cc.Host + "/" + net.JoinHostPort(addr, strconv.Itoa(int(cc.Port)))
 		cc = atAddress(cc, addr)
@@ -96,16 +102,66 @@ func (c *Connector) newNode(sd *seed, addr string) *node {
 			n.ro, n.custom = readOnlyConnector{roc}, false
 		}
 	} else {
-		n.rw = stdlib.GetConnector(*cc)
+		var opts []stdlib.OptionOpenDB
+		if hook := c.opts.beforeConnect; hook != nil {
+			opts = append(opts, stdlib.OptionBeforeConnect(func(ctx context.Context, cfg *pgx.ConnConfig) error {
+				if err := hook(ctx, cfg); err != nil {
+					return redactHook(err, append(c.secrets.all(), cfg.Password, cc.Password))
+				}
+				c.secrets.see(cfg.Password)
+				return nil
+			}))
+		}
+		n.rw = stdlib.GetConnector(*cc, opts...)
 		ro := cc.Copy()
 		if ro.RuntimeParams == nil {
 			ro.RuntimeParams = make(map[string]string)
 		}
 		ro.RuntimeParams["default_transaction_read_only"] = "on"
-		n.ro = stdlib.GetConnector(*ro)
+		n.ro = stdlib.GetConnector(*ro, opts...)
 	}
 	c.tel.initNode(n)
 	return n
+}
+
+// redactHook wraps a WithBeforeConnect hook's error, with every password
+// it may know out of its message.
+func redactHook(err error, passwords []string) error {
+	msg := err.Error()
+	for _, p := range passwords {
+		if p != "" {
+			msg = strings.ReplaceAll(msg, p, "xxxxx")
+		}
+	}
+	return &hookError{msg: msg, err: err}
+}
+
+// secrets are the last passwords WithBeforeConnect hooks set: a hook's
+// error may quote one it set earlier.
+type secrets struct {
+	mu   sync.Mutex // protects last
+	last []string
+}
+
+func (s *secrets) see(p string) {
+	if p == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slices.Contains(s.last, p) {
+		return
+	}
+	s.last = append(s.last, p)
+	if len(s.last) > 4 {
+		s.last = s.last[1:]
+	}
+}
+
+func (s *secrets) all() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.last)
 }
 
 // atAddress returns a copy of cc that connects to addr: every TLS variant's
@@ -119,51 +175,6 @@ func atAddress(cc *pgx.ConnConfig, addr string) *pgx.ConnConfig {
 		f.Host = addr
 	}
 	return cc
-}
-
-// resolveNodes turns the seeds into nodes: every address of a host name is
-// a node of its own, found with lookup (bounded by timeout per name); a
-// name that does not resolve stays one node, dialed by name (pgx resolves
-// it then). Two seeds that reach the same address and port are one node
-// (the first); the log says so.
-func (c *Connector) resolveNodes(ctx context.Context, lookup pgconn.LookupFunc, timeout time.Duration) []*node {
-	var nodes []*node
-	seen := make(map[string]string) // address:port -> node name
-	add := func(sd *seed, addr string) {
-		key := sd.Name
-		if addr != "" || !sd.resolvable() {
-			a := addr
-			if a == "" {
-				a = sd.ConnConfig.Host
-			}
-			key = net.JoinHostPort(a, strconv.Itoa(int(sd.ConnConfig.Port)))
-		}
-		if first, dup := seen[key]; dup {
-			c.log.Warn("unified: two hosts of the DSN are the same address: one node", "address", key, "node", first, "host", sd.Name)
-			return
-		}
-		n := c.newNode(sd, addr)
-		seen[key] = n.name
-		nodes = append(nodes, n)
-	}
-	for _, sd := range c.seeds {
-		if !sd.resolvable() {
-			add(sd, "")
-			continue
-		}
-		lctx, cancel := context.WithTimeout(ctx, timeout)
-		addrs, err := lookup(lctx, sd.ConnConfig.Host)
-		cancel()
-		if err != nil || len(addrs) == 0 {
-			c.log.Warn("unified: host name did not resolve; dialed by name", "host", sd.Name, "error", err)
-			add(sd, "")
-			continue
-		}
-		for _, a := range addrs {
-			add(sd, a)
-		}
-	}
-	return nodes
 }
 
 func (n *node) track(pc *physConn) {
@@ -206,6 +217,34 @@ func (n *node) interruptDials(sl slot) {
 	}
 }
 
+// idle reports whether nothing is open or being opened to the node.
+func (n *node) idle() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for sl := range numSlots {
+		if len(n.conns[sl]) > 0 || len(n.dials[sl]) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// closeIdle closes the sockets of the node's connections no statement,
+// rows or transaction is using; their owners find them broken and let them
+// go (a primary session finishes its logical connection).
+func (n *node) closeIdle() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for sl := range numSlots {
+		for pc := range n.conns[sl] {
+			if pc.active.Load() == 0 {
+				pc.abort()
+				delete(n.conns[sl], pc) // its owner closes it at its next use
+			}
+		}
+	}
+}
+
 // interruptConns closes the sockets of the slot's open connections: a
 // statement waiting on the node fails at once instead of at its own
 // deadline. The connections' owners find them broken. It returns how many
@@ -225,7 +264,22 @@ func (n *node) interruptConns(sl slot) int {
 type view struct {
 	s     *topology.Snapshot
 	nodes []*node
+	// leaving is the primary a scheduled switchover is about to demote
+	// (see monitor.leaving); nil when none.
+	leaving *node
 }
+
+// writable is the node writes go to: the primary, unless a scheduled
+// switchover is about to take the role from it (leaving); nil otherwise.
+func (v *view) writable() *node {
+	if p := v.primary(); p != nil && p != v.leaving {
+		return p
+	}
+	return nil
+}
+
+// leavingNow reports whether a scheduled switchover holds writes.
+func (v *view) leavingNow() bool { return v != nil && v.leaving != nil }
 
 // primary is the primary's node, nil when there is none.
 func (v *view) primary() *node {

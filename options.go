@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/jackc/pgx/v5"
+
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -23,6 +25,7 @@ type options struct {
 	staticPrimary  string
 	static         bool
 	lookup         func(ctx context.Context, host string) ([]string, error)
+	beforeConnect  func(ctx context.Context, cfg *pgx.ConnConfig) error
 }
 
 func buildOptions(opts []Option) (options, error) {
@@ -104,6 +107,28 @@ func WithStaticPrimary(name string) Option {
 	return func(o *options) error {
 		o.static = true
 		o.staticPrimary = name
+		return nil
+	}
+}
+
+// WithBeforeConnect sets a function called before every physical and
+// every health-probe connection to a node, with a shallow copy of the pgx
+// configuration that connection will use: set its Password (or any other
+// field) to rotate credentials without reopening the *sql.DB (Vault, cloud
+// IAM tokens). It runs on the dialing goroutine, within the dial's context;
+// it must be safe for concurrent use.
+//
+// A hook that returns an error fails that dial with it (wrapped in a
+// *NodeError for the node). It does not count against the node's circuit
+// breaker (the node did nothing wrong) unless the error wraps
+// [ErrNodeFault]. The password the hook set is replaced by "xxxxx" in the
+// error's message. Hosts with a WithNodeConnector connector do not call it.
+func WithBeforeConnect(hook func(ctx context.Context, cfg *pgx.ConnConfig) error) Option {
+	return func(o *options) error {
+		if hook == nil {
+			return fmt.Errorf("unified: WithBeforeConnect: nil function")
+		}
+		o.beforeConnect = hook
 		return nil
 	}
 }

@@ -3,6 +3,7 @@ package unified
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -121,6 +122,7 @@ func defaultConfig() Config {
 		RetryBackoffMax:     time.Second,
 		BreakerFailures:     5,
 		BreakerOpen:         5 * time.Second,
+		DNSRefresh:          30 * time.Second,
 	}
 }
 
@@ -148,6 +150,7 @@ const (
 	minHealthTimeout  = time.Millisecond
 	minBreakerOpen    = 10 * time.Millisecond
 	minRetryBackoff   = time.Millisecond
+	minDNSRefresh     = time.Second
 )
 
 // durationParam is a duration parameter that must be at least minimum
@@ -276,6 +279,60 @@ var params = []param{
 		func(c *Config) *time.Duration { return &c.ConnMaxLifetime }, 0),
 	durationParam("unified_conn_max_idle_time", "ConnMaxIdleTime",
 		func(c *Config) *time.Duration { return &c.ConnMaxIdleTime }, 0),
+	{
+		key: "unified_dns_refresh", field: "DNSRefresh",
+		rule: fmt.Sprintf(`must be 0 (resolve once) or a Go duration of at least %s, such as "30s"`, minDNSRefresh),
+		set: func(c *Config, v string) bool {
+			d, err := time.ParseDuration(v)
+			c.DNSRefresh = d
+			return err == nil
+		},
+		get: func(c *Config) string { return c.DNSRefresh.String() },
+		ok:  func(c *Config) bool { return c.DNSRefresh == 0 || c.DNSRefresh >= minDNSRefresh },
+	},
+	{
+		key: "unified_patroni", field: "Patroni",
+		rule: `must be comma-separated http:// or https:// URLs of Patroni's REST API, such as "http://db1:8008,http://db2:8008"`,
+		set: func(c *Config, v string) bool {
+			c.Patroni = nil
+			for _, u := range strings.Split(v, ",") {
+				if u = strings.TrimSpace(u); u != "" {
+					c.Patroni = append(c.Patroni, strings.TrimRight(u, "/"))
+				}
+			}
+			return true
+		},
+		get: func(c *Config) string { return strings.Join(c.Patroni, ",") },
+		ok: func(c *Config) bool {
+			for _, u := range c.Patroni {
+				if !validRESTURL(u) {
+					return false
+				}
+			}
+			return true
+		},
+	},
+}
+
+// redactURLs replaces the user information of any URL in a comma-separated
+// value by "xxxxx", so that an error never echoes a password.
+func redactURLs(v string) string {
+	parts := strings.Split(v, ",")
+	for i, u := range parts {
+		if at := strings.LastIndexByte(u, '@'); at >= 0 {
+			if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
+				parts[i] = u[:scheme+3] + "xxxxx" + u[at:]
+			}
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// validRESTURL reports whether u is an absolute http or https URL with a
+// host and no user information (credentials would end up in logs).
+func validRESTURL(u string) bool {
+	p, err := url.Parse(u)
+	return err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != "" && p.User == nil
 }
 
 func lookupParam(key string) (param, bool) {

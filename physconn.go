@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
@@ -37,9 +38,14 @@ type physConn struct {
 	// lastUsed is when the last statement on it ended.
 	lastUsed time.Time
 	// balance is the Connector's rebalancing count when this read
-	// connection was chosen (see Connector.rebalanced).
+	// connection was chosen (see Connector.rebalance).
 	balance uint64
-	closed  bool
+	// sawPromotion: the replica was promoted and the monitor was told.
+	sawPromotion bool
+	// active counts what uses the connection now (a statement, open rows,
+	// a transaction): the monitor closes only idle ones of a drained node.
+	active atomic.Int32
+	closed       bool
 }
 
 // sockCheckAfter is how long a primary session must have been idle before
@@ -99,6 +105,20 @@ func (pc *physConn) broken() bool {
 		return true
 	}
 	return pc.sc != nil && pc.sc.Conn().IsClosed()
+}
+
+// standby reports whether the server said, in its in_hot_standby
+// parameter (PostgreSQL 14 and later send it at connect and whenever it
+// changes), that it is in recovery. It reads what pgx last received: no
+// round trip.
+func (pc *physConn) standby() bool {
+	return pc.sc != nil && pc.sc.Conn().PgConn().ParameterStatus("in_hot_standby") == "on"
+}
+
+// promoted reports whether a replica's session was told, with its last
+// reply, that the server left recovery (in_hot_standby went off).
+func (pc *physConn) promoted() bool {
+	return pc.sc != nil && pc.slot == slotRead && pc.sc.Conn().PgConn().ParameterStatus("in_hot_standby") == "off"
 }
 
 // busy reports whether the connection is still busy with rows the caller

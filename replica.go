@@ -125,12 +125,12 @@ func loadOf(v *view) func(i int) int64 {
 }
 
 // readable returns the filter of the nodes of v that may serve a read
-// wanting w: eligible for it, breaker not open, and not the node that just
-// failed it.
+// wanting w: eligible for it, breaker not open, not tagged noloadbalance in
+// Patroni, and not the node that just failed it.
 func (c *Connector) readable(v *view, w readWant, exclude *node) func(i int) bool {
 	return func(i int) bool {
 		n := v.nodes[i]
-		return n != exclude && n.breaker.allows() && eligibleFor(v.s, i, w, c.cfg.MaxReplicaLagBytes)
+		return n != exclude && !n.noLoadBalance.Load() && n.breaker.allows() && eligibleFor(v.s, i, w, c.cfg.MaxReplicaLagBytes)
 	}
 }
 

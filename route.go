@@ -44,7 +44,7 @@ func (c *Conn) physFor(ctx context.Context, sl slot, exclude *node, a *attempt) 
 	}
 	for {
 		v := c.c.viewNow()
-		primary := v.primary()
+		primary := v.writable()
 		pc := c.phys[slotPrimary]
 		if pc != nil && pc.used {
 			switch {
@@ -73,7 +73,7 @@ func (c *Conn) physFor(ctx context.Context, sl slot, exclude *node, a *attempt) 
 		}
 		// Checked again after the dial, before the first byte: the node
 		// may have lost the role meanwhile (invariant 1).
-		if c.c.viewNow().primary() != primary {
+		if c.c.viewNow().writable() != primary {
 			pc.close()
 			continue
 		}
@@ -119,13 +119,14 @@ func (c *Connector) dial(ctx context.Context, n *node, sl slot) (*physConn, erro
 	stop := n.dialing(sl, cancel)
 	dc, err := connector.Connect(dctx)
 	stop()
+	interrupted := ctx.Err() == nil && errors.Is(dctx.Err(), context.Canceled)
 	cancel()
 	if err == nil && c.isClosed() {
 		_ = dc.Close()
 		err = ErrClosed
 	}
 	if err != nil {
-		if ctx.Err() == nil && dctx.Err() != nil && !errors.Is(err, context.DeadlineExceeded) {
+		if interrupted {
 			// Interrupted by the monitor or Close, not by the caller.
 			err = fmt.Errorf("%w: %w", errDialInterrupted, err)
 		}
@@ -134,6 +135,15 @@ func (c *Connector) dial(ctx context.Context, n *node, sl slot) (*physConn, erro
 	}
 	done(ctx, nil)
 	pc := newPhysConn(c.tel, n, sl, sl.read(), dc)
+	if sl == slotPrimary && pc.standby() {
+		// PostgreSQL 14+ says at connect time, without a query, that the
+		// node is in recovery: the topology is behind (a switchover).
+		pc.close()
+		if c.mon != nil {
+			c.mon.suspectPrimary()
+		}
+		return nil, &NodeError{Node: n.name, Op: opConnect.String(), Err: errStandby}
+	}
 	if sl == slotFallback && n.custom {
 		if err := pc.setReadOnly(ctx); err != nil {
 			pc.close()
@@ -142,6 +152,9 @@ func (c *Connector) dial(ctx context.Context, n *node, sl slot) (*physConn, erro
 	}
 	return pc, nil
 }
+
+// errStandby: a node dialed as the primary said in_hot_standby=on.
+var errStandby = errors.New("the node is a standby (in_hot_standby=on)")
 
 // errDialInterrupted: the health monitor stopped a dial to a node that lost
 // its role, or the Connector was closed.

@@ -86,6 +86,8 @@ func (r *rows) failed(err error) (rerun bool, _ error) {
 	if v.retry == retryReadFailover && !c.closed {
 		if next, npc, rerr := c.rerun(r.ctx, r.query, r.args, r.st, pc.node); rerr == nil {
 			_ = r.Rows.Close()
+			r.pc.active.Add(-1)
+			npc.active.Add(1)
 			r.Rows, r.pc = next, npc
 			return true, nil
 		}
@@ -126,6 +128,7 @@ func (r *rows) Close() error {
 	if r.release != nil {
 		r.release()
 	}
+	r.pc.active.Add(-1)
 	*r = rows{} // frees the Conn's value; drops the references
 	return err
 }

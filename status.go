@@ -19,6 +19,9 @@ type Health struct {
 	// Readable: reads can be served, by an eligible replica or, with
 	// unified_read_fallback=primary, by the primary.
 	Readable bool
+	// Leaving names the primary a switchover Patroni scheduled is about to
+	// demote: writes wait for the new primary meanwhile. "" when none.
+	Leaving string
 	// At is when the topology was last published; Age is how old it was
 	// when Health was called.
 	At    time.Time
@@ -31,9 +34,11 @@ type NodeHealth struct {
 	// Name is "host:port" as in the DSN, or "host/address:port" for one of
 	// the addresses a host name resolved to.
 	Name string
-	// Host is the DSN's host; Address the address the name resolved to
-	// ("" for an address or socket given as such); Source where the node
-	// came from: "dsn".
+	// Host is the DSN's (or Patroni's) host; Address the address the name
+	// resolved to ("" for an address or socket given as such); Source where
+	// the node came from: "dsn" (a host of the DSN as given), "dns" (an
+	// address a DSN host name resolved to) or "patroni" (a member of
+	// Patroni's GET /cluster).
 	Host    string
 	Address string
 	Source  string
@@ -101,7 +106,7 @@ func (c *Connector) health(v *view, now time.Time) Health {
 	for i, n := range s.Nodes {
 		nd := v.nodes[i]
 		nh := NodeHealth{
-			Name: n.Name, Host: nd.host, Address: nd.addr, Source: "dsn",
+			Name: n.Name, Host: nd.host, Address: nd.addr, Source: nd.source,
 			Role: n.Role.String(), State: n.State.String(), AliasOf: n.AliasOf,
 			LagBytes: n.LagBytes, Lag: n.Lag, LagUnknown: n.LagUnknown, RTT: n.RTT, Timeline: n.Timeline,
 			Breaker:  breakerName(nd.breaker.state()),
@@ -119,6 +124,9 @@ func (c *Connector) health(v *view, now time.Time) Health {
 	if p := v.primary(); p != nil {
 		h.Primary = p.name
 		h.Writable = p.breaker.allows()
+	}
+	if v.leaving != nil {
+		h.Leaving = v.leaving.name
 	}
 	eligible := func(i int) bool { return allows(i) && replicaEligible(s, i) }
 	h.Readable = pickReplica(s, PolicyRoundRobin, 0, eligible, loadOf(v)) >= 0 ||
@@ -160,6 +168,9 @@ type Stats struct {
 	// replayed it, and by the primary (the unified.session.read metric).
 	SessionReadsReplica uint64
 	SessionReadsPrimary uint64
+	// DiscoveryErrors counts host names that did not resolve and failed
+	// reads of Patroni's member list (the unified.discovery.errors metric).
+	DiscoveryErrors uint64
 	// Health is the topology at the time of the call (no waiting).
 	Health Health
 }
@@ -173,6 +184,7 @@ func (c *Connector) Stats() Stats {
 		ReadFallbacks:       c.tel.counts.readFallbacks.Load(),
 		SessionReadsReplica: c.tel.counts.sessionReads[0].Load(),
 		SessionReadsPrimary: c.tel.counts.sessionReads[1].Load(),
+		DiscoveryErrors:     c.tel.counts.discoveryErrors.Load(),
 		Health:              c.health(c.viewNow(), time.Now()),
 	}
 }

@@ -69,6 +69,7 @@ type telemetry struct {
 	failovers      metric.Int64Counter
 	failoverTime   metric.Float64Histogram
 	sessionReads   metric.Int64Counter
+	discoveryErrs  metric.Int64Counter
 	floorWait      metric.Float64Histogram
 
 	conns    metric.Int64ObservableUpDownCounter // db.client.connection.count
@@ -188,6 +189,9 @@ func (t *telemetry) instruments(m metric.Meter) error {
 	t.floorWait, err = m.Float64Histogram("unified.session.floor_wait", metric.WithUnit("s"),
 		metric.WithDescription("Time a session read spent looking at a replica's replay position before it ran."),
 		metric.WithExplicitBucketBoundaries(operationBuckets...))
+	check(err)
+	t.discoveryErrs, err = m.Int64Counter("unified.discovery.errors", metric.WithUnit("{error}"),
+		metric.WithDescription("Host names that did not resolve, and reads of Patroni's member list that failed; the last known members are kept."))
 	check(err)
 	t.retries, err = m.Int64Counter("unified.retry.count", metric.WithUnit("{retry}"),
 		metric.WithDescription("Operations re-sent after a failure that provably did not reach the server, reads re-run on another node, and writes that waited for a new primary."))
@@ -371,5 +375,16 @@ type counts struct {
 	commitUnknown atomic.Uint64 // = unified.commit_unknown.count
 	readFallbacks atomic.Uint64 // = unified.read.fallback
 	// sessionReads[0] replica, [1] primary: = unified.session.read
-	sessionReads [2]atomic.Uint64
+	sessionReads    [2]atomic.Uint64
+	discoveryErrors atomic.Uint64 // = unified.discovery.errors
+}
+
+// discoveryError counts a failed lookup of a host name or of Patroni's
+// member list.
+func (t *telemetry) discoveryError() {
+	if t == nil {
+		return
+	}
+	t.counts.discoveryErrors.Add(1)
+	t.discoveryErrs.Add(context.Background(), 1)
 }

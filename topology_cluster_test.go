@@ -100,20 +100,30 @@ func TestFreshProcessesDoNotWriteToStalePrimary(t *testing.T) {
 	}
 	dsn := "postgres://postgres@" + strings.Join(hosts, ",") + "/postgres?sslmode=disable&unified_health_timeout=3s"
 	const processes = 10
-	for i := range processes {
-		db, err := sql.Open("unified", dsn)
-		require.NoError(t, err)
-		_, err = db.ExecContext(ctx, "INSERT INTO "+table+" VALUES ($1)", i)
-		require.NoError(t, err, "process %d", i)
-		if i == 0 {
+	var wg sync.WaitGroup
+	for i := range processes { // fresh processes, started together
+		wg.Go(func() {
+			db, err := sql.Open("unified", dsn)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer db.Close()
+			if _, err = db.ExecContext(ctx, "INSERT INTO "+table+" VALUES ($1)", i); err != nil {
+				t.Errorf("process %d: %v", i, err)
+				return
+			}
 			conn, _ := unified.ConnectorOf(db)
 			h := conn.Health(ctx)
-			assert.Equal(t, slow.Addr(), h.Primary)
-			on, _ := healthOf(h, c.Node(old).Addr())
-			assert.Equal(t, "fenced", on.State)
-		}
-		require.NoError(t, db.Close())
+			if h.Primary != slow.Addr() {
+				t.Errorf("process %d: primary %q, want %q", i, h.Primary, slow.Addr())
+			}
+			if on, _ := healthOf(h, c.Node(old).Addr()); on.State != "fenced" {
+				t.Errorf("process %d: the old primary is %q, want fenced", i, on.State)
+			}
+		})
 	}
+	wg.Wait()
 	stale := countOn(t, c, old, "SELECT count(*) FROM "+table)
 	t.Logf("writes on the stale node from %d fresh processes: %d", processes, stale)
 	assert.Zero(t, stale, "no write reached the old primary")

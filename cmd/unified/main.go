@@ -202,8 +202,8 @@ func isTerminal(w io.Writer) bool {
 // when no primary is known (it is unknown then); RTT and timeline are blank
 // when there is no successful probe to show.
 func formatTable(h unified.Health) string {
-	header := []string{"NODE", "ROLE", "STATE", "LAG", "RTT", "TIMELINE", "BREAKER", "LAST ERROR"}
-	rightAligned := []bool{false, false, false, true, true, true, false, false}
+	header := []string{"NODE", "SOURCE", "ROLE", "STATE", "LAG", "RTT", "TIMELINE", "BREAKER", "LAST ERROR"}
+	rightAligned := []bool{false, false, false, false, true, true, true, false, false}
 	rows := [][]string{header}
 	for _, n := range h.Nodes {
 		probed := n.State != "down" && n.State != "unknown"
@@ -217,7 +217,7 @@ func formatTable(h unified.Health) string {
 		if n.Timeline > 0 {
 			tl = strconv.FormatUint(uint64(n.Timeline), 10)
 		}
-		rows = append(rows, []string{n.Name, n.Role, n.State, lag, rtt, tl, n.Breaker, nodeError(n)})
+		rows = append(rows, []string{n.Name, n.Source, n.Role, n.State, lag, rtt, tl, n.Breaker, nodeError(n)})
 	}
 
 	widths := make([]int, len(header))

@@ -50,18 +50,18 @@ func TestFormatTable(t *testing.T) {
 			h: unified.Health{
 				Primary: "db1:5432", Writable: true, Readable: true, At: at, Age: 212 * time.Millisecond,
 				Nodes: []unified.NodeHealth{
-					{Name: "db1:5432", Role: "primary", State: "up", RTT: 412345 * time.Nanosecond, Timeline: 3, Breaker: "closed"},
-					{Name: "db2:5432", Role: "replica", State: "up", LagBytes: 8192, Lag: 12345 * time.Microsecond, RTT: 1234567 * time.Nanosecond, Timeline: 3, Breaker: "closed"},
-					{Name: "db3:5432", Role: "replica", State: "lagging", LagBytes: 3 << 20, Lag: 11 * time.Second, RTT: 2 * time.Millisecond, Timeline: 3, Breaker: "closed"},
+					{Name: "db1:5432", Source: "dsn", Role: "primary", State: "up", RTT: 412345 * time.Nanosecond, Timeline: 3, Breaker: "closed"},
+					{Name: "db2:5432", Source: "dsn", Role: "replica", State: "up", LagBytes: 8192, Lag: 12345 * time.Microsecond, RTT: 1234567 * time.Nanosecond, Timeline: 3, Breaker: "closed"},
+					{Name: "db3:5432", Source: "dns", Role: "replica", State: "lagging", LagBytes: 3 << 20, Lag: 11 * time.Second, RTT: 2 * time.Millisecond, Timeline: 3, Breaker: "closed"},
 				},
 			},
-			want: `+----------+---------+---------+---------------+--------+----------+---------+------------+
-| NODE     | ROLE    | STATE   | LAG           | RTT    | TIMELINE | BREAKER | LAST ERROR |
-+----------+---------+---------+---------------+--------+----------+---------+------------+
-| db1:5432 | primary | up      |               |  410µs |        3 | closed  |            |
-| db2:5432 | replica | up      | 8.0 KiB, 12ms | 1.23ms |        3 | closed  |            |
-| db3:5432 | replica | lagging |  3.0 MiB, 11s |    2ms |        3 | closed  |            |
-+----------+---------+---------+---------------+--------+----------+---------+------------+
+			want: `+----------+--------+---------+---------+---------------+--------+----------+---------+------------+
+| NODE     | SOURCE | ROLE    | STATE   | LAG           | RTT    | TIMELINE | BREAKER | LAST ERROR |
++----------+--------+---------+---------+---------------+--------+----------+---------+------------+
+| db1:5432 | dsn    | primary | up      |               |  410µs |        3 | closed  |            |
+| db2:5432 | dsn    | replica | up      | 8.0 KiB, 12ms | 1.23ms |        3 | closed  |            |
+| db3:5432 | dns    | replica | lagging |  3.0 MiB, 11s |    2ms |        3 | closed  |            |
++----------+--------+---------+---------+---------------+--------+----------+---------+------------+
 primary: db1:5432  writable: yes  readable: yes  topology age: 212ms
 `,
 		},
@@ -70,30 +70,30 @@ primary: db1:5432  writable: yes  readable: yes  topology age: 212ms
 			h: unified.Health{
 				Readable: true, At: at, Age: 5 * time.Millisecond,
 				Nodes: []unified.NodeHealth{
-					{Name: "db1:5432", Role: "primary", State: "down", RTT: time.Millisecond, Timeline: 1, Breaker: "open",
+					{Name: "db1:5432", Source: "dsn", Role: "primary", State: "down", RTT: time.Millisecond, Timeline: 1, Breaker: "open",
 						LastError: "unified: probe on db1:5432: dial tcp 10.0.0.1:5432:\n connect: connection refused"},
-					{Name: "db2:5432", Role: "replica", State: "up", RTT: time.Millisecond, Timeline: 1, Breaker: "closed"},
+					{Name: "db2:5432", Source: "dsn", Role: "replica", State: "up", RTT: time.Millisecond, Timeline: 1, Breaker: "closed"},
 				},
 			},
-			want: `+----------+---------+-------+-----+-----+----------+---------+-----------------------------------------------------+
-| NODE     | ROLE    | STATE | LAG | RTT | TIMELINE | BREAKER | LAST ERROR                                          |
-+----------+---------+-------+-----+-----+----------+---------+-----------------------------------------------------+
-| db1:5432 | primary | down  |     |     |        1 | open    | dial tcp 10.0.0.1:5432: connect: connection refused |
-| db2:5432 | replica | up    |     | 1ms |        1 | closed  |                                                     |
-+----------+---------+-------+-----+-----+----------+---------+-----------------------------------------------------+
+			want: `+----------+--------+---------+-------+-----+-----+----------+---------+-----------------------------------------------------+
+| NODE     | SOURCE | ROLE    | STATE | LAG | RTT | TIMELINE | BREAKER | LAST ERROR                                          |
++----------+--------+---------+-------+-----+-----+----------+---------+-----------------------------------------------------+
+| db1:5432 | dsn    | primary | down  |     |     |        1 | open    | dial tcp 10.0.0.1:5432: connect: connection refused |
+| db2:5432 | dsn    | replica | up    |     | 1ms |        1 | closed  |                                                     |
++----------+--------+---------+-------+-----+-----+----------+---------+-----------------------------------------------------+
 primary: none  writable: no  readable: yes  topology age: 5ms
 `,
 		},
 		{
 			name: "not probed",
 			h: unified.Health{Nodes: []unified.NodeHealth{
-				{Name: "db1:5432", Role: "unknown", State: "unknown", Breaker: "closed"},
+				{Name: "db1:5432", Source: "dsn", Role: "unknown", State: "unknown", Breaker: "closed"},
 			}},
-			want: `+----------+---------+---------+-----+-----+----------+---------+------------+
-| NODE     | ROLE    | STATE   | LAG | RTT | TIMELINE | BREAKER | LAST ERROR |
-+----------+---------+---------+-----+-----+----------+---------+------------+
-| db1:5432 | unknown | unknown |     |     |          | closed  |            |
-+----------+---------+---------+-----+-----+----------+---------+------------+
+			want: `+----------+--------+---------+---------+-----+-----+----------+---------+------------+
+| NODE     | SOURCE | ROLE    | STATE   | LAG | RTT | TIMELINE | BREAKER | LAST ERROR |
++----------+--------+---------+---------+-----+-----+----------+---------+------------+
+| db1:5432 | dsn    | unknown | unknown |     |     |          | closed  |            |
++----------+--------+---------+---------+-----+-----+----------+---------+------------+
 primary: none  writable: no  readable: no  topology age: no probe yet
 `,
 		},
