@@ -71,14 +71,14 @@ type monitor struct {
 
 // member is one node as the monitor probes it.
 type member struct {
-	n        *node
-	key      string // see memberKey
+	n   *node
+	key string // see memberKey
 	// draining: its address left its source (drainSince): no new
 	// statements; removed once nothing is open to it.
 	draining   bool
 	drainSince time.Time
-	obs      topology.Observation
-	inflight bool
+	obs        topology.Observation
+	inflight   bool
 	// failures and notBefore give each failing node its own backoff, so a
 	// node that keeps failing (down, rejecting our credentials) is probed
 	// ever less often (see probeBackoffLimit), even during a failover,

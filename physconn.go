@@ -45,7 +45,7 @@ type physConn struct {
 	// active counts what uses the connection now (a statement, open rows,
 	// a transaction): the monitor closes only idle ones of a drained node.
 	active atomic.Int32
-	closed       bool
+	closed bool
 }
 
 // sockCheckAfter is how long a primary session must have been idle before
