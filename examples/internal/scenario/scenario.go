@@ -74,8 +74,32 @@ func (r Result) String() string {
 		r.Ops, r.OK, r.Failed(), len(r.InFlight), len(r.Outage), len(r.Late), r.CommitUnknown(), resumed)
 }
 
+// Failover is what FailOver did.
+type Failover struct {
+	Killed, Promoted     string    // node names
+	KilledAt, PromotedAt time.Time // just before the SIGKILL; when the new primary first accepted writes
+}
+
+// FailOver SIGKILLs the primary of cl and fails over to the most advanced
+// replica (pgtest.Cluster.FailOver), as a failover manager would, printing
+// both steps to out. Call it from the test's goroutine.
+func FailOver(tb testing.TB, cl *pgtest.Cluster, out io.Writer) Failover {
+	tb.Helper()
+	old := cl.Primary()
+	f := Failover{Killed: cl.Node(old).Name(), KilledAt: time.Now()}
+	fmt.Fprintf(out, ">>> SIGKILL %s, the primary\n", f.Killed)
+	cl.Kill(old)
+	target, err := cl.FailOver()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f.Promoted, f.PromotedAt = cl.Node(target).Name(), cl.Node(target).PromotedAt()
+	fmt.Fprintf(out, ">>> %s promoted: it accepts writes %d ms after the kill\n", f.Promoted, f.PromotedAt.Sub(f.KilledAt).Milliseconds())
+	return f
+}
+
 // FailOverUnderLoad runs op in a loop on a goroutine of its own for 300 ms,
-// SIGKILLs the primary of cl, fails over (pgtest.Cluster.FailOver), and
+// fails cl over (FailOver), and
 // keeps op running until 20 operations succeeded after the promotion, or
 // for 10 s. It must be called from the test's goroutine (pgtest's methods
 // fail tb). It prints the events and the result to out.
@@ -127,21 +151,10 @@ func FailOverUnderLoad(tb testing.TB, cl *pgtest.Cluster, out io.Writer, op Op) 
 		return n
 	}
 
-	r := Result{Resumed: -1}
 	time.Sleep(300 * time.Millisecond)
-	old := cl.Primary()
-	r.Killed = cl.Node(old).Name()
-	killedAt := time.Now()
-	fmt.Fprintf(out, ">>> SIGKILL %s, the primary, with operations running\n", r.Killed)
-	cl.Kill(old)
-	target, err := cl.FailOver()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	r.Promoted = cl.Node(target).Name()
-	promotedAt := cl.Node(target).PromotedAt()
-	r.PromotedAfter = promotedAt.Sub(killedAt)
-	fmt.Fprintf(out, ">>> %s promoted: it accepts writes %d ms after the kill\n", r.Promoted, r.PromotedAfter.Milliseconds())
+	f := FailOver(tb, cl, out)
+	r := Result{Killed: f.Killed, Promoted: f.Promoted, PromotedAfter: f.PromotedAt.Sub(f.KilledAt), Resumed: -1}
+	killedAt, promotedAt := f.KilledAt, f.PromotedAt
 	for deadline := time.Now().Add(10 * time.Second); okSince(promotedAt) < 20 && time.Now().Before(deadline) && ctx.Err() == nil; {
 		time.Sleep(10 * time.Millisecond)
 	}
