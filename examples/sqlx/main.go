@@ -62,14 +62,14 @@ type result struct {
 
 // steps is what one pass of the sqlx calls returned.
 type steps struct {
-	Got        Account   // Get
-	All        []Account // Select
-	Some       []Account // sqlx.In + Rebind
-	Rich       []Account // the prepared named statement
-	ReadPort   int       // the node that served the ReadOnly read
-	ReadCount  int       // accounts it saw
-	OnReplica  bool
-	InQuery    string // the rebound query of sqlx.In
+	Got       Account   // Get
+	All       []Account // Select
+	Some      []Account // sqlx.In + Rebind
+	Rich      []Account // the prepared named statement
+	ReadPort  int       // the node that served the ReadOnly read
+	ReadCount int       // accounts it saw
+	OnReplica bool
+	InQuery   string // the rebound query of sqlx.In
 }
 
 func run(tb testing.TB, out io.Writer) (*result, error) {
