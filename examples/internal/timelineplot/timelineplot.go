@@ -113,33 +113,52 @@ func panels(tl workload.Timeline) ([]*plot.Plot, error) {
 	lat.Y.Min, lat.Y.Max = 0.1, 1
 	lat.X.Label.Text = "seconds"
 
-	series := func(p *plot.Plot, i int, name string, value func(workload.Bucket) float64, keepZero bool) error {
-		var pts plotter.XYs
+	// series adds a line; with gaps, a step without a value (0) breaks
+	// it, so that a latency line does not bridge an outage in which
+	// nothing returned (a lone value is a dot).
+	series := func(p *plot.Plot, i int, name string, value func(workload.Bucket) float64, gaps bool) error {
+		var segs []plotter.XYs
+		var cur plotter.XYs
 		for _, b := range tl.Buckets {
 			v := value(b)
-			if !keepZero && v <= 0 {
+			if gaps && v <= 0 {
+				if len(cur) > 0 {
+					segs, cur = append(segs, cur), nil
+				}
 				continue
 			}
-			pts = append(pts, plotter.XY{X: b.T + tl.StepSeconds/2, Y: v})
+			cur = append(cur, plotter.XY{X: b.T + tl.StepSeconds/2, Y: v})
 		}
-		if len(pts) == 0 {
-			return nil
+		if len(cur) > 0 {
+			segs = append(segs, cur)
 		}
-		l, err := plotter.NewLine(pts)
-		if err != nil {
-			return fmt.Errorf("timelineplot: %s: %w", name, err)
+		for j, seg := range segs {
+			l, err := plotter.NewLine(seg)
+			if err != nil {
+				return fmt.Errorf("timelineplot: %s: %w", name, err)
+			}
+			l.Color = plotutil.Color(i)
+			l.Width = vg.Points(1.2)
+			p.Add(l)
+			if len(seg) == 1 {
+				dot, err := plotter.NewScatter(seg)
+				if err != nil {
+					return fmt.Errorf("timelineplot: %s: %w", name, err)
+				}
+				dot.Color, dot.Shape, dot.Radius = l.Color, draw.CircleGlyph{}, vg.Points(1.5)
+				p.Add(dot)
+			}
+			if j == 0 {
+				p.Legend.Add(name, l)
+			}
 		}
-		l.Color = plotutil.Color(i)
-		l.Width = vg.Points(1.2)
-		p.Add(l)
-		p.Legend.Add(name, l)
 		return nil
 	}
 	for i, n := range tl.Nodes {
-		if err := series(writes, i, n, func(b workload.Bucket) float64 { return at(b.Writes, i) }, true); err != nil {
+		if err := series(writes, i, n, func(b workload.Bucket) float64 { return at(b.Writes, i) }, false); err != nil {
 			return nil, err
 		}
-		if err := series(reads, i, n, func(b workload.Bucket) float64 { return at(b.Reads, i) }, true); err != nil {
+		if err := series(reads, i, n, func(b workload.Bucket) float64 { return at(b.Reads, i) }, false); err != nil {
 			return nil, err
 		}
 	}
@@ -151,14 +170,14 @@ func panels(tl workload.Timeline) ([]*plot.Plot, error) {
 		{"of them ErrCommitUnknown", func(b workload.Bucket) float64 { return b.CommitUnknown }},
 		{"failed reads", func(b workload.Bucket) float64 { return b.ReadErrors }},
 	} {
-		if err := series(errs, i+len(tl.Nodes), s.name, s.v, true); err != nil {
+		if err := series(errs, i+len(tl.Nodes), s.name, s.v, false); err != nil {
 			return nil, err
 		}
 	}
-	if err := series(lat, 0, "writes", func(b workload.Bucket) float64 { return b.WriteP99MS }, false); err != nil {
+	if err := series(lat, 0, "writes", func(b workload.Bucket) float64 { return b.WriteP99MS }, true); err != nil {
 		return nil, err
 	}
-	if err := series(lat, 1, "reads", func(b workload.Bucket) float64 { return b.ReadP99MS }, false); err != nil {
+	if err := series(lat, 1, "reads", func(b workload.Bucket) float64 { return b.ReadP99MS }, true); err != nil {
 		return nil, err
 	}
 	writes.Add(marks{ms: tl.Marks, labels: true})
