@@ -322,7 +322,7 @@ func TestHealthHandlerStatusPage(t *testing.T) {
 type failingConnector struct{ err error }
 
 func (c failingConnector) Connect(context.Context) (driver.Conn, error) { return nil, c.err }
-func (c failingConnector) Driver() driver.Driver                         { return failingDriver{c.err} }
+func (c failingConnector) Driver() driver.Driver                        { return failingDriver{c.err} }
 
 type failingDriver struct{ err error }
 
