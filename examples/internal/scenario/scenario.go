@@ -65,6 +65,19 @@ func (r Result) CommitUnknown() int {
 	return n
 }
 
+// Survived says whether the client came through the failover as it
+// should: no operation begun after the promotion failed, and operations
+// succeeded on the new primary. nil when it did.
+func (r Result) Survived() error {
+	switch {
+	case len(r.Late) > 0:
+		return fmt.Errorf("%d operations begun after the promotion failed, e.g. %w", len(r.Late), r.Late[0])
+	case r.Resumed < 0:
+		return errors.New("no operation succeeded after the promotion")
+	}
+	return nil
+}
+
 func (r Result) String() string {
 	resumed := "never"
 	if r.Resumed >= 0 {
