@@ -1,12 +1,16 @@
 package unified
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"html/template"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -33,8 +37,13 @@ const healthHandlerWait = 2 * time.Second
 // After db.Close both are 503. Any other mode is 400. Only GET and HEAD are
 // allowed (405 otherwise; HEAD sends the headers only). A db that is not a
 // unified DB, or nil, gives 500. The body of a 400, 405 or 500 is
-// {"error": "..."}. Every response has Content-Type: application/json and
-// Cache-Control: no-store.
+// {"error": "..."}. Every response has Cache-Control: no-store and Vary:
+// Accept.
+//
+// The body is JSON (Content-Type: application/json) unless the request's
+// Accept header prefers text/html to application/json, as a browser's
+// does: then it is a status page of the same data, with the same status
+// code (see Status page below).
 //
 // The first request to a DB that has not run a statement yet starts its
 // health monitor and waits, at most 2 s and within the request's context,
@@ -68,6 +77,18 @@ const healthHandlerWait = 2 * time.Second
 //	    "since": "2025-01-02T15:00:00Z"      // when state last changed (UTC); null when never
 //	  }]
 //	}
+//
+// # Status page
+//
+// For a browser the handler answers with a small HTML page: the status
+// and the question it answers, the primary, the age of the topology, a
+// table of the nodes (role, state, lag in time and bytes, round trip,
+// timeline, breaker, last successful probe, when the state last changed,
+// the last probe error), the Connector's counters ([Connector.Stats]) and
+// the nodes' last state changes in time order. It reloads itself every 2
+// seconds (a meta refresh, no script: the page's Content-Security-Policy
+// allows none), keeping the mode parameter. Every value is escaped
+// (html/template); like the JSON it holds no password.
 //
 // # Kubernetes
 //
@@ -174,6 +195,10 @@ func (h *healthHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rep.Status != "ok" {
 		code = http.StatusServiceUnavailable
 	}
+	if prefersHTML(r.Header.Get("Accept")) {
+		writeStatusPage(w, r, code, newStatusPage(rep, h.c.Stats(), time.Now()))
+		return
+	}
 	writeJSON(w, r, code, rep)
 }
 
@@ -239,9 +264,182 @@ func writeJSON(w http.ResponseWriter, r *http.Request, code int, v any) {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("Vary", "Accept")
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(code)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body)
+	}
+}
+
+// prefersHTML reports whether an Accept header ranks text/html (or
+// application/xhtml+xml, or text/*) above application/json (or
+// application/*, or */*). A tie, no header, or one naming neither is JSON:
+// a health check client gets what it always got.
+func prefersHTML(accept string) bool {
+	var html, json float64
+	for _, part := range strings.Split(accept, ",") {
+		media, params, _ := strings.Cut(part, ";")
+		media = strings.ToLower(strings.TrimSpace(media))
+		q := 1.0
+		for _, p := range strings.Split(params, ";") {
+			k, v, ok := strings.Cut(strings.TrimSpace(p), "=")
+			if ok && strings.EqualFold(strings.TrimSpace(k), "q") {
+				if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && f >= 0 && f <= 1 {
+					q = f
+				} else {
+					q = 0
+				}
+			}
+		}
+		switch media {
+		case "text/html", "application/xhtml+xml", "text/*":
+			html = max(html, q)
+		case "application/json", "application/*", "*/*":
+			json = max(json, q)
+		}
+	}
+	return html > json
+}
+
+// statusPage is what the status page shows; the report's fields, made
+// readable.
+type statusPage struct {
+	healthReport
+	Primary     string // "" when none
+	TopologyAge string // "" before the first probe
+	TopologyAt  string
+	Nodes       []statusNode
+	Stats       Stats
+	Changes     []statusChange // the nodes' last state changes, oldest first
+	Refresh     int            // seconds
+	Now         string
+}
+
+type statusNode struct {
+	nodeReport
+	LagBytes string
+	LastSeen string
+	Since    string
+}
+
+type statusChange struct {
+	at                    time.Time
+	At, Node, State, Role string
+}
+
+// statusRefresh is how often the status page reloads itself, in seconds.
+const statusRefresh = 2
+
+func newStatusPage(rep healthReport, st Stats, now time.Time) statusPage {
+	p := statusPage{healthReport: rep, Stats: st, Refresh: statusRefresh, Now: clock(now)}
+	if rep.Primary != nil {
+		p.Primary = *rep.Primary
+	}
+	if rep.TopologyAt != nil {
+		p.TopologyAt = clock(*rep.TopologyAt)
+		p.TopologyAge = (time.Duration(*rep.TopologyAgeSeconds * float64(time.Second))).Round(time.Millisecond).String()
+	}
+	for _, n := range rep.Nodes {
+		sn := statusNode{nodeReport: n, LagBytes: byteCount(n.LagBytes)}
+		if n.LastSeen != nil {
+			sn.LastSeen = clock(*n.LastSeen)
+		}
+		if n.Since != nil {
+			sn.Since = clock(*n.Since)
+			p.Changes = append(p.Changes, statusChange{at: *n.Since, At: sn.Since, Node: n.Name, State: n.State, Role: n.Role})
+		}
+		p.Nodes = append(p.Nodes, sn)
+	}
+	slices.SortStableFunc(p.Changes, func(a, b statusChange) int { return a.at.Compare(b.at) })
+	return p
+}
+
+// clock is t as the page shows it: UTC with milliseconds.
+func clock(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000Z") }
+
+func byteCount(n uint64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// statusTemplate is the status page. html/template escapes every value
+// for where it stands (text, attribute, URL).
+var statusTemplate = template.Must(template.New("status").Parse(`<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="{{.Refresh}}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>unified: {{.Status}}</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.3em; } h2 { font-size: 1.05em; margin-top: 1.5em; }
+.badge { padding: .1em .5em; border-radius: .3em; color: #fff; background: #2a7; }
+.badge.unavailable { background: #c33; }
+table { border-collapse: collapse; }
+th, td { border-bottom: 1px solid #ddd; padding: .3em .7em; text-align: left; white-space: nowrap; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.error { white-space: normal; max-width: 40em; color: #a22; }
+tr.down td, tr.fenced td { background: #fde8e8; }
+tr.lagging td, tr.diverged td { background: #fff6d6; }
+.primary { font-weight: 600; }
+footer { margin-top: 2em; color: #777; font-size: .9em; }
+</style>
+</head>
+<body>
+<h1>unified <span class="badge {{.Status}}" id="status">{{.Status}}</span></h1>
+<p id="summary">{{if eq .Mode "read"}}Can reads be served?{{else}}Can writes be served?{{end}}
+writable: <b>{{.Writable}}</b>, readable: <b>{{.Readable}}</b>,
+primary: <b>{{if .Primary}}{{.Primary}}{{else}}none{{end}}</b>,
+{{if .TopologyAt}}topology of {{.TopologyAt}} ({{.TopologyAge}} old){{else}}no topology yet{{end}}.</p>
+<table id="nodes">
+<thead><tr><th>node</th><th>role</th><th>state</th><th>lag</th><th>lag (WAL)</th><th>RTT</th><th>timeline</th><th>breaker</th><th>last seen</th><th>state since</th><th>last error</th></tr></thead>
+<tbody>
+{{- range .Nodes}}
+<tr class="node {{.State}}"><td class="name {{.Role}}">{{.Name}}</td><td>{{.Role}}</td><td>{{.State}}</td><td class="num">{{.Lag}}</td><td class="num">{{.LagBytes}}</td><td class="num">{{.RTT}}</td><td class="num">{{.Timeline}}</td><td>{{.Breaker}}</td><td>{{.LastSeen}}</td><td>{{.Since}}</td><td class="error">{{.LastError}}</td></tr>
+{{- end}}
+</tbody>
+</table>
+<h2>Counters</h2>
+<p id="counters">failovers {{.Stats.Failovers}}, retries {{.Stats.Retries}}, commit outcome unknown {{.Stats.CommitUnknown}}, reads served by the primary for want of a replica {{.Stats.ReadFallbacks}}</p>
+<h2>Timeline</h2>
+<ol id="timeline">
+{{- range .Changes}}
+<li>{{.At}}: {{.Node}} became {{.State}} ({{.Role}})</li>
+{{- else}}
+<li>no state change yet</li>
+{{- end}}
+</ol>
+<footer>{{.Now}} · reloads every {{.Refresh}} s · the same URL gives JSON to clients that do not ask for HTML</footer>
+</body>
+</html>
+`))
+
+// writeStatusPage sends the status page with code; for HEAD, the headers
+// only.
+func writeStatusPage(w http.ResponseWriter, r *http.Request, code int, p statusPage) {
+	var body bytes.Buffer
+	if err := statusTemplate.Execute(&body, p); err != nil {
+		// Unreachable: the template and its data are fixed.
+		writeJSON(w, r, http.StatusInternalServerError, errorReport{Error: "unified: HealthHandler: " + err.Error()})
+		return
+	}
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/html; charset=utf-8")
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("Vary", "Accept")
+	hdr.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Content-Length", strconv.Itoa(body.Len()))
+	w.WriteHeader(code)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body.Bytes())
 	}
 }

@@ -1,11 +1,16 @@
 package unified_test
 
 import (
+	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,4 +221,131 @@ func TestHealthHandlerCluster(t *testing.T) {
 	rec, body = serveHealth(t, h, http.MethodGet, "/healthz?mode=read")
 	assert.Equal(t, http.StatusOK, rec.Code, "%s", rec.Body)
 	assert.True(t, body.Readable)
+}
+
+// browserAccept is what Chromium and Firefox send for a page.
+const browserAccept = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+// getPage sends one GET with accept and returns the response.
+func getPage(t *testing.T, h http.Handler, target, accept string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, target, nil)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	assert.Equal(t, "no-store", rec.Header().Get("Cache-Control"))
+	assert.Equal(t, "Accept", rec.Header().Get("Vary"))
+	return rec
+}
+
+func TestHealthHandlerContentNegotiation(t *testing.T) {
+	db, _ := unifiedtest.New(t)
+	h := unified.HealthHandler(db)
+	for _, tt := range []struct {
+		accept string
+		html   bool
+	}{
+		{"", false},
+		{"*/*", false},
+		{"application/json", false},
+		{"application/json, text/html", false}, // a tie keeps JSON
+		{"text/html;q=0.5, application/json", false},
+		{"text/html, application/json;q=0.9", true},
+		{"text/html", true},
+		{"TEXT/HTML", true},
+		{"text/*", true},
+		{"text/html;q=0", false},
+		{"text/html;q=bogus", false},
+		{browserAccept, true},
+		{"image/png", false},
+	} {
+		t.Run(tt.accept, func(t *testing.T) {
+			rec := getPage(t, h, "/healthz", tt.accept)
+			assert.Equal(t, http.StatusOK, rec.Code)
+			if tt.html {
+				assert.Equal(t, "text/html; charset=utf-8", rec.Header().Get("Content-Type"))
+				assert.Contains(t, rec.Body.String(), "<!DOCTYPE html>")
+			} else {
+				assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
+				var body healthBody
+				assert.NoError(t, json.Unmarshal(rec.Body.Bytes(), &body))
+			}
+		})
+	}
+}
+
+func TestHealthHandlerStatusPage(t *testing.T) {
+	db, _ := unifiedtest.New(t)
+	h := unified.HealthHandler(db)
+	rec := getPage(t, h, "/healthz", browserAccept)
+	require.Equal(t, http.StatusOK, rec.Code)
+	page := rec.Body.String()
+	assert.Equal(t, "default-src 'none'; style-src 'unsafe-inline'", rec.Header().Get("Content-Security-Policy"))
+	assert.Equal(t, "nosniff", rec.Header().Get("X-Content-Type-Options"))
+	assert.Contains(t, page, `<meta http-equiv="refresh" content="2">`)
+	assert.Contains(t, page, `<span class="badge ok" id="status">ok</span>`)
+	assert.Contains(t, page, "primary: <b>primary:5432</b>")
+	assert.NotContains(t, page, "<script", "the page runs no script")
+	// One row per node, in DSN order, with its role, state and breaker.
+	rows := regexp.MustCompile(`<tr class="node (\w+)"><td class="name (\w+)">([^<]+)</td><td>(\w+)</td><td>(\w+)</td>.*?<td>(closed|half-open|open)</td>`).FindAllStringSubmatch(page, -1)
+	require.Len(t, rows, 3, page)
+	for i, want := range [][2]string{{"primary:5432", "primary"}, {"replica0:5432", "replica"}, {"replica1:5432", "replica"}} {
+		assert.Equal(t, want[0], rows[i][3])
+		assert.Equal(t, want[1], rows[i][4])
+		assert.Equal(t, "up", rows[i][5])
+		assert.Equal(t, "closed", rows[i][6])
+	}
+	assert.Regexp(t, `<p id="counters">failovers 0, retries 0, commit outcome unknown 0`, page)
+
+	// The mode's question, HEAD, and a closed DB.
+	assert.Contains(t, getPage(t, h, "/healthz?mode=read", browserAccept).Body.String(), "Can reads be served?")
+	req := httptest.NewRequestWithContext(t.Context(), http.MethodHead, "/healthz", nil)
+	req.Header.Set("Accept", "text/html")
+	head := httptest.NewRecorder()
+	h.ServeHTTP(head, req)
+	assert.Equal(t, "text/html; charset=utf-8", head.Header().Get("Content-Type"))
+	assert.Zero(t, head.Body.Len())
+	require.NoError(t, db.Close())
+	rec = getPage(t, h, "/healthz", browserAccept)
+	assert.Equal(t, http.StatusServiceUnavailable, rec.Code)
+	assert.Contains(t, rec.Body.String(), `<span class="badge unavailable" id="status">unavailable</span>`)
+
+	// Errors stay JSON.
+	rec = getPage(t, h, "/healthz?mode=nope", browserAccept)
+	assert.Equal(t, http.StatusBadRequest, rec.Code)
+	assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
+}
+
+// failingConnector is a node whose every connection fails with err.
+type failingConnector struct{ err error }
+
+func (c failingConnector) Connect(context.Context) (driver.Conn, error) { return nil, c.err }
+func (c failingConnector) Driver() driver.Driver                        { return failingDriver{c.err} }
+
+type failingDriver struct{ err error }
+
+func (d failingDriver) Open(string) (driver.Conn, error) { return nil, d.err }
+
+func TestHealthHandlerStatusPageEscapes(t *testing.T) {
+	// A probe error carrying markup, from a node whose DSN has a password.
+	cfg, err := unified.ParseConfig("host=127.0.0.1 port=1 user=app password=s3cret dbname=app")
+	require.NoError(t, err)
+	hostile := `<script>alert("x")</script> & <b onclick='y'>`
+	db, err := unified.OpenDB(cfg, unified.WithNodeConnector("127.0.0.1:1", failingConnector{errors.New(hostile)}))
+	require.NoError(t, err)
+	defer db.Close()
+	h := unified.HealthHandler(db)
+
+	var page string
+	waitFor(t, 5*time.Second, func() bool {
+		page = getPage(t, h, "/healthz", "text/html").Body.String()
+		return strings.Contains(page, "&lt;script&gt;")
+	}, "the probe error on the page")
+	assert.NotContains(t, page, "<script")
+	assert.NotContains(t, page, "<b onclick")
+	assert.Contains(t, page, `&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b onclick=&#39;y&#39;&gt;`)
+	assert.NotContains(t, page, "s3cret")
+	assert.Contains(t, page, `<span class="badge unavailable" id="status">unavailable</span>`)
 }

@@ -3,7 +3,7 @@
 // run pgx stdlib with a multi-host DSN, on a local primary + 2 streaming
 // replicas (internal/pgcluster).
 //
-//	go run ./cmd/failoverbench [-trials 5] [-sync] [-json] [-scenarios kill,hang] [-drivers unified,pgx]
+//	go run ./cmd/failoverbench [-trials 5] [-sync] [-json] [-scenarios kill,hang] [-drivers unified,pgx] [-timeline t.json]
 //
 // It needs the PostgreSQL server binaries (Debian: apt-get install
 // postgresql; or set UNIFIED_PG_BIN). With the defaults it runs for about
@@ -84,6 +84,7 @@ type config struct {
 	warmup        time.Duration
 	unifiedParams []string
 	verbose       bool
+	timeline      string // -timeline: where to write the trials' timelines
 }
 
 func main() {
@@ -159,6 +160,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	rows := aggregate(trials, cfg.scenarios, cfg.drivers)
 	progress("done in %v", time.Since(t0).Round(time.Second))
+	if cfg.timeline != "" {
+		if err := writeTimelines(cfg.timeline, trials); err != nil {
+			fmt.Fprintln(stderr, "failoverbench:", err)
+			return 1
+		}
+		progress("timelines written to %s", cfg.timeline)
+	}
 	if cfg.asJSON {
 		if err := writeJSON(stdout, cfg, pgVersion, trials, rows); err != nil {
 			fmt.Fprintln(stderr, "failoverbench:", err)
@@ -186,6 +194,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.warmup, "warmup", time.Second, "load before the fault")
 	params := fs.String("unified-params", "", "extra unified_* DSN parameters for unified, &-separated (default: the driver's defaults)")
 	fs.BoolVar(&cfg.verbose, "v", false, "log what the cluster does")
+	fs.StringVar(&cfg.timeline, "timeline", "", "also write every trial as a timeline to this JSON file (draw it with: go -C examples run ./failoverplot)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: failoverbench [flags]\n\n"+
 			"Kills (SIGKILL) and hangs (SIGSTOP) the primary of a local PostgreSQL cluster under load and\n"+

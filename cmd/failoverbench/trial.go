@@ -44,6 +44,8 @@ type trialResult struct {
 	Dup           int      `json:"dup"`
 	Errors        []string `json:"sample_errors,omitempty"`
 	Notes         []string `json:"notes,omitempty"` // what went differently
+
+	timeline *workload.Timeline // with -timeline (timeline.go)
 }
 
 func (r trialResult) String() string {
@@ -85,6 +87,7 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 		nodes[cl.Node(i).Port] = i
 	}
 
+	loadStart := time.Now()
 	w := workload.Start(ctx, wdb, rdb, workload.Config{
 		Table: table, Writers: cfg.writers, Readers: cfg.readers,
 		WriteTimeout: cfg.writeTimeout, ReadTimeout: 2 * time.Second,
@@ -148,6 +151,9 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 		return r, err
 	}
 	judge(&r, o, stored, cl, faultAt, promotedAt, deadline, end)
+	if cfg.timeline != "" {
+		r.timeline = trialTimeline(r, o, cl, primary, target, loadStart, faultAt, promotedAt, end)
+	}
 	return r, nil
 }
 

@@ -8,7 +8,7 @@
 // application code never changes: writes follow the new primary by
 // themselves, reads keep going to the replicas.
 //
-//	go -C examples run ./failover [-duration 20s] [-writers 4] [-readers 4] [-sync=false] [-no-failover]
+//	go -C examples run ./failover [-duration 20s] [-writers 4] [-readers 4] [-sync=false] [-no-failover] [-plot timeline.svg]
 //
 // Every second it prints what happened in that second: writes acknowledged
 // and failed, reads served per node, the primary as unified sees it
@@ -23,14 +23,21 @@
 // crashed primary may have acknowledged commits that no replica received:
 // no client can save those, and the summary shows them as lost.
 //
+// With -plot file.svg (or .png, .pdf) it also draws the run as a timeline:
+// acknowledged writes and successful reads per second by node, errors per
+// second, p99 latency, with the kill, the moment the new primary accepted
+// writes, the rejoin and what unified's Health showed marked (drawn by
+// examples/internal/timelineplot, with gonum.org/v1/plot).
+//
 // The cluster is started and faulted with the public test kit
 // [github.com/unifiedsql/unified/pgtest] (through [pgtest.Run], since this is
 // a program, not a test). The workload, its recording and its judge are the
 // ones the driver's own failover tests and cmd/failoverbench use, from
-// github.com/unifiedsql/unified/internal/workload: this demo is the one
-// program of the examples module that imports an internal package, which Go
-// allows because the import path lies below github.com/unifiedsql/unified;
-// code outside this repository cannot.
+// github.com/unifiedsql/unified/internal/workload: this demo and
+// examples/failoverplot are the programs of the examples module that import
+// an internal package of the library, which Go allows because the import
+// path lies below github.com/unifiedsql/unified; code outside this
+// repository cannot.
 //
 // It needs the PostgreSQL server binaries (Debian: apt-get install
 // postgresql; or set UNIFIED_PG_BIN to their directory). Ctrl-C stops the
@@ -48,6 +55,7 @@ import (
 	"time"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/examples/internal/timelineplot"
 	"github.com/unifiedsql/unified/internal/workload"
 	"github.com/unifiedsql/unified/pgtest"
 )
@@ -57,8 +65,9 @@ type options struct {
 	duration time.Duration // how long the workload runs
 	writers  int
 	readers  int
-	failover bool // kill the primary midway (false with -no-failover)
-	sync     bool // synchronous replication
+	failover bool   // kill the primary midway (false with -no-failover)
+	sync     bool   // synchronous replication
+	plot     string // where to draw the timeline; "" for none
 }
 
 func main() {
@@ -68,6 +77,7 @@ func main() {
 	flag.IntVar(&o.readers, "readers", 4, "concurrent readers (unified.ReadOnly: the replicas)")
 	noFailover := flag.Bool("no-failover", false, "run the workload without killing the primary")
 	flag.BoolVar(&o.sync, "sync", true, "synchronous replication: a commit is acknowledged once a replica has it (-sync=false: asynchronous)")
+	flag.StringVar(&o.plot, "plot", "", "draw the run as a timeline into this file (.svg, .png or .pdf)")
 	flag.Parse()
 	o.failover = !*noFailover
 
@@ -99,6 +109,7 @@ func run(tb testing.TB, out io.Writer, o options) *summary {
 		opts = append(opts, pgtest.Synchronous())
 	}
 	cl := pgtest.Start(tb, opts...)
+	firstPrimary := cl.Primary()
 	nodes := newNodeNames(cl)
 	for i := 0; i < cl.Len(); i++ {
 		role := "replica"
@@ -150,7 +161,9 @@ func run(tb testing.TB, out io.Writer, o options) *summary {
 	if o.failover {
 		sc.run(ctx, o.duration)
 	}
-	sleep(ctx, o.duration-con.elapsed(time.Now()))
+	// The rejoin can outlast the duration under load: keep the workload
+	// going a little after it, to show reads on the rejoined replica.
+	sleep(ctx, max(o.duration-con.elapsed(time.Now()), o.duration/10))
 	outcomes := load.Stop()
 	end := time.Now()
 	stopWatch()
@@ -168,6 +181,13 @@ func run(tb testing.TB, out io.Writer, o options) *summary {
 	}
 	sum := summarize(outcomes, stored, sc, watch, nodes, o.failover, o.sync, end)
 	sum.print(con)
+	if o.plot != "" {
+		tl := timeline(outcomes, sc, watch, nodes, firstPrimary, con.start, end, o.failover)
+		if err := timelineplot.Save(o.plot, tl); err != nil {
+			tb.Fatal(err)
+		}
+		con.say("\ntimeline drawn into %s", o.plot)
+	}
 	return sum
 }
 
@@ -185,6 +205,7 @@ type scenario struct {
 	killed, promoted int       // node indexes
 	killedAt         time.Time // just before SIGKILL
 	promotedAt       time.Time // when the new primary first accepted writes
+	rejoinedAt       time.Time // when the old primary streamed again; zero if it did not
 }
 
 // run plays the scenario; it returns early when ctx ends.
@@ -223,7 +244,8 @@ func (s *scenario) run(ctx context.Context, duration time.Duration) {
 	}
 	s.con.event(time.Now(), ">>> bringing %s back as a replica of %s (pg_rewind) ...", s.nodes.name(old), s.nodes.name(target))
 	s.cl.Rejoin(old)
-	s.con.event(time.Now(), ">>> %s rejoined: a replica streaming from %s", s.nodes.name(old), s.nodes.name(target))
+	s.rejoinedAt = time.Now()
+	s.con.event(s.rejoinedAt, ">>> %s rejoined: a replica streaming from %s", s.nodes.name(old), s.nodes.name(target))
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -19,7 +21,8 @@ func TestMain(m *testing.M) {
 func TestDemo(t *testing.T) {
 	var out bytes.Buffer
 	t.Cleanup(func() { t.Log("\n" + out.String()) })
-	sum := run(t, &out, options{duration: 8 * time.Second, writers: 4, readers: 4, failover: true, sync: true})
+	plot := filepath.Join(t.TempDir(), "timeline.svg")
+	sum := run(t, &out, options{duration: 8 * time.Second, writers: 4, readers: 4, failover: true, sync: true, plot: plot})
 	require.NotNil(t, sum)
 
 	assert.Zero(t, sum.Lost, "acknowledged writes lost")
@@ -34,4 +37,11 @@ func TestDemo(t *testing.T) {
 	assert.GreaterOrEqual(t, sum.Detected, time.Duration(0), "unified's Health noticed the crash")
 	assert.GreaterOrEqual(t, sum.Resumed, time.Duration(0), "writes resumed on the new primary")
 	assert.Positive(t, sum.OutageReadsOK, "reads were served during the outage")
+
+	// -plot drew the timeline with the scenario's events.
+	svg, err := os.ReadFile(plot)
+	require.NoError(t, err)
+	for _, label := range []string{"SIGKILL node0", "accepts writes", "node0 rejoined", "acknowledged writes per second", "p99 latency"} {
+		assert.Contains(t, string(svg), label)
+	}
 }

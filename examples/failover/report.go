@@ -168,6 +168,19 @@ func (w *primaryWatch) firstChangeAfter(t time.Time) (primaryChange, bool) {
 	return primaryChange{}, false
 }
 
+// changesAfter returns the changes of primary after t.
+func (w *primaryWatch) changesAfter(t time.Time) []primaryChange {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []primaryChange
+	for _, c := range w.changes {
+		if c.at.After(t) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // printEverySecond prints the live line until ctx ends.
 func printEverySecond(ctx context.Context, con *console, load *workload.Run, watch *primaryWatch, nodes *nodeNames) {
 	tick := time.NewTicker(time.Second)

@@ -9,8 +9,10 @@
 // ([unified.HealthHandler]) on a loopback port. It opens the database with
 // unified.OpenDB(cfg, unified.WithMeterProvider(mp)) and runs a short
 // workload: writers INSERT on the primary, concurrent unified.ReadOnly
-// readers spread over both replicas, and one deliberately failing statement
-// (a duplicate key, error_type="23505"). Midway it kills the primary and
+// readers spread over both replicas, two deliberately failing statements
+// (a duplicate key, error_type="23505", and one that ends its own session,
+// error_type="commit_unknown") and a read whose replica session is ended
+// under it, which unified re-runs (unified_retry_count_total). Midway it kills the primary and
 // promotes the most advanced replica, as a failover manager would
 // (-failover=false skips that). At the end it scrapes its own /metrics over
 // HTTP and prints the db_client_* and unified_* series exactly as the
@@ -29,6 +31,11 @@
 //   - unified_node_up 0 for the killed node, unified_node_role moving to the
 //     promoted one, unified_failover_count_total and
 //     unified_failover_duration_seconds.
+//
+// grafana-dashboard.json, next to this file, is a Grafana dashboard of
+// these metrics (import it and pick the Prometheus data source that
+// scrapes the application); the test checks that every metric it queries
+// is one this example's /metrics exports.
 //
 // Metric names follow the exporter's default translation: dots become
 // underscores, the unit becomes a suffix (_seconds, _bytes), counters end
@@ -64,6 +71,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
@@ -181,6 +189,18 @@ func run(tb testing.TB, out io.Writer, o options) (*result, error) {
 		return nil, errors.New("the duplicate INSERT succeeded")
 	}
 	say("a duplicate INSERT, on purpose: %v", err)
+	// A statement that ends its own session: the connection breaks after
+	// it was sent, so the client cannot know whether it took effect
+	// (error_type="commit_unknown", unified_commit_unknown_count_total).
+	_, err = db.ExecContext(ctx, "SELECT pg_terminate_backend(pg_backend_pid())")
+	if !errors.Is(err, unified.ErrCommitUnknown) {
+		return nil, fmt.Errorf("a statement that ended its session returned %v, not ErrCommitUnknown", err)
+	}
+	say("a statement that ends its own session, on purpose: %v", err)
+	if err := readAcrossLostSession(ctx, db, connector, cl); err != nil {
+		return nil, err
+	}
+	say("a read whose replica session was ended under it: re-run by unified (unified_retry_count_total)")
 
 	// The workload.
 	say("\n%d writers INSERT (no mode: the primary), %d readers SELECT with unified.ReadOnly (the replicas), for %v", writers, readers, o.duration)
@@ -290,6 +310,63 @@ func read(ctx context.Context, stop <-chan struct{}, db *sql.DB, st *workStats) 
 			sleep(ctx, 5*time.Millisecond)
 		}
 	}
+}
+
+// readAcrossLostSession ends, from outside, the replica session of a read
+// in progress; unified re-runs the read on another session (a ReadOnly
+// read outside a transaction that returned no row yet is safe to repeat),
+// which unified.retry.count records.
+func readAcrossLostSession(ctx context.Context, db *sql.DB, c *unified.Connector, cl *pgtest.Cluster) error {
+	conn, err := db.Conn(ctx) // one logical connection: it keeps its read session
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ro := unified.WithMode(ctx, unified.ReadOnly)
+	var pid, port int
+	if err := conn.QueryRowContext(ro, "SELECT pg_backend_pid(), inet_server_port()").Scan(&pid, &port); err != nil {
+		return err
+	}
+	node := -1
+	for i := range cl.Len() {
+		if cl.Node(i).Port() == port {
+			node = i
+		}
+	}
+	if node < 0 {
+		return fmt.Errorf("the read came from port %d, no node of the cluster", port)
+	}
+	admin, err := pgx.Connect(ctx, cl.Node(node).DSN())
+	if err != nil {
+		return err
+	}
+	defer admin.Close(context.WithoutCancel(ctx))
+
+	before := c.Stats().Retries
+	done := make(chan error, 1)
+	go func() {
+		var n int
+		done <- conn.QueryRowContext(ro, "SELECT 1 FROM pg_sleep(0.5)").Scan(&n)
+	}()
+	for running := false; !running; {
+		err := admin.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep(0.5)%' AND state = 'active')", pid).Scan(&running)
+		if err != nil {
+			return err
+		}
+		if !running && !sleep(ctx, 2*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+	if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+		return err
+	}
+	if err := <-done; err != nil {
+		return fmt.Errorf("the read whose session ended: %w", err)
+	}
+	if c.Stats().Retries == before {
+		return errors.New("the read whose session ended was not retried")
+	}
+	return nil
 }
 
 // killAndFailOver SIGKILLs the primary and fails over: the replica that

@@ -45,4 +45,8 @@ func TestExample(t *testing.T) {
 	assert.Contains(t, out.String(), "--- GET /metrics")
 	assert.Contains(t, out.String(), `"primary": "127.0.0.1:`, "the /healthz JSON names the new primary")
 	assert.NotRegexp(t, `(?m)^# HELP (?:go|process|promhttp)_`, out.String(), "only db_client_* and unified_* series are printed")
+	assert.Regexp(t, `(?m)^unified_commit_unknown_count_total\{[^}]*\} [1-9]`, m, "the statement that ended its session")
+
+	// The Grafana dashboard queries only what the driver exported here.
+	t.Run("dashboard", func(t *testing.T) { checkDashboard(t, m) })
 }

@@ -21,14 +21,16 @@ import (
 
 // Write is what one INSERT returned.
 type Write struct {
-	ID  int64
-	At  time.Time // when it returned
-	Err error     // nil: acknowledged
+	ID   int64
+	At   time.Time     // when it returned
+	Took time.Duration // from the call to its return
+	Err  error         // nil: acknowledged
 }
 
 // Read is what one read returned.
 type Read struct {
 	At   time.Time
+	Took time.Duration
 	Node int // index of the node that answered; -1 when it failed or the node is not known
 	Err  error
 }

@@ -104,9 +104,11 @@ func Start(ctx context.Context, wdb, rdb *sql.DB, cfg Config) *Run {
 			for seq := int64(0); !r.done(ctx); seq++ {
 				id := int64(i)*1_000_000_000 + seq
 				wctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
+				began := time.Now()
 				_, err := wdb.ExecContext(wctx, insert, id, i)
+				now := time.Now()
 				cancel()
-				r.wrote(Write{ID: id, At: time.Now(), Err: err})
+				r.wrote(Write{ID: id, At: now, Took: now.Sub(began), Err: err})
 				if err != nil {
 					pause(cfg.WritePause)
 				}
@@ -119,9 +121,10 @@ func Start(ctx context.Context, wdb, rdb *sql.DB, cfg Config) *Run {
 			for !r.done(ctx) {
 				rctx, cancel := context.WithTimeout(ro, cfg.ReadTimeout)
 				var port int
+				began := time.Now()
 				err := rdb.QueryRowContext(rctx, "SELECT inet_server_port()").Scan(&port)
 				cancel()
-				r.read(rdb, port, err)
+				r.read(rdb, began, port, err)
 				pause(cfg.ReadPause)
 			}
 		})
@@ -160,8 +163,9 @@ func (r *Run) wrote(w Write) {
 	}
 }
 
-func (r *Run) read(db *sql.DB, port int, err error) {
-	rd := Read{At: time.Now(), Node: -1, Err: err}
+func (r *Run) read(db *sql.DB, began time.Time, port int, err error) {
+	now := time.Now()
+	rd := Read{At: now, Took: now.Sub(began), Node: -1, Err: err}
 	if err == nil {
 		if i, ok := r.cfg.Nodes[port]; ok {
 			rd.Node = i
