@@ -440,9 +440,10 @@ func (c *Cluster) Kill(i int) error {
 	c.mu.Lock()
 	wasHung := n.hung
 	var kids []int
-	if wasHung && n.proc != nil {
+	if n.proc != nil {
 		// Listed before the kill: once the postmaster is gone its
-		// children are re-parented and can no longer be found by parent.
+		// children are re-parented and can no longer be found by parent
+		// (and not by process group: backends call setsid).
 		kids = childrenOf(n.proc.pid)
 	}
 	c.mu.Unlock()
@@ -456,6 +457,11 @@ func (c *Cluster) Kill(i int) error {
 	if wasHung {
 		resumeTree(p.pid, kids)
 	}
+	// The backends go on for a moment (they notice the dead postmaster
+	// when they next wait): that is the crash the tests want. Kill
+	// returns once they are gone, so that a Start that follows finds the
+	// shared memory free.
+	waitGone(kids, time.Second)
 	c.mu.Lock()
 	n.hung = false
 	c.mu.Unlock()

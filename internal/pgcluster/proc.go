@@ -422,6 +422,38 @@ func procsWhere(match func(stat []string) bool) (pids []int, ok bool) {
 // resumeTree sends SIGCONT to the process group pgid and to each of kids
 // (PostgreSQL's children are session leaders, outside that group), so that
 // no process of a hung node stays stopped.
+// waitGone waits until none of pids is alive, SIGKILLing those still
+// alive after grace, and gives up a few seconds later.
+func waitGone(pids []int, grace time.Duration) {
+	start := time.Now()
+	for len(pids) > 0 && time.Since(start) < grace+5*time.Second {
+		live := pids[:0]
+		for _, pid := range pids {
+			if alive(pid) {
+				live = append(live, pid)
+			}
+		}
+		pids = live
+		if time.Since(start) >= grace {
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// alive reports whether pid is a live (not zombie) process.
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
 func resumeTree(pgid int, kids []int) {
 	_ = syscall.Kill(-pgid, syscall.SIGCONT)
 	for _, k := range kids {
