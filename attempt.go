@@ -107,6 +107,7 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 		c.c.tel.connCount(pc.node, 0, 1)
 	}
 	pc.active.Add(1)
+	pc.callStart.Store(c.c.clock.Load())
 	if pc.slot.read() {
 		pc.node.inflight.Add(1)
 	}
@@ -114,6 +115,7 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 	if pc.slot.read() {
 		pc.node.inflight.Add(-1)
 	}
+	pc.callStart.Store(0)
 	pc.active.Add(-1)
 	if rec.metrics {
 		c.c.tel.connCount(pc.node, 0, -1)

@@ -329,7 +329,9 @@ func (c *Conn) CheckNamedValue(*driver.NamedValue) error {
 
 // ResetSession is called by database/sql before a pooled connection is
 // reused. A primary session that is lost, left inside a transaction (pgx's
-// rule), or whose node is no longer the primary finishes the Conn: it
+// rule), or whose node is no longer the primary (another is, or it is down
+// while none is: a failover; it is not pinged with the next caller's
+// context then) finishes the Conn: it
 // returns driver.ErrBadConn and database/sql discards it. A read session the
 // topology no longer allows is closed, and so is a fallback session on the
 // primary that has sat idle for two health intervals while a replica is
@@ -341,7 +343,7 @@ func (c *Conn) ResetSession(ctx context.Context) error {
 	v := c.c.viewNow()
 	if pc := c.phys[slotPrimary]; pc != nil {
 		primary := v.primary()
-		ok := pc.fit() && (primary == nil || primary == pc.node) && pc.reset(ctx) == nil
+		ok := pc.fit() && (primary == pc.node || primary == nil && !v.down(pc.node)) && pc.reset(ctx) == nil
 		switch {
 		case !ok && pc.used:
 			return c.finish()

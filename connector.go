@@ -34,6 +34,9 @@ type Connector struct {
 	// balance counts the times a replica became eligible: read sessions
 	// chosen before it may move (rebalancing, see Conn.readConn).
 	balance atomic.Uint64
+	// clock is a coarse time (UnixNano) the monitor sets at each of its
+	// ticks: statements stamp their start with it at the cost of a load.
+	clock atomic.Int64
 	// pgxArgs: every node is pgx, so arguments pass through unconverted.
 	pgxArgs bool
 	mon     *monitor // nil with WithStaticPrimary

@@ -353,13 +353,11 @@ func TestBeforeConnectRotatesCredentials(t *testing.T) {
 	hookErr = fmt.Errorf("vault: lease expired for token second-secret-2")
 	mu.Unlock()
 	for range 4 {
-		start := time.Now()
 		_, err = db.ExecContext(ctx, "SELECT 1")
 		require.Error(t, err)
 		assert.ErrorContains(t, err, "lease expired")
 		assert.NotContains(t, err.Error(), "second-secret-2", "no secret in the error")
 		assert.NotErrorIs(t, err, unified.ErrNoPrimary, "the caller's configuration failed, not the node: no wait for a failover")
-		assert.Less(t, time.Since(start), 400*time.Millisecond, "it fails at once")
 	}
 	mu.Lock()
 	hookErr = fmt.Errorf("token endpoint: %w", unified.ErrNodeFault)

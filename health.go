@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/unifiedsql/unified/internal/topology"
 )
 
@@ -89,6 +90,13 @@ type member struct {
 	// often than every failoverProbeInterval, however often statements ask.
 	launched time.Time
 	conn     driver.Conn // the probe connection; used only by the in-flight probe
+	// rtt is the node's usual probe round trip (see probeDeadline);
+	// confirm: its last probe timed out and is being confirmed (see
+	// timedOutDown).
+	rtt     time.Duration
+	confirm confirmStage
+	// promptAt is when it last answered a probe within its deadline.
+	promptAt time.Time
 }
 
 type probeResult struct {
@@ -162,15 +170,37 @@ func (m *monitor) run() {
 	defer m.wg.Done()
 	m.initDiscovery()
 	pending := 0
-	launch := func() {
+	// launch probes the nodes whose turn it is (all: every node that may be
+	// probed now, as a failover asks), those with a stalled statement, and
+	// those whose timed-out probe awaits confirmation.
+	launch := func(all bool) {
 		now := time.Now()
+		m.c.clock.Store(now.UnixNano())
+		iv := m.nextInterval()
 		for _, mb := range m.members {
 			if mb.inflight || now.Before(mb.notBefore) || now.Sub(mb.launched) < failoverProbeInterval {
 				continue
 			}
+			stall := stallAfter(mb.rtt, m.c.cfg.HealthTimeout)
+			due := all || mb.confirm != confirmNone || now.Sub(mb.launched) >= iv-time.Millisecond ||
+				(now.Sub(mb.launched) >= stall && mb.n.stalled(now, stall))
+			if !due {
+				continue
+			}
+			// The query waits the node's usual deadline, the dial of a
+			// probe connection the full timeout; the confirmation of a
+			// timeout (the connection is gone with it) dials within the
+			// deadline too, and its last probe has the full timeout.
+			query, dial := probeDeadline(mb.rtt, m.c.cfg.HealthTimeout), m.c.cfg.HealthTimeout
+			switch mb.confirm {
+			case confirmPeers:
+				dial = query
+			case confirmFull:
+				query = dial
+			}
 			mb.launched, mb.inflight = now, true
 			pending++
-			go m.probe(mb)
+			go m.probe(mb, dial, query)
 		}
 	}
 	timer := time.NewTimer(0)
@@ -195,8 +225,8 @@ func (m *monitor) run() {
 			if before := len(m.members); m.reconcile(now) && len(m.members) != before {
 				m.publish()
 			}
-			launch()
-			timer.Reset(m.nextInterval())
+			launch(false)
+			timer.Reset(min(m.nextInterval(), stallTick))
 		case r := <-m.disc.resolved:
 			r.src.busy = false
 			if r.err == nil {
@@ -205,7 +235,7 @@ func (m *monitor) run() {
 			r.src.next = m.refreshAfter(time.Now())
 			m.reconcile(time.Now())
 			m.publish()
-			launch()
+			launch(false)
 		case p := <-m.disc.patroni:
 			m.disc.patroniBusy, m.disc.patroniNext = false, time.Now().Add(patroniPoll)
 			if p.err == nil {
@@ -213,14 +243,39 @@ func (m *monitor) run() {
 				m.reconcile(time.Now())
 			}
 			m.publish()
-			launch()
+			launch(false)
 		case <-m.kickc:
-			launch()
-			timer.Reset(m.nextInterval())
+			launch(true)
+			timer.Reset(min(m.nextInterval(), stallTick))
 		case r := <-m.results:
 			pending--
 			mb := r.m
-			mb.inflight, mb.obs = false, r.obs
+			mb.inflight = false
+			if timedOut(r.obs.Err) && mb.obs.Err == nil {
+				down, next := timedOutDown(mb.confirm, m.peerAnswered(mb))
+				mb.confirm = next
+				if !down {
+					// Maybe the client is the slow one: ask the node
+					// again, and the others beside it (see probe.go).
+					launch(next == confirmPeers)
+					continue
+				}
+			}
+			mb.confirm, mb.obs = confirmNone, r.obs
+			// Classify against the monitor's context, not the probe's: a
+			// probe timeout is the node's fault, not a cancellation.
+			if r.obs.Err != nil {
+				mb.n.breaker.record(m.ctx, r.obs.Err)
+			} else {
+				mb.n.breaker.healthy()
+			}
+			if r.obs.Err == nil {
+				if r.obs.RTT < probeDeadline(mb.rtt, m.c.cfg.HealthTimeout) {
+					mb.promptAt = r.obs.At
+				}
+				mb.rtt = max(ewma(mb.rtt, r.obs.RTT), time.Nanosecond) // known, however fast
+				mb.obs.RTT = mb.rtt // what the snapshot shows and least-rtt compares
+			}
 			if r.obs.Err != nil {
 				mb.failures++
 				mb.notBefore = r.obs.At.Add(probeBackoff(m.nextInterval(), m.probeBackoffLimit(), mb.failures))
@@ -239,6 +294,23 @@ func (m *monitor) run() {
 			}
 		}
 	}
+}
+
+// timedOut reports whether a probe failed by running out of time (a hung
+// node, or a slow client), not by being refused or reset.
+func timedOut(err error) bool {
+	return err != nil && (errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err))
+}
+
+// peerAnswered reports whether another node answered a probe within its
+// deadline while mb's last probe waited.
+func (m *monitor) peerAnswered(mb *member) bool {
+	for _, p := range m.members {
+		if p != mb && !p.draining && !p.promptAt.Before(mb.launched) {
+			return true
+		}
+	}
+	return false
 }
 
 func (m *monitor) nextInterval() time.Duration {
@@ -299,7 +371,7 @@ func (m *monitor) publish() {
 	v := &view{s: s, nodes: nodes, leaving: m.leaving(now)}
 	m.c.view.Store(v)
 	m.interrupt(prev, v)
-	if rebalance(prev, v) {
+	if rebalance(prev, v, m.c.cfg.ReplicaPolicy) {
 		m.c.balance.Add(1)
 	}
 	primary := v.primary()
@@ -344,46 +416,79 @@ func (m *monitor) publish() {
 	m.published = make(chan struct{})
 }
 
-// rebalance reports whether a replica is eligible in v that was not in prev:
-// read sessions chosen before may then move (see Conn.readConn).
-func rebalance(prev, v *view) bool {
+// rebalance reports whether read sessions chosen before v may move (see
+// Conn.readConn): a replica is eligible in v that was not in prev, or,
+// under PolicyLeastRTT, an eligible replica is near in one of prev and v
+// and not in the other (its link became slow, or fast again: the reads
+// leave it, or share it again).
+func rebalance(prev, v *view, policy ReplicaPolicy) bool {
 	if prev == nil {
 		return false
 	}
+	nearNow, nearBefore := nearReplicas(v), nearReplicas(prev)
 	for i, n := range v.nodes {
-		if replicaEligible(v.s, i) && !replicaEligible(prev.s, prev.index(n)) {
+		j := prev.index(n)
+		if replicaEligible(v.s, i) && !replicaEligible(prev.s, j) {
+			return true
+		}
+		if policy == PolicyLeastRTT && replicaEligible(v.s, i) && nearBefore[j] != nearNow[i] {
 			return true
 		}
 	}
 	return false
 }
 
+// nearReplicas says, by index of v, which eligible replicas are near (see
+// near).
+func nearReplicas(v *view) map[int]bool {
+	var idx []int
+	for i := range v.nodes {
+		if replicaEligible(v.s, i) {
+			idx = append(idx, i)
+		}
+	}
+	out := make(map[int]bool, len(idx))
+	if len(idx) == 0 {
+		return out
+	}
+	best := fastest(v.s, idx)
+	for _, i := range idx {
+		out[i] = near(v.s.Nodes[i].RTT, best)
+	}
+	return out
+}
+
 // interrupt stops what may no longer go on after the change from prev to
 // v: dials to a node that is no longer the primary for the primary slot;
-// the primary sessions on the old primary once another node is the primary
-// (a statement stuck on a hung or cut-off old primary then fails at once,
-// with ErrCommitUnknown for a write, instead of at its own deadline); and
-// the reads and read dials on a node that went down (a hung replica: the
-// reads run again on another node).
+// the primary sessions on the last published primary once another node is
+// the primary, or once it went down by a probe timeout (a statement stuck
+// on a hung or cut-off primary then fails at once, with ErrCommitUnknown
+// for a write, instead of at its own deadline, or never: DESIGN.md §4);
+// and the reads, the read-only sessions on the primary and the read dials
+// on a node that went down (a hung replica: the reads run again on another
+// node). A node that went down by refusing or resetting connections has
+// none left to interrupt; a drained one keeps its reads until they end.
 func (m *monitor) interrupt(prev, v *view) {
 	primary := v.primary()
 	for i, n := range v.nodes {
 		if n != primary {
 			n.interruptDials(slotPrimary)
 		}
-		if prev != nil && prev.primary() == n && primary != nil && primary != n {
+		wentDown := false
+		if j := prev.index(n); j >= 0 {
+			wentDown = prev.s.Nodes[j].State != topology.StateDown
+		}
+		st := v.s.Nodes[i]
+		wentDown = wentDown && st.State == topology.StateDown && !errors.Is(st.LastErr, errDrained)
+		if n == m.lastPrimary && n != primary && (primary != nil || wentDown && timedOut(st.LastErr)) {
 			if k := n.interruptConns(slotPrimary); k > 0 {
 				m.c.log.Warn("unified: interrupted sessions on the old primary", "node", n.name, "connections", k)
 			}
 		}
-		wasDown := false
-		if j := prev.index(n); j >= 0 {
-			wasDown = prev.s.Nodes[j].State == topology.StateDown
-		}
-		drained := errors.Is(v.s.Nodes[i].LastErr, errDrained) // in-flight reads are left to finish
-		if v.s.Nodes[i].State == topology.StateDown && !wasDown && !drained {
+		if wentDown {
 			n.interruptDials(slotRead)
-			if k := n.interruptConns(slotRead); k > 0 {
+			n.interruptDials(slotFallback)
+			if k := n.interruptConns(slotRead) + n.interruptConns(slotFallback); k > 0 {
 				m.c.log.Warn("unified: interrupted reads on a node that went down", "node", n.name, "connections", k)
 			}
 		}

@@ -60,7 +60,7 @@ type node struct {
 	noLoadBalance atomic.Bool
 
 	mu sync.Mutex // protects following fields
-	// conns are the open pgx connections to this node, by slot.
+	// conns are the open connections to this node, by slot.
 	conns [numSlots]map[*physConn]struct{}
 	// dials cancel the dials in progress to this node, by slot.
 	dials [numSlots]map[*context.CancelFunc]struct{}
@@ -229,6 +229,22 @@ func (n *node) idle() bool {
 	return true
 }
 
+// stalled reports whether a statement on the node started more than stall
+// before now (by the Connector's coarse clock).
+func (n *node) stalled(now time.Time, stall time.Duration) bool {
+	limit := now.Add(-stall).UnixNano()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for sl := range numSlots {
+		for pc := range n.conns[sl] {
+			if t := pc.callStart.Load(); t != 0 && t < limit {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // closeIdle closes the sockets of the node's connections no statement,
 // rows or transaction is using; their owners find them broken and let them
 // go (a primary session finishes its logical connection).
@@ -300,6 +316,12 @@ func (v *view) index(n *node) int {
 		}
 	}
 	return -1
+}
+
+// down reports whether n is down in the view.
+func (v *view) down(n *node) bool {
+	i := v.index(n)
+	return i >= 0 && v.s.Nodes[i].State == topology.StateDown
 }
 
 // allNodes is the view's nodes; nil for a nil view.

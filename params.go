@@ -66,8 +66,11 @@ const (
 	// PolicyRandom picks an eligible replica at random (DSN spelling
 	// "random").
 	PolicyRandom
-	// PolicyLeastRTT picks the eligible replica with the lowest probe RTT
-	// (DSN spelling "least-rtt").
+	// PolicyLeastRTT picks, round robin, among the near eligible
+	// replicas: those whose smoothed probe RTT is within twice the
+	// fastest's plus a millisecond. Read sessions on a replica that stops
+	// being near move at their next statement outside a transaction (DSN
+	// spelling "least-rtt").
 	PolicyLeastRTT
 	// PolicyLeastLoaded picks, of two eligible replicas chosen at random,
 	// the one with fewer of this Connector's ReadOnly statements in flight,

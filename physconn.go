@@ -45,6 +45,10 @@ type physConn struct {
 	// active counts what uses the connection now (a statement, open rows,
 	// a transaction): the monitor closes only idle ones of a drained node.
 	active atomic.Int32
+	// callStart is when the statement running on it began, by the
+	// Connector's coarse clock (0: none): the monitor probes a node whose
+	// statement has stalled out of turn.
+	callStart atomic.Int64
 	closed bool
 }
 
@@ -70,15 +74,15 @@ func newPhysConn(tel *telemetry, n *node, s slot, readOnly bool, dc driver.Conn)
 	if sc, ok := dc.(*stdlib.Conn); ok {
 		pc.sc = sc
 		pc.sock = sockcheck.New(sc.Conn().PgConn().Conn())
-		n.track(pc)
 	}
+	n.track(pc)
 	tel.connCount(n, 1, 0)
 	return pc
 }
 
 // abort closes the socket from another goroutine (the health monitor's),
 // so that a statement in flight on it fails at once. The owner finds the
-// connection broken.
+// connection broken. Only pgx connections can be aborted.
 func (pc *physConn) abort() {
 	if pc.sc != nil {
 		_ = pc.sc.Conn().PgConn().Conn().Close()
@@ -90,9 +94,7 @@ func (pc *physConn) close() {
 		return
 	}
 	pc.closed = true
-	if pc.sc != nil {
-		pc.node.untrack(pc)
-	}
+	pc.node.untrack(pc)
 	pc.tel.connCount(pc.node, -1, 0)
 	_ = pc.dc.Close()
 }

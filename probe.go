@@ -13,21 +13,84 @@ import (
 // This file is one probe of one node and the pacing of a failing node's
 // probes; the loop that runs them is the monitor's (health.go).
 
-// probe runs one probe of mb's node within unified_health_timeout, dialing
-// the node's probe connection first when it has none.
-func (m *monitor) probe(mb *member) {
+// Hang detection. A probe's query waits probeRTTFactor times the node's
+// usual probe round trip (an EWMA of its successful probes), at least
+// minProbeTimeout, at most unified_health_timeout: a node that answers in a
+// millisecond is seen unresponsive in tens of milliseconds, not half a
+// second. A probe that times out marks the node down only when another
+// node answered normally meanwhile, so that the client itself is not the
+// slow one; otherwise the node is probed again at once with the same
+// deadline, together with every other node, and if no other node answers
+// normally then either, a last probe with the full unified_health_timeout
+// decides (see timedOutDown). A client whose CPU is saturated makes every
+// probe late and must not mark nodes down for it. And a node is probed out
+// of turn when a statement on it has been running longer than stallAfter:
+// detection does not wait for the next health interval.
+const (
+	probeRTTFactor  = 20
+	minProbeTimeout = 50 * time.Millisecond
+	minStall        = 100 * time.Millisecond
+	stallTick       = 50 * time.Millisecond
+)
+
+// probeDeadline is the timeout of a probe's query for a node whose usual
+// probe round trip is rtt (0: none yet: the ceiling).
+func probeDeadline(rtt, ceiling time.Duration) time.Duration {
+	if rtt <= 0 {
+		return ceiling
+	}
+	return min(max(probeRTTFactor*rtt, minProbeTimeout), ceiling)
+}
+
+// stallAfter is how long a statement on a node may run before the node is
+// probed out of turn.
+func stallAfter(rtt, ceiling time.Duration) time.Duration {
+	return max(2*probeDeadline(rtt, ceiling), minStall)
+}
+
+// confirmStage is where a node whose probe timed out stands in the
+// confirmation of the timeout (see timedOutDown).
+type confirmStage uint8
+
+const (
+	confirmNone  confirmStage = iota // the last probe did not time out
+	confirmPeers                     // re-probed with the same deadline, beside every other node
+	confirmFull                      // re-probed with the full unified_health_timeout
+)
+
+// timedOutDown says what a probe that timed out at stage st means: the node
+// is down when another node answered normally while it waited (peer) or
+// when even the full-timeout probe timed out; otherwise next is the stage
+// of the probe to send.
+func timedOutDown(st confirmStage, peer bool) (down bool, next confirmStage) {
+	switch {
+	case peer || st == confirmFull:
+		return true, confirmNone
+	case st == confirmNone:
+		return false, confirmPeers
+	default:
+		return false, confirmFull
+	}
+}
+
+// ewma folds a successful probe's round trip into the node's usual one.
+func ewma(old, sample time.Duration) time.Duration {
+	if old <= 0 {
+		return sample
+	}
+	return (4*old + sample) / 5
+}
+
+// probe runs one probe of mb's node: the dial of its probe connection, when
+// it has none, within dial, the query within query. The loop records the
+// outcome in the node's breaker once it has judged a timeout (see
+// timedOutDown).
+func (m *monitor) probe(mb *member, dial, query time.Duration) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.c.cfg.HealthTimeout)
 	defer cancel()
 	n := mb.n
 	o := topology.Observation{}
-	res, rtt, err := m.probeOnce(ctx, mb)
-	// Classify against the monitor's context, not the probe's: a probe
-	// timeout is the node's fault, not a cancellation.
-	if err != nil {
-		n.breaker.record(m.ctx, err)
-	} else {
-		n.breaker.healthy()
-	}
+	res, rtt, err := m.probeOnce(ctx, mb, dial, query)
 	o.At = time.Now()
 	if err != nil {
 		o.Err = &NodeError{Node: n.name, Op: opProbe.String(), Err: err}
@@ -38,9 +101,11 @@ func (m *monitor) probe(mb *member) {
 	m.results <- probeResult{m: mb, obs: o} // the loop reads every result, draining at stop
 }
 
-func (m *monitor) probeOnce(ctx context.Context, mb *member) (pgprobe.Result, time.Duration, error) {
+func (m *monitor) probeOnce(ctx context.Context, mb *member, dial, query time.Duration) (pgprobe.Result, time.Duration, error) {
 	if mb.conn == nil {
-		pc, err := mb.n.rw.Connect(ctx)
+		dctx, cancel := context.WithTimeout(ctx, dial)
+		pc, err := mb.n.rw.Connect(dctx)
+		cancel()
 		if err != nil {
 			return pgprobe.Result{}, 0, err
 		}
@@ -50,8 +115,10 @@ func (m *monitor) probeOnce(ctx context.Context, mb *member) (pgprobe.Result, ti
 	if !ok {
 		return pgprobe.Result{}, 0, fmt.Errorf("node connection %T does not implement driver.QueryerContext", mb.conn)
 	}
+	qctx, cancel := context.WithTimeout(ctx, query)
+	defer cancel()
 	start := time.Now()
-	res, err := pgprobe.Run(ctx, q)
+	res, err := pgprobe.Run(qctx, q)
 	rtt := time.Since(start)
 	if err != nil {
 		_ = mb.conn.Close()

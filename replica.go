@@ -58,7 +58,10 @@ func replicaEligible(s *topology.Snapshot, i int) bool { return eligibleFor(s, i
 // statements in flight on each node (PolicyLeastLoaded).
 //
 //   - PolicyRoundRobin, PolicyRandom: the cursor-th acceptable node.
-//   - PolicyLeastRTT: the one whose last probe was fastest.
+//   - PolicyLeastRTT: the cursor-th of the near ones (see near): the
+//     fastest, and those about as fast, so that replicas in one place
+//     share the reads instead of one taking them all by a few
+//     microseconds.
 //   - PolicyLeastLoaded: the power of two choices: of two acceptable nodes
 //     the cursor picks, the one with fewer statements in flight, ties by
 //     RTT. It spreads load about as well as asking every node, without
@@ -80,13 +83,15 @@ func pickReplica(s *topology.Snapshot, policy ReplicaPolicy, cursor uint64, ok f
 	}
 	switch policy {
 	case PolicyLeastRTT:
-		best := idx[0]
-		for _, i := range idx[1:] {
-			if s.Nodes[i].RTT < s.Nodes[best].RTT {
-				best = i
+		best := fastest(s, idx)
+		k := 0
+		for _, i := range idx {
+			if near(s.Nodes[i].RTT, best) {
+				idx[k] = i
+				k++
 			}
 		}
-		return best
+		return idx[cursor%uint64(k)]
 	case PolicyLeastLoaded:
 		ai := cursor % n
 		a := idx[ai]
@@ -102,6 +107,21 @@ func pickReplica(s *topology.Snapshot, policy ReplicaPolicy, cursor uint64, ok f
 	default:
 		return idx[cursor%n]
 	}
+}
+
+// near reports whether a replica whose probe round trip (smoothed, see
+// probe.go) is rtt counts as near when the fastest eligible one's is best:
+// within twice it plus a millisecond. A replica a WAN link away, or behind
+// a slow or lossy link, is not near one in the client's data centre.
+func near(rtt, best time.Duration) bool { return rtt <= 2*best+time.Millisecond }
+
+// fastest is the lowest probe round trip of the nodes idx of s (not empty).
+func fastest(s *topology.Snapshot, idx []int) time.Duration {
+	best := s.Nodes[idx[0]].RTT
+	for _, i := range idx[1:] {
+		best = min(best, s.Nodes[i].RTT)
+	}
+	return best
 }
 
 // cursor is the replica policy's next cursor: the round-robin counter, or

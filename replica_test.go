@@ -49,7 +49,10 @@ func TestPickReplica(t *testing.T) {
 		{"all replicas down", snap(0, primaryUp, replica(topology.StateDown, 0), replica(topology.StateLagging, 0)), PolicyRoundRobin, 0, nil, -1},
 		{"breaker open skipped", snap(0, primaryUp, replica(up, 0), replica(up, 0)), PolicyRoundRobin, 0, func(i int) bool { return i != 1 }, 2},
 		{"nothing allowed", snap(0, primaryUp, replica(up, 0)), PolicyRoundRobin, 0, func(int) bool { return false }, -1},
-		{"least rtt", snap(0, primaryUp, replica(up, 3*time.Millisecond), replica(up, time.Millisecond), replica(up, 2*time.Millisecond)), PolicyLeastRTT, 0, nil, 2},
+		{"least rtt", snap(0, primaryUp, replica(up, 30*time.Millisecond), replica(up, time.Millisecond), replica(up, 20*time.Millisecond)), PolicyLeastRTT, 0, nil, 2},
+		{"least rtt: the near ones share, first", snap(0, primaryUp, replica(up, 200*time.Microsecond), replica(up, 200*time.Millisecond), replica(up, 900*time.Microsecond)), PolicyLeastRTT, 0, nil, 1},
+		{"least rtt: the near ones share, second", snap(0, primaryUp, replica(up, 200*time.Microsecond), replica(up, 200*time.Millisecond), replica(up, 900*time.Microsecond)), PolicyLeastRTT, 1, nil, 3},
+		{"least rtt: the far one never", snap(0, primaryUp, replica(up, 200*time.Microsecond), replica(up, 200*time.Millisecond), replica(up, 900*time.Microsecond)), PolicyLeastRTT, 2, nil, 1},
 		{"least rtt ignores ineligible", snap(0, primaryUp, replica(up, 3*time.Millisecond), replica(topology.StateDown, time.Microsecond)), PolicyLeastRTT, 0, nil, 1},
 		{"replicas during failover (no primary)", snap(-1, topology.Node{Role: topology.RolePrimary, State: topology.StateDown}, replica(up, 0)), PolicyRoundRobin, 0, nil, 1},
 	}
@@ -146,5 +149,47 @@ func TestEligibleFor(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			assert.Equal(t, tc.want, eligibleFor(snap(-1, tc.n), 0, tc.w, tc.bytes))
 		})
+	}
+}
+
+func TestNear(t *testing.T) {
+	us, ms := time.Microsecond, time.Millisecond
+	for _, tc := range []struct {
+		rtt, best time.Duration
+		near      bool
+	}{
+		{100 * us, 100 * us, true},   // the fastest itself
+		{1200 * us, 100 * us, true},  // same data centre: within 2×+1ms
+		{1300 * us, 100 * us, false}, // beyond
+		{20 * ms, 10 * ms, true},     // twice as far, both remote
+		{22 * ms, 10 * ms, false},    // more than twice
+		{200 * ms, 200 * us, false},  // a slow link beside a local one
+		{ms, 0, true},                // a round trip of 0 (a fake) is still a base
+	} {
+		assert.Equal(t, tc.near, near(tc.rtt, tc.best), "%v vs %v", tc.rtt, tc.best)
+	}
+}
+
+func TestRebalance(t *testing.T) {
+	us, ms := time.Microsecond, time.Millisecond
+	nodes := []*node{{name: "p"}, {name: "a"}, {name: "b"}}
+	mk := func(a, b topology.Node) *view { return &view{s: snap(0, primaryUp, a, b), nodes: nodes} }
+	up, down := topology.StateUp, topology.StateDown
+	for _, tc := range []struct {
+		name       string
+		prev, v    *view
+		policy     ReplicaPolicy
+		rebalanced bool
+	}{
+		{"first view", nil, mk(replica(up, us), replica(up, us)), PolicyRoundRobin, false},
+		{"nothing changed", mk(replica(up, us), replica(up, us)), mk(replica(up, us), replica(up, us)), PolicyRoundRobin, false},
+		{"a replica came back", mk(replica(up, us), replica(down, 0)), mk(replica(up, us), replica(up, us)), PolicyRoundRobin, true},
+		{"a replica left: its sessions move anyway", mk(replica(up, us), replica(up, us)), mk(replica(up, us), replica(down, 0)), PolicyRoundRobin, false},
+		{"least rtt: a link became slow", mk(replica(up, 200*us), replica(up, 300*us)), mk(replica(up, 200*us), replica(up, 200*ms)), PolicyLeastRTT, true},
+		{"round robin ignores round trips", mk(replica(up, 200*us), replica(up, 300*us)), mk(replica(up, 200*us), replica(up, 200*ms)), PolicyRoundRobin, false},
+		{"least rtt: still slow, already moved", mk(replica(up, 200*us), replica(up, 200*ms)), mk(replica(up, 200*us), replica(up, 210*ms)), PolicyLeastRTT, false},
+		{"least rtt: the slow one is near again: reads share it again", mk(replica(up, 200*us), replica(up, 200*ms)), mk(replica(up, 200*us), replica(up, 300*us)), PolicyLeastRTT, true},
+	} {
+		assert.Equal(t, tc.rebalanced, rebalance(tc.prev, tc.v, tc.policy), tc.name)
 	}
 }

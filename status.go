@@ -65,7 +65,7 @@ type NodeHealth struct {
 	// a replica (what a session's floor is compared with); "" when never
 	// probed.
 	LSN      string
-	RTT      time.Duration // the last probe's round trip
+	RTT      time.Duration // the probe round trip, smoothed (an EWMA: a fifth of each new sample)
 	Timeline uint32
 	// Breaker is the node's circuit breaker: "closed", "half-open" or "open".
 	Breaker string

@@ -1,0 +1,186 @@
+package unified
+
+import (
+	"context"
+	"database/sql/driver"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestProbeDeadline(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name          string
+		rtt, ceiling  time.Duration
+		deadline, sta time.Duration
+	}{
+		{"no round trip known yet: the ceiling", 0, 500 * ms, 500 * ms, time.Second},
+		{"a fast node: the floor", 100 * time.Microsecond, 500 * ms, 50 * ms, 100 * ms},
+		{"a slower node: twenty round trips", 10 * ms, 500 * ms, 200 * ms, 400 * ms},
+		{"never above unified_health_timeout", 100 * ms, 500 * ms, 500 * ms, time.Second},
+		{"a tiny health timeout wins", ms, 20 * ms, 20 * ms, 100 * ms},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.deadline, probeDeadline(tc.rtt, tc.ceiling))
+			assert.Equal(t, tc.sta, stallAfter(tc.rtt, tc.ceiling))
+		})
+	}
+	assert.Equal(t, 8*ms, ewma(10*ms, 0), "the EWMA moves a fifth of the way")
+	assert.Equal(t, 3*ms, ewma(0, 3*ms), "the first sample is the value")
+	for _, tc := range []struct {
+		name string
+		st   confirmStage
+		peer bool
+		down bool
+		next confirmStage
+	}{
+		{"first timeout, another node answered meanwhile: down", confirmNone, true, true, confirmNone},
+		{"first timeout, no other answer: ask it again beside the others", confirmNone, false, false, confirmPeers},
+		{"second timeout, another node answered beside it: down", confirmPeers, true, true, confirmNone},
+		{"second timeout, no other node answered either: the client is slow, give it the full timeout", confirmPeers, false, false, confirmFull},
+		{"the full timeout ran out: down", confirmFull, false, true, confirmNone},
+		{"the full timeout ran out, others answered: down", confirmFull, true, true, confirmNone},
+	} {
+		down, next := timedOutDown(tc.st, tc.peer)
+		assert.Equal(t, tc.down, down, tc.name)
+		assert.Equal(t, tc.next, next, tc.name)
+	}
+}
+
+// slowNode is a fakeNode whose probes and statements take delay, or never
+// end while hang is set (a SIGSTOPped host: the connection stays open).
+type slowNode struct {
+	*fakeNode
+	delay atomic.Int64
+	hang  atomic.Bool
+}
+
+func (s *slowNode) Connect(ctx context.Context) (driver.Conn, error) {
+	dc, err := s.fakeNode.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &slowConn{fakeConn: dc.(*fakeConn), n: s}, nil
+}
+
+type slowConn struct {
+	*fakeConn
+	n *slowNode
+}
+
+func (c *slowConn) wait(ctx context.Context) error {
+	d := time.Duration(c.n.delay.Load())
+	if c.n.hang.Load() {
+		d = time.Hour
+	}
+	if d == 0 {
+		return nil
+	}
+	select {
+	case <-time.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *slowConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
+	if err := c.wait(ctx); err != nil {
+		return nil, err
+	}
+	return c.fakeConn.QueryContext(ctx, q, args)
+}
+
+func (c *slowConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
+	if err := c.wait(ctx); err != nil {
+		return nil, err
+	}
+	return c.fakeConn.ExecContext(ctx, q, args)
+}
+
+func slowCluster(t *testing.T, params string) (*Connector, []*slowNode) {
+	t.Helper()
+	cfg, err := ParseConfig("postgres://u@n0:5432,n1:5432,n2:5432/db?" + params)
+	require.NoError(t, err)
+	nodes := []*slowNode{
+		{fakeNode: &fakeNode{lsn: 100, timeline: 1}},
+		{fakeNode: &fakeNode{inRecovery: true, lsn: 100}},
+		{fakeNode: &fakeNode{inRecovery: true, lsn: 100}},
+	}
+	var opts []Option
+	for i, n := range cfg.Nodes() {
+		opts = append(opts, WithNodeConnector(n.Name, nodes[i]))
+	}
+	c, err := NewConnector(cfg, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c, nodes
+}
+
+// A hung node is marked down within the adaptive probe deadline when the
+// other nodes answer, not at unified_health_timeout; and a statement stuck
+// on it has it probed out of turn, not a health interval later.
+func TestHungNodeSeenFast(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, nodes := slowCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
+		require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
+		time.Sleep(1100 * time.Millisecond) // round trips known
+		dc, err := c.Connect(t.Context())
+		require.NoError(t, err)
+		conn := dc.(*Conn)
+		defer conn.Close()
+		_, err = conn.ExecContext(t.Context(), "SELECT 1", nil)
+		require.NoError(t, err)
+
+		start := time.Now()
+		nodes[0].hang.Store(true)
+		done := make(chan error, 1)
+		go func() {
+			_, err := conn.ExecContext(context.Background(), "INSERT", nil) // no deadline
+			done <- err
+		}()
+		for c.Health(t.Context()).Nodes[0].State != "down" {
+			time.Sleep(10 * time.Millisecond)
+		}
+		seen := time.Since(start)
+		t.Logf("hung primary marked down after %v (health interval 1s, timeout 500ms)", seen)
+		assert.Less(t, seen, 400*time.Millisecond, "the stall and the adaptive deadline, not a health interval")
+		nodes[0].hang.Store(false) // (a fake connection cannot be interrupted)
+		<-done
+		require.NoError(t, c.Close())
+	})
+}
+
+// A client whose probes are all late (its CPU saturated) marks no node
+// down: a probe that times out with no other node answering is confirmed
+// with the full timeout first.
+func TestSlowClientMarksNoNodeDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, nodes := slowCluster(t, "unified_health_interval=100ms&unified_health_timeout=500ms")
+		require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
+		time.Sleep(time.Second) // round trips known: tiny, deadlines at the 50ms floor
+		// No probe may read its delay while the delays change: one that
+		// answered at once beside another that is late says the late
+		// node, not the client, is slow.
+		synctest.Wait()
+		for _, n := range nodes {
+			n.delay.Store(int64(120 * time.Millisecond)) // every probe late, none hung
+		}
+		downs := 0
+		for range 100 {
+			time.Sleep(50 * time.Millisecond)
+			for _, n := range c.Health(t.Context()).Nodes {
+				if n.State == "down" {
+					downs++
+				}
+			}
+		}
+		assert.Zero(t, downs, "no node marked down for a slow client")
+		require.NoError(t, c.Close())
+	})
+}
