@@ -274,7 +274,7 @@ func (m *monitor) run() {
 					mb.promptAt = r.obs.At
 				}
 				mb.rtt = max(ewma(mb.rtt, r.obs.RTT), time.Nanosecond) // known, however fast
-				mb.obs.RTT = mb.rtt // what the snapshot shows and least-rtt compares
+				mb.obs.RTT = mb.rtt                                    // what the snapshot shows and least-rtt compares
 			}
 			if r.obs.Err != nil {
 				mb.failures++

@@ -49,7 +49,7 @@ type physConn struct {
 	// Connector's coarse clock (0: none): the monitor probes a node whose
 	// statement has stalled out of turn.
 	callStart atomic.Int64
-	closed bool
+	closed    bool
 }
 
 // sockCheckAfter is how long a primary session must have been idle before
