@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -54,16 +55,24 @@ func inNS(t *testing.T, ns string, f func()) {
 	<-done
 }
 
+// echo serves l until it is closed, then closes every connection it
+// accepted (one whose FIN a fault dropped would otherwise linger).
 func echo(l net.Listener) {
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		wg.Wait()
+	}()
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			_, _ = io.Copy(c, c)
-		}()
+		conns = append(conns, c)
+		wg.Go(func() { _, _ = io.Copy(c, c) })
 	}
 }
 
@@ -87,8 +96,9 @@ func TestLinksFaultsAndCleanup(t *testing.T) {
 	var l net.Listener
 	inNS(t, h0.NS, func() { l, err = net.Listen("tcp", net.JoinHostPort(h0.Addr.String(), "0")) })
 	require.NoError(t, err)
-	defer l.Close()
-	go echo(l)
+	served := make(chan struct{})
+	go func() { echo(l); close(served) }()
+	defer func() { l.Close(); <-served }()
 
 	c, err := net.DialTimeout("tcp", l.Addr().String(), 2*time.Second)
 	require.NoError(t, err)
@@ -130,10 +140,13 @@ func TestLinksFaultsAndCleanup(t *testing.T) {
 	_, err = roundTrip(c, time.Second)
 	assert.NoError(t, err, "the client still reaches an isolated host")
 	require.NoError(t, n.Rejoin(h0))
-	require.NoError(t, dial())
+	// The bridge port comes back, and h1 resolves h0's address again.
+	deadline := time.Now().Add(10 * time.Second)
+	for err = dial(); err != nil && time.Now().Before(deadline); err = dial() {
+	}
+	require.NoError(t, err, "rejoined")
 
 	c.Close()
-	l.Close()
 	require.NoError(t, n.Close())
 	assert.Empty(t, Own(), "namespaces left")
 }
