@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -140,7 +141,13 @@ func healthyAfter(t *testing.T, c *patroni.Cluster) {
 // openDB opens unified over the three nodes' addresses.
 func openDB(t *testing.T, c *patroni.Cluster, params ...string) *sql.DB {
 	t.Helper()
-	p := append([]string{"unified_health_interval=200ms", "unified_health_timeout=500ms", "application_name=" + appName}, params...)
+	p := params
+	for _, def := range []string{"unified_health_interval=200ms", "unified_health_timeout=500ms", "application_name=" + appName} {
+		key, _, _ := strings.Cut(def, "=")
+		if !slices.ContainsFunc(params, func(q string) bool { return strings.HasPrefix(q, key+"=") }) {
+			p = append(p, def)
+		}
+	}
 	db, err := sql.Open("unified", c.DSN(p...))
 	require.NoError(t, err)
 	db.SetMaxIdleConns(16)
