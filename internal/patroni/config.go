@@ -67,6 +67,12 @@ var dcsParameters = map[string]any{
 // nodeConfig returns the Patroni configuration of one node, as JSON (which
 // is YAML, the format Patroni reads).
 func nodeConfig(l nodeLayout) ([]byte, error) {
+	if l.host == "" {
+		l.host = "127.0.0.1"
+	}
+	if l.etcdHost == "" {
+		l.etcdHost = "127.0.0.1"
+	}
 	addr := func(port int) string { return net.JoinHostPort(l.host, strconv.Itoa(port)) }
 	hbaLines := hba
 	if l.trust != "" {
