@@ -3,7 +3,11 @@
 // run pgx stdlib with a multi-host DSN, on a local primary + 2 streaming
 // replicas (internal/pgcluster).
 //
-//	go run ./cmd/failoverbench [-trials 5] [-sync] [-json] [-scenarios kill,hang] [-drivers unified,pgx] [-timeline t.json]
+//	go run ./cmd/failoverbench [-trials 5] [-sync] [-json] [-scenarios kill,hang] [-drivers unified,pgx] [-timeline t.json] [-manager patroni]
+//
+// With -manager patroni the failover is Patroni's (a real etcd + 3 Patroni
+// nodes, internal/patroni) and the scenarios are crash, hang and switchover:
+// see patroni.go.
 //
 // It needs the PostgreSQL server binaries (Debian: apt-get install
 // postgresql; or set UNIFIED_PG_BIN). With the defaults it runs for about
@@ -63,6 +67,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -85,6 +90,7 @@ type config struct {
 	unifiedParams []string
 	verbose       bool
 	timeline      string // -timeline: where to write the trials' timelines
+	manager       string // "" (the command's own failover) or "patroni"
 }
 
 func main() {
@@ -104,6 +110,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		return 2
+	}
+	if cfg.manager == "patroni" {
+		return runPatroni(ctx, cfg, stdout, stderr)
 	}
 	if _, err := pgcluster.FindBinDir(); err != nil {
 		fmt.Fprintln(stderr, "failoverbench:", err)
@@ -185,7 +194,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.trials, "trials", 5, "trials per scenario and driver")
 	fs.BoolVar(&cfg.sync, "sync", false, "synchronous replication (synchronous_standby_names = 'ANY 1 (*)')")
 	fs.BoolVar(&cfg.asJSON, "json", false, "print the trials and the summary rows as JSON instead of the Markdown table")
-	scenarios := fs.String("scenarios", "kill,hang", "comma-separated scenarios: kill (SIGKILL), hang (SIGSTOP)")
+	scenarios := fs.String("scenarios", "", "comma-separated scenarios: kill (SIGKILL), hang (SIGSTOP); with -manager patroni: crash, hang, switchover (default: all of them)")
+	manager := fs.String("manager", "", "who fails over: empty (the command promotes the most advanced replica itself) or patroni (a real Patroni cluster, see patroni.go)")
 	drivers := fs.String("drivers", "unified,pgx", "comma-separated drivers: unified, pgx")
 	fs.IntVar(&cfg.writers, "writers", 8, "concurrent writers")
 	fs.IntVar(&cfg.readers, "readers", 4, "concurrent readers")
@@ -203,6 +213,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	cfg.manager = *manager
+	known := []string{"kill", "hang"}
+	if cfg.manager == "patroni" {
+		known = patroniScenarios
+	}
+	if *scenarios == "" {
+		*scenarios = strings.Join(known, ",")
 	}
 	cfg.scenarios = splitList(*scenarios)
 	cfg.drivers = splitList(*drivers)
@@ -224,9 +242,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	case cfg.writers < 1 || cfg.readers < 1:
 		return bad("-writers and -readers must be at least 1")
 	}
+	if cfg.manager != "" && cfg.manager != "patroni" {
+		return bad("unknown manager %q (want patroni, or none)", cfg.manager)
+	}
 	for _, s := range cfg.scenarios {
-		if s != "kill" && s != "hang" {
-			return bad("unknown scenario %q (want kill, hang)", s)
+		if !slices.Contains(known, s) {
+			return bad("unknown scenario %q (want %s)", s, strings.Join(known, ", "))
 		}
 	}
 	for _, d := range cfg.drivers {

@@ -159,7 +159,7 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 
 // openDBs opens the writers' and the readers' *sql.DB: the same one for
 // unified; for pgx one per target_session_attrs.
-func openDBs(cl *pgcluster.Cluster, cfg config, driver string) (wdb, rdb *sql.DB, err error) {
+func openDBs(cl interface{ DSN(params ...string) string }, cfg config, driver string) (wdb, rdb *sql.DB, err error) {
 	switch driver {
 	case "unified":
 		wdb, err = sql.Open("unified", cl.DSN(cfg.unifiedParams...))

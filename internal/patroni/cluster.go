@@ -76,6 +76,10 @@ type Options struct {
 	// BinDir holds the PostgreSQL server binaries. Default:
 	// pgcluster.FindBinDir().
 	BinDir string
+	// Network, when not nil, puts etcd and the nodes on addresses of
+	// their own, each started through a prefix such as "ip netns exec
+	// NAME" (see Network). Default: everything on 127.0.0.1.
+	Network *Network
 }
 
 // Cluster is a running etcd and three Patroni nodes, each managing its
@@ -108,7 +112,7 @@ type Cluster struct {
 type Node struct {
 	Index    int    // 0, 1 or 2
 	Name     string // "node0"...: Patroni member name and application_name
-	Host     string // always 127.0.0.1
+	Host     string // 127.0.0.1, or its address in Options.Network
 	Port     int    // PostgreSQL's TCP port
 	RESTPort int    // Patroni's REST API port
 	DataDir  string // PostgreSQL data directory, managed by Patroni
@@ -120,7 +124,7 @@ type Node struct {
 	hung       bool
 }
 
-// Addr returns PostgreSQL's "127.0.0.1:port".
+// Addr returns PostgreSQL's "host:port".
 func (n *Node) Addr() string { return net.JoinHostPort(n.Host, strconv.Itoa(n.Port)) }
 
 // DSN returns a URL connecting to this node's PostgreSQL only, as user
@@ -248,7 +252,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	for i := range nodeCount {
 		name := "node" + strconv.Itoa(i)
 		home := filepath.Join(base, name)
-		n := &Node{Index: i, Name: name, Host: "127.0.0.1", Port: ports[i], RESTPort: ports[nodeCount+i],
+		n := &Node{Index: i, Name: name, Host: c.nodeHost(i), Port: ports[i], RESTPort: ports[nodeCount+i],
 			DataDir: filepath.Join(home, "data"), home: home,
 			configPath: filepath.Join(base, name+".yml"), logPath: filepath.Join(base, name+".log")}
 		c.nodes = append(c.nodes, n)
@@ -259,7 +263,8 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 		cfg, err := nodeConfig(nodeLayout{
-			name: name, pgPort: n.Port, restPort: n.RESTPort, home: home, dataDir: n.DataDir,
+			name: name, host: n.Host, etcdHost: c.etcdHost(), trust: c.trustCIDR(),
+			pgPort: n.Port, restPort: n.RESTPort, home: home, dataDir: n.DataDir,
 			binDir: opts.BinDir, etcdPort: c.etcdPort, dcs: opts.DCS, synchro: opts.Synchronous,
 			ttl: seconds(opts.TTL, 20), loopWait: seconds(opts.LoopWait, 1), retryTime: seconds(opts.RetryTimeout, 3),
 		})
@@ -423,9 +428,10 @@ func (c *Cluster) RESTURLs() []string {
 	return urls
 }
 
-// EtcdURL returns etcd's client URL, "http://127.0.0.1:port".
+// EtcdURL returns etcd's client URL, "http://127.0.0.1:port" (or etcd's
+// address in Options.Network).
 func (c *Cluster) EtcdURL() string {
-	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(c.etcdPort))
+	return "http://" + net.JoinHostPort(c.etcdHost(), strconv.Itoa(c.etcdPort))
 }
 
 // BaseDir returns the cluster's directory (nodes' directories, their

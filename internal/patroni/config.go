@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -16,6 +17,9 @@ const scope = "unified"
 // configuration.
 type nodeLayout struct {
 	name      string // "node0"...
+	host      string // where PostgreSQL and the REST API listen
+	etcdHost  string
+	trust     string // a CIDR pg_hba trusts besides 127.0.0.1; "" none
 	pgPort    int
 	restPort  int
 	home      string // owned by the server user: data dir, pgpass, socket
@@ -63,7 +67,19 @@ var dcsParameters = map[string]any{
 // nodeConfig returns the Patroni configuration of one node, as JSON (which
 // is YAML, the format Patroni reads).
 func nodeConfig(l nodeLayout) ([]byte, error) {
-	addr := func(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+	if l.host == "" {
+		l.host = "127.0.0.1"
+	}
+	if l.etcdHost == "" {
+		l.etcdHost = "127.0.0.1"
+	}
+	addr := func(port int) string { return net.JoinHostPort(l.host, strconv.Itoa(port)) }
+	hbaLines := hba
+	if l.trust != "" {
+		hbaLines = append(slices.Clone(hba),
+			"host    all          all    "+l.trust+" trust",
+			"host    replication  all    "+l.trust+" trust")
+	}
 	rewind := map[string]any{
 		// An old primary or a replica that went past the fork rejoins
 		// with pg_rewind; when that fails, or the timelines diverged in
@@ -92,7 +108,7 @@ func nodeConfig(l nodeLayout) ([]byte, error) {
 			"dynamic_shared_memory_type": "mmap",
 			"shared_buffers":             "32MB",
 		},
-		"pg_hba":     hba,
+		"pg_hba":     hbaLines,
 		"basebackup": map[string]any{"checkpoint": "fast"},
 	}
 	for k, v := range rewind {
@@ -124,9 +140,9 @@ func nodeConfig(l nodeLayout) ([]byte, error) {
 	}
 	switch l.dcs {
 	case EtcdV2:
-		cfg["etcd"] = map[string]any{"host": addr(l.etcdPort)}
+		cfg["etcd"] = map[string]any{"host": net.JoinHostPort(l.etcdHost, strconv.Itoa(l.etcdPort))}
 	case EtcdV3:
-		cfg["etcd3"] = map[string]any{"host": addr(l.etcdPort)}
+		cfg["etcd3"] = map[string]any{"host": net.JoinHostPort(l.etcdHost, strconv.Itoa(l.etcdPort))}
 	default:
 		return nil, fmt.Errorf("patroni: unknown DCS %d", l.dcs)
 	}

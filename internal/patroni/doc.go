@@ -49,6 +49,15 @@
 // namespaces) nodes run without a namespace, and a PostgreSQL outlives a
 // killed test until that sweep.
 //
+// # Network namespaces
+//
+// [Options.Network] puts etcd and each node on an address of its own and
+// starts each through a command prefix, "ip netns exec NAME" for a
+// network namespace made by internal/netns (test/netns does). pg_hba.conf
+// then also trusts the network's CIDR. As root the prefix runs as root
+// and the change to the server user follows it (setpriv), since entering
+// a namespace needs root.
+//
 // # Which etcd client: v2
 //
 // The cluster uses Patroni's "etcd:" client, etcd's v2 API, which etcd 3.4

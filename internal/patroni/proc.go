@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,7 +122,7 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 	}
 	defer logf.Close()
 	client := c.EtcdURL()
-	peer := "http://127.0.0.1:" + strconv.Itoa(c.etcdPeer)
+	peer := "http://" + net.JoinHostPort(c.etcdHost(), strconv.Itoa(c.etcdPeer))
 	args := []string{
 		"--name", "etcd0",
 		"--data-dir", filepath.Join(dir, "data"),
@@ -133,11 +134,15 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 	if c.opts.DCS == EtcdV2 {
 		args = append(args, "--enable-v2=true")
 	}
-	cmd := exec.Command(c.etcdBin, args...)
+	argv, needCred := c.wrapEtcd(append([]string{c.etcdBin}, args...))
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Env = childEnv(dir)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: c.cred}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if needCred {
+		cmd.SysProcAttr.Credential = c.cred
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -185,12 +190,13 @@ func (c *Cluster) startNode(n *Node) error {
 		args = append(slices.Clone(c.unshare), "--")
 	}
 	args = append(args, c.patroni, n.configPath)
+	args, needCred := c.wrapNode(n.Index, args, c.unshare == nil)
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Dir = n.home
 	cmd.Env = childEnv(n.home)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if c.unshare == nil {
+	if needCred {
 		cmd.SysProcAttr.Credential = c.cred
 	}
 	c.mu.Lock()
