@@ -117,6 +117,11 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 	}
 	pc.callStart.Store(0)
 	pc.active.Add(-1)
+	if err != nil {
+		if cause := pc.interrupted.Load(); cause != nil {
+			err = fmt.Errorf("%w: %w", *cause, err) // the classes are the error's
+		}
+	}
 	if rec.metrics {
 		c.c.tel.connCount(pc.node, 0, -1)
 	}

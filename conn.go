@@ -469,9 +469,11 @@ func (t *tx) Rollback() error { return t.finish(opRollback, t.inner.Rollback) }
 func (t *tx) finish(op opKind, do func() error) error {
 	ctx, c, pc := t.parent, t.c, t.pc
 	rec := c.c.tel.begin(ctx, op, "", t.mode)
-	t.end()
 	f := facts{op: op, slot: pc.slot, mode: t.mode, inTx: true, used: true, readOnly: pc.readOnly, busy: pc.busy()}
-	err := do()
+	// The connection stays in use until COMMIT returns (a drain does not
+	// close it under the COMMIT; a stall is seen: see node.stalled).
+	err := c.call(pc, &rec, op, func(*physConn) error { return do() })
+	t.end()
 	if err != nil {
 		f.class, f.sent, f.broke = classifyOf(ctx, err), sentOf(err), pc.broken()
 		v := decide(f)

@@ -165,6 +165,7 @@ func TestHungPrimary(t *testing.T) {
 	select {
 	case err := <-inflight:
 		assert.ErrorIs(t, err, unified.ErrCommitUnknown, "%v", err)
+		assert.ErrorContains(t, err, "interrupted: the node stopped answering its health probes", "the error says why")
 	case <-time.After(20 * time.Second):
 		t.Fatal("the commit in flight on the hung primary was not interrupted")
 	}

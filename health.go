@@ -30,6 +30,14 @@ const (
 
 var errNotProbed = errors.New("not probed yet")
 
+// Why the monitor interrupted a statement (see interrupt): the prefix of
+// its error.
+var (
+	errHung     = errors.New("interrupted: the node stopped answering its health probes")
+	errWentDown = errors.New("interrupted: the node went down")
+	errDemoted  = errors.New("interrupted: another node is the primary now")
+)
+
 // monitor is the health monitor of one Connector: one loop that launches a
 // probe per node (each on its own dedicated connection, all in parallel),
 // folds each result into a new immutable topology snapshot and publishes it.
@@ -480,15 +488,22 @@ func (m *monitor) interrupt(prev, v *view) {
 		}
 		st := v.s.Nodes[i]
 		wentDown = wentDown && st.State == topology.StateDown && !errors.Is(st.LastErr, errDrained)
-		if n == m.lastPrimary && n != primary && (primary != nil || wentDown && timedOut(st.LastErr)) {
-			if k := n.interruptConns(slotPrimary); k > 0 {
+		cause := errWentDown
+		if timedOut(st.LastErr) {
+			cause = errHung
+		}
+		if n == m.lastPrimary && n != primary && (primary != nil || wentDown && cause == errHung) {
+			if primary != nil && !wentDown {
+				cause = errDemoted
+			}
+			if k := n.interruptConns(slotPrimary, cause); k > 0 {
 				m.c.log.Warn("unified: interrupted sessions on the old primary", "node", n.name, "connections", k)
 			}
 		}
 		if wentDown {
 			n.interruptDials(slotRead)
 			n.interruptDials(slotFallback)
-			if k := n.interruptConns(slotRead) + n.interruptConns(slotFallback); k > 0 {
+			if k := n.interruptConns(slotRead, cause) + n.interruptConns(slotFallback, cause); k > 0 {
 				m.c.log.Warn("unified: interrupted reads on a node that went down", "node", n.name, "connections", k)
 			}
 		}

@@ -254,7 +254,7 @@ func (n *node) closeIdle() {
 	for sl := range numSlots {
 		for pc := range n.conns[sl] {
 			if pc.active.Load() == 0 {
-				pc.abort()
+				pc.abort(nil)
 				delete(n.conns[sl], pc) // its owner closes it at its next use
 			}
 		}
@@ -264,12 +264,12 @@ func (n *node) closeIdle() {
 // interruptConns closes the sockets of the slot's open connections: a
 // statement waiting on the node fails at once instead of at its own
 // deadline. The connections' owners find them broken. It returns how many
-// there were.
-func (n *node) interruptConns(sl slot) int {
+// there were. What a statement in flight returns is prefixed by cause.
+func (n *node) interruptConns(sl slot, cause error) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for pc := range n.conns[sl] {
-		pc.abort()
+		pc.abort(cause)
 	}
 	return len(n.conns[sl])
 }

@@ -49,6 +49,8 @@ type physConn struct {
 	// Connector's coarse clock (0: none): the monitor probes a node whose
 	// statement has stalled out of turn.
 	callStart atomic.Int64
+	// interrupted is why the monitor closed its socket (see abort).
+	interrupted atomic.Pointer[error]
 	closed    bool
 }
 
@@ -81,9 +83,13 @@ func newPhysConn(tel *telemetry, n *node, s slot, readOnly bool, dc driver.Conn)
 }
 
 // abort closes the socket from another goroutine (the health monitor's),
-// so that a statement in flight on it fails at once. The owner finds the
-// connection broken. Only pgx connections can be aborted.
-func (pc *physConn) abort() {
+// so that a statement in flight on it fails at once, its error prefixed by
+// cause (nil: none; see Conn.call). The owner finds the connection broken.
+// Only pgx connections can be aborted.
+func (pc *physConn) abort(cause error) {
+	if cause != nil {
+		pc.interrupted.Store(&cause)
+	}
 	if pc.sc != nil {
 		_ = pc.sc.Conn().PgConn().Conn().Close()
 	}

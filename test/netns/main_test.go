@@ -186,8 +186,12 @@ func readShare(ok, failed int) float64 {
 func closeAndCheck(t *testing.T, c *patroni.Cluster, db *sql.DB, leaks goleak.Option) {
 	t.Helper()
 	require.NoError(t, db.Close())
-	ctx := ctxT(t, 10*time.Second)
-	deadline := time.Now().Add(5 * time.Second)
+	// A session unified interrupted while its link was cut closed its
+	// socket then: the FIN was dropped, and the kernel retransmits it with
+	// a doubling timeout (the eighth try ~50 s after the close), so its
+	// server backend may outlive the heal by tens of seconds. Wait for it.
+	ctx := ctxT(t, 75*time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for i := range c.Len() {
 		conn, err := c.Connect(ctx, i)
 		require.NoError(t, err)
