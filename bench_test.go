@@ -4,7 +4,7 @@ package unified_test
 // bench/out/results.md, with bench/run; see bench/README.md.
 //
 // BenchmarkOverhead measures what unified adds per statement with no I/O:
-// an in-memory driver (internal/benchdriver) alone ("direct") and behind
+// an in-memory driver (internal/fakepg) alone ("direct") and behind
 // unified ("unified"). The other benchmarks send real traffic to the
 // package's local cluster (TestMain) and skip without PostgreSQL binaries.
 // Sub-benchmark names end in the implementation (direct, pgx, pgbouncer,
@@ -32,7 +32,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 
 	"github.com/unifiedsql/unified"
-	"github.com/unifiedsql/unified/internal/benchdriver"
+	"github.com/unifiedsql/unified/internal/fakepg"
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
@@ -42,9 +42,9 @@ import (
 // "direct") or behind unified with a static primary "a:5432" and replica
 // "b:5432" (impl "unified"), and the connectors of both nodes (the direct
 // DB uses the first).
-func benchOverheadDB(b *testing.B, impl string) (db *sql.DB, primary, replica *benchdriver.Connector) {
+func benchOverheadDB(b *testing.B, impl string) (db *sql.DB, primary, replica *fakepg.Node) {
 	b.Helper()
-	primary, replica = &benchdriver.Connector{}, &benchdriver.Connector{}
+	primary, replica = &fakepg.Node{}, &fakepg.Node{}
 	switch impl {
 	case "direct":
 		db = sql.OpenDB(primary)
@@ -124,8 +124,8 @@ func BenchmarkOverhead(b *testing.B) {
 					db, primary, replica := benchOverheadDB(b, impl)
 					b.ReportAllocs()
 					op.run(b, db)
-					if impl == "unified" && op.name == "ReadOnlyQueryScan" && (primary.Conns() != 0 || replica.Conns() == 0) {
-						b.Fatalf("ReadOnly reads did not go to the replica: primary conns %d, replica conns %d", primary.Conns(), replica.Conns())
+					if impl == "unified" && op.name == "ReadOnlyQueryScan" && (primary.Dials() != 0 || replica.Dials() == 0) {
+						b.Fatalf("ReadOnly reads did not go to the replica: primary dials %d, replica dials %d", primary.Dials(), replica.Dials())
 					}
 				})
 			}

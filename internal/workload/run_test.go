@@ -9,13 +9,13 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/unifiedsql/unified/internal/benchdriver"
+	"github.com/unifiedsql/unified/internal/fakepg"
 )
 
 // TestRunRecords runs the workload on the in-memory driver, where every
 // statement succeeds and every query answers 1 (taken as port 1, node 0).
 func TestRunRecords(t *testing.T) {
-	db := sql.OpenDB(&benchdriver.Connector{})
+	db := sql.OpenDB(&fakepg.Node{})
 	defer db.Close()
 	r := Start(context.Background(), db, db, Config{Table: "t", Writers: 3, Readers: 2, Nodes: map[int]int{1: 0}})
 	require.Eventually(t, func() bool { return r.AckedSince(time.Time{}) >= 300 }, 10*time.Second, time.Millisecond)
@@ -46,7 +46,7 @@ func TestRunRecords(t *testing.T) {
 }
 
 func TestRunStopsWithContext(t *testing.T) {
-	db := sql.OpenDB(&benchdriver.Connector{})
+	db := sql.OpenDB(&fakepg.Node{})
 	defer db.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := Start(ctx, db, db, Config{Table: "t", Writers: 1, Readers: 1})
