@@ -3,11 +3,7 @@ package unified
 import (
 	"bytes"
 	"context"
-	"database/sql/driver"
-	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -17,102 +13,22 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/unifiedsql/unified/internal/pgprobe"
+	"github.com/unifiedsql/unified/internal/fakepg"
 )
 
-// fakeNode is an in-memory PostgreSQL node for the monitor's probe and for
-// statements: no network, so testing/synctest controls every clock.
-type fakeNode struct {
-	mu         sync.Mutex // protects following fields
-	inRecovery bool
-	lsn        uint64
-	timeline   uint32
-	down       bool // refuse connections and break open ones
-	probes     []time.Time
-	dials      int
-}
-
-func (f *fakeNode) set(fn func(f *fakeNode)) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	fn(f)
-}
-
-func (f *fakeNode) probeTimes() []time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]time.Time(nil), f.probes...)
-}
-
-var errRefused = &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
-
-func (f *fakeNode) Connect(context.Context) (driver.Conn, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.dials++
-	if f.down {
-		return nil, errRefused
-	}
-	return &fakeConn{node: f}, nil
-}
-
-func (f *fakeNode) Driver() driver.Driver { return nil }
-
-type fakeConn struct{ node *fakeNode }
-
-func (c *fakeConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("not supported") }
-func (c *fakeConn) Close() error                        { return nil }
-func (c *fakeConn) Begin() (driver.Tx, error)           { return nil, errors.New("not supported") }
-
-func (c *fakeConn) QueryContext(_ context.Context, query string, _ []driver.NamedValue) (driver.Rows, error) {
-	f := c.node
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.down {
-		return nil, io.ErrUnexpectedEOF
-	}
-	if query == pgprobe.Query {
-		f.probes = append(f.probes, time.Now())
-		return &fakeRows{cols: []string{"in_recovery", "lsn", "timeline", "system", "started", "senders"},
-			vals: []driver.Value{f.inRecovery, pgprobe.FormatLSN(f.lsn), int64(f.timeline), nil, nil, nil}}, nil
-	}
-	return &fakeRows{cols: []string{"x"}, vals: []driver.Value{int64(1)}}, nil
-}
-
-func (c *fakeConn) ExecContext(context.Context, string, []driver.NamedValue) (driver.Result, error) {
-	c.node.mu.Lock()
-	defer c.node.mu.Unlock()
-	if c.node.down {
-		return nil, io.ErrUnexpectedEOF
-	}
-	return driver.RowsAffected(1), nil
-}
-
-type fakeRows struct {
-	cols []string
-	vals []driver.Value
-	done bool
-}
-
-func (r *fakeRows) Columns() []string { return r.cols }
-func (r *fakeRows) Close() error      { return nil }
-func (r *fakeRows) Next(dest []driver.Value) error {
-	if r.done {
-		return io.EOF
-	}
-	r.done = true
-	copy(dest, r.vals)
-	return nil
-}
-
-// fakeCluster builds a Connector over three fake nodes: a primary and two
-// replicas.
-func fakeCluster(t *testing.T, params string) (*Connector, []*fakeNode) {
+// fakeCluster builds a Connector over three in-memory nodes with a health
+// monitor: n0 the primary on timeline 1, n1 and n2 replicas. No network,
+// so testing/synctest controls every clock. The DSN's password must show
+// up nowhere.
+func fakeCluster(t *testing.T, params string, opts ...Option) (*Connector, []*fakepg.Node) {
 	t.Helper()
-	cfg, err := ParseConfig("postgres://u@n0:5432,n1:5432,n2:5432/db?" + params)
+	cfg, err := ParseConfig("postgres://u:s3cr3t-pw@n0:5432,n1:5432,n2:5432/db?" + params)
 	require.NoError(t, err)
-	nodes := []*fakeNode{{lsn: 100, timeline: 1}, {inRecovery: true, lsn: 100}, {inRecovery: true, lsn: 100}}
-	var opts []Option
+	nodes := []*fakepg.Node{
+		fakepg.New(fakepg.State{LSN: 100, Timeline: 1}),
+		fakepg.New(fakepg.State{InRecovery: true, LSN: 100}),
+		fakepg.New(fakepg.State{InRecovery: true, LSN: 100}),
+	}
 	for i, n := range cfg.Nodes() {
 		opts = append(opts, WithNodeConnector(n.Name, nodes[i]))
 	}
@@ -120,6 +36,36 @@ func fakeCluster(t *testing.T, params string) (*Connector, []*fakeNode) {
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c, nodes
+}
+
+// staticFake builds a Connector over one fake primary, n0, with static
+// roles (no monitor, no probes).
+func staticFake(t *testing.T, params string) (*Connector, *fakepg.Node) {
+	t.Helper()
+	cfg, err := ParseConfig("postgres://u@n0:5432/db?" + params)
+	require.NoError(t, err)
+	node := fakepg.New(fakepg.State{LSN: 1, Timeline: 1})
+	c, err := NewConnector(cfg, WithNodeConnector("n0:5432", node), WithStaticPrimary("n0:5432"))
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c, node
+}
+
+// logical returns a new logical connection of c, closed when the test ends.
+func logical(t *testing.T, c *Connector) *Conn {
+	t.Helper()
+	dc, err := c.Connect(t.Context())
+	require.NoError(t, err)
+	t.Cleanup(func() { dc.Close() })
+	return dc.(*Conn)
+}
+
+// down marks a fake node down: dials refused, open connections broken.
+func down(n *fakepg.Node) { n.Set(func(s *fakepg.State) { s.Down = true }) }
+
+// promote makes a fake replica the primary on timeline tl.
+func promote(n *fakepg.Node, tl uint32) {
+	n.Set(func(s *fakepg.State) { s.InRecovery, s.Timeline = false, tl })
 }
 
 func TestMonitorProbesEveryInterval(t *testing.T) {
@@ -134,7 +80,7 @@ func TestMonitorProbesEveryInterval(t *testing.T) {
 		synctest.Wait()
 		for i, n := range nodes {
 			var offsets []time.Duration
-			for _, at := range n.probeTimes() {
+			for _, at := range n.ProbeTimes() {
 				offsets = append(offsets, at.Sub(start))
 			}
 			assert.Equal(t, []time.Duration{0, time.Second, 2 * time.Second, 3 * time.Second}, offsets, "node %d", i)
@@ -149,7 +95,7 @@ func TestMonitorFollowsFailoverFast(t *testing.T) {
 		require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
 
 		// The primary dies; a write notices and waits for the new one.
-		nodes[0].set(func(f *fakeNode) { f.down = true })
+		down(nodes[0])
 		c.mon.suspectPrimary()
 		waited := make(chan time.Duration, 1)
 		go func() {
@@ -173,7 +119,7 @@ func TestMonitorFollowsFailoverFast(t *testing.T) {
 		// Fast re-probing: the healthy replicas are probed every few tens
 		// of milliseconds, not every second.
 		recent := 0
-		for _, at := range nodes[1].probeTimes() {
+		for _, at := range nodes[1].ProbeTimes() {
 			if time.Since(at) < 200*time.Millisecond {
 				recent++
 			}
@@ -181,17 +127,17 @@ func TestMonitorFollowsFailoverFast(t *testing.T) {
 		assert.GreaterOrEqual(t, recent, 5, "fast probing during the failover")
 
 		promoted := time.Now()
-		nodes[1].set(func(f *fakeNode) { f.inRecovery, f.timeline = false, 2 })
+		promote(nodes[1], 2)
 		d := <-waited
 		require.Positive(t, d, "the waiting write got the new primary")
 		assert.LessOrEqual(t, time.Since(promoted), 3*failoverProbeInterval, "the new primary is found within a few fast probes")
 		assert.EqualValues(t, 1, c.Stats().Failovers)
 
 		// Back to the normal cadence once the primary is known.
-		before := len(nodes[2].probeTimes())
+		before := len(nodes[2].ProbeTimes())
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
-		assert.LessOrEqual(t, len(nodes[2].probeTimes())-before, 3)
+		assert.LessOrEqual(t, len(nodes[2].ProbeTimes())-before, 3)
 	})
 }
 
@@ -199,18 +145,13 @@ func TestMonitorBacksOffFailingNode(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c, nodes := fakeCluster(t, "unified_health_interval=100ms&unified_breaker_open=1s&unified_breaker_failures=3")
 		require.True(t, c.Health(t.Context()).Writable)
-		nodes[2].set(func(f *fakeNode) { f.down = true })
-		dials := func() int {
-			nodes[2].mu.Lock()
-			defer nodes[2].mu.Unlock()
-			return nodes[2].dials
-		}
-		d0 := dials()
+		down(nodes[2])
+		d0 := nodes[2].Dials()
 		time.Sleep(10 * time.Second)
 		synctest.Wait()
 		// Without backoff: 100 attempts in 10 s. With it: a few quick ones,
 		// then one per second (the cap for intervals below a second).
-		attempts := dials() - d0
+		attempts := nodes[2].Dials() - d0
 		assert.GreaterOrEqual(t, attempts, 8)
 		assert.LessOrEqual(t, attempts, 16)
 		h := c.Stats().Health
@@ -218,7 +159,7 @@ func TestMonitorBacksOffFailingNode(t *testing.T) {
 		assert.Equal(t, "open", h.Nodes[2].Breaker)
 
 		// The node comes back: the next probe sees it and closes the breaker.
-		nodes[2].set(func(f *fakeNode) { f.down = false })
+		nodes[2].Set(func(s *fakepg.State) { s.Down = false })
 		time.Sleep(time.Second + 100*time.Millisecond)
 		synctest.Wait()
 		h = c.Stats().Health
@@ -229,15 +170,9 @@ func TestMonitorBacksOffFailingNode(t *testing.T) {
 
 func TestBreakerFailsFastAndHalfOpens(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		cfg, err := ParseConfig("postgres://u@n0:5432/db?unified_breaker_failures=3&unified_breaker_open=2s&unified_retry_max=1")
-		require.NoError(t, err)
-		node := &fakeNode{lsn: 1, timeline: 1, down: true}
-		c, err := NewConnector(cfg, WithNodeConnector("n0:5432", node), WithStaticPrimary("n0:5432"))
-		require.NoError(t, err)
-		defer c.Close()
-		dc, err := c.Connect(t.Context())
-		require.NoError(t, err)
-		conn := dc.(*Conn)
+		c, node := staticFake(t, "unified_breaker_failures=3&unified_breaker_open=2s&unified_retry_max=1")
+		down(node)
+		conn := logical(t, c)
 		exec := func() error {
 			_, err := conn.ExecContext(t.Context(), "INSERT INTO t VALUES (1)", nil)
 			return err
@@ -247,14 +182,14 @@ func TestBreakerFailsFastAndHalfOpens(t *testing.T) {
 			require.Error(t, err)
 			assert.NotErrorIs(t, err, ErrCircuitOpen, "attempt %d reaches the node", i)
 		}
-		dials := node.dials
-		err = exec()
+		dials := node.Dials()
+		err := exec()
 		assert.ErrorIs(t, err, ErrCircuitOpen)
-		assert.ErrorIs(t, err, errRefused, "the open breaker reports the node's last fault")
-		assert.Equal(t, dials, node.dials, "an open breaker fails fast, without dialing")
+		assert.ErrorIs(t, err, fakepg.ErrRefused, "the open breaker reports the node's last fault")
+		assert.Equal(t, dials, node.Dials(), "an open breaker fails fast, without dialing")
 
 		time.Sleep(2*time.Second + time.Millisecond)
-		node.set(func(f *fakeNode) { f.down = false })
+		node.Set(func(s *fakepg.State) { s.Down = false })
 		require.NoError(t, exec(), "half-open after unified_breaker_open: one trial goes through")
 		assert.Equal(t, "closed", breakerName(c.viewNow().nodes[0].breaker.state()))
 
@@ -300,23 +235,14 @@ func TestLogsTopologyFailoverAndBreaker(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var out syncBuffer
 		logger := slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelInfo}))
-		cfg, err := ParseConfig("postgres://u:s3cr3t-pw@n0:5432,n1:5432,n2:5432/db?unified_health_interval=100ms&unified_breaker_failures=2")
-		require.NoError(t, err)
-		nodes := []*fakeNode{{lsn: 100, timeline: 1}, {inRecovery: true, lsn: 100}, {inRecovery: true, lsn: 100}}
-		opts := []Option{WithLogger(logger)}
-		for i, n := range cfg.Nodes() {
-			opts = append(opts, WithNodeConnector(n.Name, nodes[i]))
-		}
-		c, err := NewConnector(cfg, opts...)
-		require.NoError(t, err)
-		defer c.Close()
+		c, nodes := fakeCluster(t, "unified_health_interval=100ms&unified_breaker_failures=2", WithLogger(logger))
 		require.True(t, c.Health(t.Context()).Writable)
 
-		nodes[0].set(func(f *fakeNode) { f.down = true })
+		down(nodes[0])
 		time.Sleep(300 * time.Millisecond)
-		nodes[1].set(func(f *fakeNode) { f.inRecovery, f.timeline = false, 2 })
+		promote(nodes[1], 2)
 		time.Sleep(300 * time.Millisecond)
-		nodes[0].set(func(f *fakeNode) { f.down = false }) // back, still claiming primary on timeline 1
+		nodes[0].Set(func(s *fakepg.State) { s.Down = false }) // back, still claiming primary on timeline 1
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
 		require.NoError(t, c.Close())
@@ -340,28 +266,16 @@ func TestLogsTopologyFailoverAndBreaker(t *testing.T) {
 
 func TestBatchIsNeverRetried(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		cfg, err := ParseConfig("postgres://u@n0:5432/db?unified_retry_max=3&unified_breaker_failures=100")
-		require.NoError(t, err)
-		node := &fakeNode{lsn: 1, timeline: 1, down: true}
-		c, err := NewConnector(cfg, WithNodeConnector("n0:5432", node), WithStaticPrimary("n0:5432"))
-		require.NoError(t, err)
-		defer c.Close()
-		dc, err := c.Connect(t.Context())
-		require.NoError(t, err)
-		conn := dc.(*Conn)
-		defer conn.Close()
-		dials := func() int {
-			node.mu.Lock()
-			defer node.mu.Unlock()
-			return node.dials
-		}
+		c, node := staticFake(t, "unified_retry_max=3&unified_breaker_failures=100")
+		down(node)
+		conn := logical(t, c)
 
-		_, err = conn.ExecContext(t.Context(), "INSERT", nil)
+		_, err := conn.ExecContext(t.Context(), "INSERT", nil)
 		require.Error(t, err)
-		assert.Equal(t, 3, dials(), "read-write: a dial that sent nothing is retried up to unified_retry_max")
+		assert.Equal(t, 3, node.Dials(), "read-write: a dial that sent nothing is retried up to unified_retry_max")
 
 		_, err = conn.ExecContext(WithMode(t.Context(), Batch), "INSERT", nil)
 		require.Error(t, err)
-		assert.Equal(t, 4, dials(), "batch: one attempt, no retry")
+		assert.Equal(t, 4, node.Dials(), "batch: one attempt, no retry")
 	})
 }

@@ -2,14 +2,14 @@ package unified
 
 import (
 	"context"
-	"database/sql/driver"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/unifiedsql/unified/internal/fakepg"
 )
 
 func TestProbeDeadline(t *testing.T) {
@@ -52,82 +52,12 @@ func TestProbeDeadline(t *testing.T) {
 	}
 }
 
-// slowNode is a fakeNode whose probes and statements take delay, or never
-// end while hang is set (a SIGSTOPped host: the connection stays open).
-type slowNode struct {
-	*fakeNode
-	delay atomic.Int64
-	hang  atomic.Bool
-}
-
-func (s *slowNode) Connect(ctx context.Context) (driver.Conn, error) {
-	dc, err := s.fakeNode.Connect(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &slowConn{fakeConn: dc.(*fakeConn), n: s}, nil
-}
-
-type slowConn struct {
-	*fakeConn
-	n *slowNode
-}
-
-func (c *slowConn) wait(ctx context.Context) error {
-	d := time.Duration(c.n.delay.Load())
-	if c.n.hang.Load() {
-		d = time.Hour
-	}
-	if d == 0 {
-		return nil
-	}
-	select {
-	case <-time.After(d):
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (c *slowConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
-	if err := c.wait(ctx); err != nil {
-		return nil, err
-	}
-	return c.fakeConn.QueryContext(ctx, q, args)
-}
-
-func (c *slowConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
-	if err := c.wait(ctx); err != nil {
-		return nil, err
-	}
-	return c.fakeConn.ExecContext(ctx, q, args)
-}
-
-func slowCluster(t *testing.T, params string) (*Connector, []*slowNode) {
-	t.Helper()
-	cfg, err := ParseConfig("postgres://u@n0:5432,n1:5432,n2:5432/db?" + params)
-	require.NoError(t, err)
-	nodes := []*slowNode{
-		{fakeNode: &fakeNode{lsn: 100, timeline: 1}},
-		{fakeNode: &fakeNode{inRecovery: true, lsn: 100}},
-		{fakeNode: &fakeNode{inRecovery: true, lsn: 100}},
-	}
-	var opts []Option
-	for i, n := range cfg.Nodes() {
-		opts = append(opts, WithNodeConnector(n.Name, nodes[i]))
-	}
-	c, err := NewConnector(cfg, opts...)
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	return c, nodes
-}
-
 // A hung node is marked down within the adaptive probe deadline when the
 // other nodes answer, not at unified_health_timeout; and a statement stuck
 // on it has it probed out of turn, not a health interval later.
 func TestHungNodeSeenFast(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c, nodes := slowCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
+		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
 		require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
 		time.Sleep(1100 * time.Millisecond) // round trips known
 		dc, err := c.Connect(t.Context())
@@ -138,7 +68,7 @@ func TestHungNodeSeenFast(t *testing.T) {
 		require.NoError(t, err)
 
 		start := time.Now()
-		nodes[0].hang.Store(true)
+		nodes[0].Set(func(s *fakepg.State) { s.Hung = true })
 		done := make(chan error, 1)
 		go func() {
 			_, err := conn.ExecContext(context.Background(), "INSERT", nil) // no deadline
@@ -150,7 +80,7 @@ func TestHungNodeSeenFast(t *testing.T) {
 		seen := time.Since(start)
 		t.Logf("hung primary marked down after %v (health interval 1s, timeout 500ms)", seen)
 		assert.Less(t, seen, 400*time.Millisecond, "the stall and the adaptive deadline, not a health interval")
-		nodes[0].hang.Store(false) // (a fake connection cannot be interrupted)
+		nodes[0].Set(func(s *fakepg.State) { s.Hung = false }) // (a fake connection cannot be interrupted)
 		<-done
 		require.NoError(t, c.Close())
 	})
@@ -161,7 +91,7 @@ func TestHungNodeSeenFast(t *testing.T) {
 // with the full timeout first.
 func TestSlowClientMarksNoNodeDown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c, nodes := slowCluster(t, "unified_health_interval=100ms&unified_health_timeout=500ms")
+		c, nodes := fakeCluster(t, "unified_health_interval=100ms&unified_health_timeout=500ms")
 		require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
 		time.Sleep(time.Second) // round trips known: tiny, deadlines at the 50ms floor
 		// No probe may read its delay while the delays change: one that
@@ -169,7 +99,7 @@ func TestSlowClientMarksNoNodeDown(t *testing.T) {
 		// node, not the client, is slow.
 		synctest.Wait()
 		for _, n := range nodes {
-			n.delay.Store(int64(120 * time.Millisecond)) // every probe late, none hung
+			n.Set(func(s *fakepg.State) { s.Delay = 120 * time.Millisecond }) // every probe late, none hung
 		}
 		downs := 0
 		for range 100 {
