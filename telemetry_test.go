@@ -3,17 +3,13 @@ package unified_test
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/DATA-DOG/go-sqlmock"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -27,18 +23,20 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/internal/fakepg"
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
 // telPassword is in every test DSN: it must show up in no attribute.
 const telPassword = "Tel-s3cret-pw"
 
-// telFixture is a unified DB over a mocked primary and replicas (static
-// roles, as unifiedtest builds it) with an SDK meter and span recorder.
+// telFixture is a unified DB over an in-memory primary and replicas
+// (static roles, as unifiedtest builds it) that record the statements they
+// receive, with an SDK meter and span recorder.
 type telFixture struct {
 	db       *sql.DB
-	primary  sqlmock.Sqlmock
-	replicas []sqlmock.Sqlmock
+	primary  *fakepg.Node
+	replicas []*fakepg.Node
 	reader   *sdkmetric.ManualReader
 	spans    *tracetest.SpanRecorder
 }
@@ -48,12 +46,6 @@ type telSettings struct {
 	delta    bool // delta temporality: each Collect shows only new points
 	traceSQL bool
 }
-
-var telSeq atomic.Uint64
-
-// telAnySQL makes a mock accept any statement text: the tests check what the
-// telemetry says about a statement, not which statement it is.
-var telAnySQL = sqlmock.QueryMatcherOption(sqlmock.QueryMatcherFunc(func(string, string) error { return nil }))
 
 func newTelFixture(t *testing.T, s telSettings) *telFixture {
 	t.Helper()
@@ -78,18 +70,16 @@ func newTelFixture(t *testing.T, s telSettings) *telFixture {
 		if i > 0 {
 			name = fmt.Sprintf("replica%d", i-1)
 		}
-		dsn := fmt.Sprintf("telemetry-%d-%s", telSeq.Add(1), name)
-		holder, mock, err := sqlmock.NewWithDSN(dsn, telAnySQL)
-		require.NoError(t, err)
-		t.Cleanup(func() { holder.Close() })
+		n := &fakepg.Node{}
+		n.Record()
 		if i == 0 {
-			f.primary = mock
+			f.primary = n
 		} else {
-			f.replicas = append(f.replicas, mock)
+			f.replicas = append(f.replicas, n)
 		}
 		host := name + ":5432"
 		hosts = append(hosts, host)
-		opts = append(opts, unified.WithNodeConnector(host, telDSNConnector{dsn: dsn, drv: holder.Driver()}))
+		opts = append(opts, unified.WithNodeConnector(host, n))
 	}
 	opts = append(opts, unified.WithStaticPrimary(hosts[0]))
 	cfg, err := unified.ParseConfig("postgres://app:" + telPassword + "@" + strings.Join(hosts, ",") +
@@ -100,14 +90,6 @@ func newTelFixture(t *testing.T, s telSettings) *telFixture {
 	t.Cleanup(func() { f.db.Close() })
 	return f
 }
-
-type telDSNConnector struct {
-	dsn string
-	drv driver.Driver
-}
-
-func (c telDSNConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
-func (c telDSNConnector) Driver() driver.Driver                        { return c.drv }
 
 // telPoint is one data point of any instrument kind.
 type telPoint struct {
@@ -195,26 +177,23 @@ func TestTelemetryOperationMetrics(t *testing.T) {
 	ctx := t.Context()
 	ro := unified.WithMode(ctx, unified.ReadOnly)
 
-	f.replicas[0].ExpectQuery("").WillReturnRows(sqlmock.NewRows([]string{"n"}).AddRow(1))
 	var n int
 	require.NoError(t, f.db.QueryRowContext(ro, "  select n from t").Scan(&n))
-	f.primary.ExpectExec("").WillReturnResult(sqlmock.NewResult(1, 1))
 	_, err := f.db.ExecContext(ctx, "INSERT INTO t VALUES (1)")
 	require.NoError(t, err)
-	f.primary.ExpectExec("").WillReturnError(&pgconn.PgError{Severity: "ERROR", Code: "23505", Message: "duplicate key"})
+	f.primary.On(fakepg.Exec, fakepg.Fail(&pgconn.PgError{Severity: "ERROR", Code: "23505", Message: "duplicate key"}))
 	_, err = f.db.ExecContext(ctx, "UPDATE t SET n = 2")
 	require.Error(t, err)
-	f.primary.ExpectExec("").WillReturnError(errors.New("boom"))
+	f.primary.On(fakepg.Exec, fakepg.Fail(errors.New("boom")))
 	_, err = f.db.ExecContext(unified.WithMode(ctx, unified.Batch), "DELETE FROM t")
 	require.Error(t, err)
-	f.primary.ExpectBegin()
-	f.primary.ExpectCommit()
 	tx, err := f.db.BeginTx(ctx, nil)
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit())
 	require.NoError(t, f.db.PingContext(ctx))
-	require.NoError(t, f.primary.ExpectationsWereMet())
-	require.NoError(t, f.replicas[0].ExpectationsWereMet())
+	assert.Equal(t, []string{"exec INSERT INTO t VALUES (1)", "exec UPDATE t SET n = 2", "exec DELETE FROM t",
+		"begin", "commit", "ping"}, f.primary.Recorded())
+	assert.Equal(t, []string{"query   select n from t"}, f.replicas[0].Recorded())
 
 	ps := f.collect(t)["db.client.operation.duration"]
 	common := map[string]any{"db.system.name": "postgresql", "db.namespace": "appdb", "server.port": int64(5432)}
@@ -316,10 +295,8 @@ func connCount(m map[string][]telPoint, node, state string) float64 {
 func TestTelemetryConnectionCount(t *testing.T) {
 	f := newTelFixture(t, telSettings{replicas: 1})
 	ctx := t.Context()
-	f.replicas[0].ExpectQuery("").WillReturnRows(sqlmock.NewRows([]string{"n"}).AddRow(1))
 	var n int
 	require.NoError(t, f.db.QueryRowContext(unified.WithMode(ctx, unified.ReadOnly), "SELECT 1").Scan(&n))
-	f.primary.ExpectBegin()
 	tx, err := f.db.BeginTx(ctx, nil)
 	require.NoError(t, err)
 
@@ -331,17 +308,16 @@ func TestTelemetryConnectionCount(t *testing.T) {
 	assert.EqualValues(t, 0, connCount(m, "replica0:5432", "used"))
 	assert.EqualValues(t, 1, connCount(m, "replica0:5432", "idle"))
 
-	f.primary.ExpectCommit()
 	require.NoError(t, tx.Commit())
 	m = f.collect(t)
 	assert.EqualValues(t, 0, connCount(m, "primary:5432", "used"))
 	assert.EqualValues(t, 1, connCount(m, "primary:5432", "idle"))
 
 	// A broken connection is closed and replaced: still one open.
-	f.primary.ExpectExec("").WillReturnError(driver.ErrBadConn)
-	f.primary.ExpectExec("").WillReturnResult(sqlmock.NewResult(0, 1))
+	f.primary.On(fakepg.Exec, fakepg.BadConn())
 	_, err = f.db.ExecContext(ctx, "INSERT INTO t VALUES (1)")
 	require.NoError(t, err)
+	assert.Equal(t, 2, f.primary.Dials())
 	m = f.collect(t)
 	assert.EqualValues(t, 1, connCount(m, "primary:5432", "idle")+connCount(m, "primary:5432", "used"))
 
@@ -357,14 +333,15 @@ func TestTelemetryRetryAndTrace(t *testing.T) {
 	f := newTelFixture(t, telSettings{replicas: 1})
 	ctx := t.Context()
 	// ErrBadConn: nothing reached the server, so the write is re-sent.
-	f.primary.ExpectExec("").WillReturnError(driver.ErrBadConn)
-	f.primary.ExpectExec("").WillReturnResult(sqlmock.NewResult(1, 1))
+	f.primary.On(fakepg.Exec, fakepg.BadConn())
 	_, err := f.db.ExecContext(ctx, "insert into t values (1)")
 	require.NoError(t, err)
-	f.primary.ExpectQuery("").WillReturnError(&pgconn.PgError{Severity: "ERROR", Code: "42P01", Message: "no such table"})
+	f.primary.On(fakepg.Query, fakepg.Fail(&pgconn.PgError{Severity: "ERROR", Code: "42P01", Message: "no such table"}))
 	_, err = f.db.QueryContext(ctx, "/* hint */ SELECT * FROM missing")
 	require.Error(t, err)
-	require.NoError(t, f.primary.ExpectationsWereMet())
+	assert.Equal(t, 2, f.primary.Dials(), "the write tried twice")
+	assert.Equal(t, []string{"exec insert into t values (1)", "query /* hint */ SELECT * FROM missing"}, f.primary.Recorded(),
+		"and reached the node once")
 
 	spans := f.spans.Ended()
 	require.Len(t, spans, 2)
@@ -406,16 +383,15 @@ func TestTelemetryCommitUnknownAndFallback(t *testing.T) {
 	f := newTelFixture(t, telSettings{replicas: 0})
 	ctx := t.Context()
 	// The connection breaks after the write was sent: outcome unknown.
-	f.primary.ExpectExec("").WillReturnError(io.ErrUnexpectedEOF)
+	f.primary.On(fakepg.Exec, fakepg.BreakAfterSend())
 	_, err := f.db.ExecContext(ctx, "INSERT INTO t VALUES (1)")
 	require.ErrorIs(t, err, unified.ErrCommitUnknown)
 	// No replica: a read falls back to the primary, on a session made
 	// read-only first.
-	f.primary.ExpectExec("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").WillReturnResult(sqlmock.NewResult(0, 0))
-	f.primary.ExpectQuery("").WillReturnRows(sqlmock.NewRows([]string{"n"}).AddRow(1))
 	var n int
 	require.NoError(t, f.db.QueryRowContext(unified.WithMode(ctx, unified.ReadOnly), "SELECT 1").Scan(&n))
-	require.NoError(t, f.primary.ExpectationsWereMet())
+	assert.Equal(t, []string{"exec INSERT INTO t VALUES (1)",
+		"exec SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "query SELECT 1"}, f.primary.Recorded())
 
 	m := f.collect(t)
 	cu := m["unified.commit_unknown.count"]
@@ -442,11 +418,10 @@ func TestTelemetryNoSecrets(t *testing.T) {
 		t.Run(fmt.Sprintf("traceSQL=%v", traceSQL), func(t *testing.T) {
 			f := newTelFixture(t, telSettings{replicas: 1, traceSQL: traceSQL})
 			ctx := t.Context()
-			f.replicas[0].ExpectQuery("").WillReturnRows(sqlmock.NewRows([]string{"v"}).AddRow("x"))
 			var v string
 			require.NoError(t, f.db.QueryRowContext(unified.WithMode(ctx, unified.ReadOnly), query, param).Scan(&v))
 			// An error whose message holds everything it must not leak.
-			f.primary.ExpectQuery("").WillReturnError(fmt.Errorf("password %s for %s (%s)", telPassword, query, param))
+			f.primary.On(fakepg.Query, fakepg.Fail(fmt.Errorf("password %s for %s (%s)", telPassword, query, param)))
 			_, err := f.db.QueryContext(ctx, query, param)
 			require.Error(t, err)
 
@@ -524,7 +499,6 @@ func TestTelemetryOperationName(t *testing.T) {
 	} {
 		t.Run(tc.query, func(t *testing.T) {
 			f.spans.Reset()
-			f.primary.ExpectExec("").WillReturnResult(sqlmock.NewResult(0, 0))
 			_, err := f.db.ExecContext(ctx, tc.query)
 			require.NoError(t, err)
 			ps := f.collect(t)["db.client.operation.duration"]
@@ -553,11 +527,9 @@ func TestTelemetryOperationNameCap(t *testing.T) {
 	f := newTelFixture(t, telSettings{})
 	ctx := t.Context()
 	for i := 0; i < 100; i++ {
-		f.primary.ExpectExec("").WillReturnResult(sqlmock.NewResult(0, 0))
 		_, err := f.db.ExecContext(ctx, fmt.Sprintf("zz%c%c x", 'a'+i/26, 'a'+i%26))
 		require.NoError(t, err)
 	}
-	f.primary.ExpectExec("").WillReturnResult(sqlmock.NewResult(0, 0))
 	_, err := f.db.ExecContext(ctx, "select 1")
 	require.NoError(t, err)
 
@@ -572,63 +544,12 @@ func TestTelemetryOperationNameCap(t *testing.T) {
 	assert.EqualValues(t, 1, names["ZZAA"])
 }
 
-// telFakeConnector is an in-memory node: every statement succeeds at once,
-// every query returns one row (1). It measures what the wrapper and its
-// telemetry add per statement.
-type telFakeConnector struct{}
-
-func (telFakeConnector) Connect(context.Context) (driver.Conn, error) { return telFakeConn{}, nil }
-func (telFakeConnector) Driver() driver.Driver                        { return telFakeDriver{} }
-
-type telFakeDriver struct{}
-
-func (telFakeDriver) Open(string) (driver.Conn, error) { return telFakeConn{}, nil }
-
-type telFakeConn struct{}
-
-var (
-	_ driver.ExecerContext  = telFakeConn{}
-	_ driver.QueryerContext = telFakeConn{}
-	_ driver.Pinger         = telFakeConn{}
-)
-
-func (telFakeConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("fake: no prepare") }
-func (telFakeConn) Close() error                        { return nil }
-func (telFakeConn) Begin() (driver.Tx, error)           { return telFakeTx{}, nil }
-func (telFakeConn) Ping(context.Context) error          { return nil }
-func (telFakeConn) ExecContext(context.Context, string, []driver.NamedValue) (driver.Result, error) {
-	return driver.RowsAffected(1), nil
-}
-func (telFakeConn) QueryContext(context.Context, string, []driver.NamedValue) (driver.Rows, error) {
-	return &telFakeRows{}, nil
-}
-
-type telFakeTx struct{}
-
-func (telFakeTx) Commit() error   { return nil }
-func (telFakeTx) Rollback() error { return nil }
-
-type telFakeRows struct{ done bool }
-
-var telFakeColumns = []string{"?column?"}
-
-func (*telFakeRows) Columns() []string { return telFakeColumns }
-func (*telFakeRows) Close() error      { return nil }
-func (r *telFakeRows) Next(dest []driver.Value) error {
-	if r.done {
-		return io.EOF
-	}
-	r.done = true
-	dest[0] = int64(1)
-	return nil
-}
-
-// telOpenFake opens a unified DB over one telFakeConnector node.
+// telOpenFake opens a unified DB over one in-memory node.
 func telOpenFake(tb testing.TB, opts ...unified.Option) *sql.DB {
 	tb.Helper()
 	cfg, err := unified.ParseConfig("postgres://bench@fake:5432/bench")
 	require.NoError(tb, err)
-	opts = append(opts, unified.WithNodeConnector("fake:5432", telFakeConnector{}), unified.WithStaticPrimary("fake:5432"))
+	opts = append(opts, unified.WithNodeConnector("fake:5432", &fakepg.Node{}), unified.WithStaticPrimary("fake:5432"))
 	db, err := unified.OpenDB(cfg, opts...)
 	require.NoError(tb, err)
 	tb.Cleanup(func() { db.Close() })
@@ -689,7 +610,7 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 		open func(b *testing.B) *sql.DB
 	}{
 		{"driver-only", func(b *testing.B) *sql.DB {
-			db := sql.OpenDB(telFakeConnector{})
+			db := sql.OpenDB(&fakepg.Node{})
 			b.Cleanup(func() { db.Close() })
 			return db
 		}},
