@@ -95,13 +95,12 @@ type Error struct {
 func (e *Error) Error() string    { return e.Severity + ": fakepg server error (SQLSTATE " + e.Code + ")" }
 func (e *Error) SQLState() string { return e.Code }
 
-// errNotSent is a failure to write a statement, marked safe to retry as
-// pgconn marks the errors of statements that provably never left.
+// errNotSent is a statement that was not sent: a failed write, or a
+// context already done, marked safe to retry as pgconn marks the errors of
+// statements that provably never left.
 type errNotSent struct{ err error }
 
-func (e errNotSent) Error() string {
-	return "fakepg: write failed before anything was sent: " + e.err.Error()
-}
+func (e errNotSent) Error() string     { return "fakepg: not sent: " + e.err.Error() }
 func (e errNotSent) Unwrap() error     { return e.err }
 func (e errNotSent) SafeToRetry() bool { return true }
 
@@ -310,6 +309,9 @@ func (d nodeDriver) Open(string) (driver.Conn, error) { return d.n.Connect(conte
 // while it is hung, and as a Connect hook says.
 func (n *Node) Connect(ctx context.Context) (driver.Conn, error) {
 	n.dials.Add(1)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if !n.eventful.Load() {
 		return n.open(), nil
 	}
@@ -406,8 +408,9 @@ func (c *conn) IsClosed() bool { return c.closed.Load() }
 func (c *conn) IsBusy() bool { return c.busy }
 
 // send is the start of every statement of kind k: it fails what cannot be
-// sent, counts what is, and applies the hook or the node's state. It
-// returns the fault the statement met after sending (noFault, or
+// sent (a closed connection, one busy with rows, a context already done:
+// pgx checks it first), counts what is, and applies the hook or the node's
+// state. It returns the fault the statement met after sending (noFault, or
 // breakRows for a query).
 func (c *conn) send(ctx context.Context, k Kind, query string) (Fault, error) {
 	if c.closed.Load() {
@@ -415,6 +418,9 @@ func (c *conn) send(ctx context.Context, k Kind, query string) (Fault, error) {
 	}
 	if c.busy {
 		return Fault{}, ErrBusy
+	}
+	if err := ctx.Err(); err != nil {
+		return Fault{}, errNotSent{err}
 	}
 	n := c.node
 	if !n.eventful.Load() && k != Probe {
@@ -640,6 +646,7 @@ type rows struct {
 	left   int32
 	breaks bool
 	done   bool
+	broke  bool // Next met the broken connection: Close says it again, as pgx's rows do
 }
 
 // columns are a query's: one column, as SELECT 1 has.
@@ -649,6 +656,9 @@ func (r *rows) Columns() []string { return columns }
 
 func (r *rows) Close() error {
 	r.finish()
+	if r.broke {
+		return io.ErrUnexpectedEOF
+	}
 	return nil
 }
 
@@ -674,9 +684,11 @@ func (r *rows) next() error {
 		return io.EOF
 	case r.c.closed.Load():
 		r.finish()
+		r.broke = true
 		return io.ErrUnexpectedEOF
 	case r.left == 0 && r.breaks:
 		r.finish()
+		r.broke = true
 		r.c.breakConn()
 		return io.ErrUnexpectedEOF
 	case r.left == 0:

@@ -187,7 +187,7 @@ func TestBreakRowsAfter(t *testing.T) {
 		assert.ErrorIs(t, r.Next(dest), io.ErrUnexpectedEOF)
 		assert.True(t, c.IsClosed())
 		assert.False(t, c.IsBusy())
-		require.NoError(t, r.Close())
+		assert.ErrorIs(t, r.Close(), io.ErrUnexpectedEOF, "Close says it again, as pgx's rows do")
 	}
 }
 
@@ -203,6 +203,12 @@ func TestHangEndsWithContextOrInterrupt(t *testing.T) {
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
 		assert.Equal(t, time.Second, time.Since(start))
 		assert.True(t, c.IsClosed(), "canceled mid-statement: closed, as pgx does")
+
+		c = conn(t, n)
+		_, err = c.ExecContext(ctx, "INSERT", nil)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.True(t, classify.NotSent(err), "a context already done: nothing sent, as pgx")
+		assert.False(t, c.IsClosed())
 
 		c = conn(t, n)
 		n.On(fakepg.Exec, fakepg.Hang())
