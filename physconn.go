@@ -23,6 +23,7 @@ type physConn struct {
 	readOnly bool // the session cannot write: opened read-only (a read connection)
 	dc       driver.Conn
 	sc       *stdlib.Conn // nil for a node driver other than pgx
+	st       connState    // another node driver's, when it offers one
 	execer   driver.ExecerContext
 	queryer  driver.QueryerContext
 	preparer driver.ConnPrepareContext
@@ -62,6 +63,21 @@ type physConn struct {
 // precise, never wrong.
 const sockCheckAfter = time.Millisecond
 
+// connState is what pgx tells of a connection through *stdlib.Conn and
+// another node driver's connection (WithNodeConnector) may tell too:
+// whether it is closed (broken), whether it is busy with open rows, and a
+// way to interrupt a statement on it from another goroutine, as closing a
+// pgx connection's socket does. The in-memory node of the tests
+// (internal/fakepg) implements it, so that the facts the attempt loop
+// gathers and the monitor's interruption are the same over it as over
+// pgx; a connection without it is never seen broken or busy by itself and
+// is not interrupted.
+type connState interface {
+	IsClosed() bool
+	IsBusy() bool
+	Interrupt()
+}
+
 // errNotPgx is returned by StdlibConn for a node with another driver.
 var errNotPgx = errors.New("unified: the node's driver is not pgx stdlib")
 
@@ -76,6 +92,8 @@ func newPhysConn(tel *telemetry, n *node, s slot, readOnly bool, dc driver.Conn)
 	if sc, ok := dc.(*stdlib.Conn); ok {
 		pc.sc = sc
 		pc.sock = sockcheck.New(sc.Conn().PgConn().Conn())
+	} else if st, ok := dc.(connState); ok {
+		pc.st = st
 	}
 	n.track(pc)
 	tel.connCount(n, 1, 0)
@@ -85,13 +103,16 @@ func newPhysConn(tel *telemetry, n *node, s slot, readOnly bool, dc driver.Conn)
 // abort closes the socket from another goroutine (the health monitor's),
 // so that a statement in flight on it fails at once, its error prefixed by
 // cause (nil: none; see Conn.call). The owner finds the connection broken.
-// Only pgx connections can be aborted.
+// Only pgx connections and a connState can be aborted.
 func (pc *physConn) abort(cause error) {
 	if cause != nil {
 		pc.interrupted.Store(&cause)
 	}
-	if pc.sc != nil {
+	switch {
+	case pc.sc != nil:
 		_ = pc.sc.Conn().PgConn().Conn().Close()
+	case pc.st != nil:
+		pc.st.Interrupt()
 	}
 }
 
@@ -109,10 +130,14 @@ func (pc *physConn) close() {
 // closes a connection whose network failed or whose context was canceled
 // mid-query).
 func (pc *physConn) broken() bool {
-	if pc.closed {
+	switch {
+	case pc.closed:
 		return true
+	case pc.sc != nil:
+		return pc.sc.Conn().IsClosed()
+	default:
+		return pc.st != nil && pc.st.IsClosed()
 	}
-	return pc.sc != nil && pc.sc.Conn().IsClosed()
 }
 
 // standby reports whether the server said, in its in_hot_standby
@@ -132,7 +157,10 @@ func (pc *physConn) promoted() bool {
 // busy reports whether the connection is still busy with rows the caller
 // left open: pgx fails any other statement on it with "conn busy".
 func (pc *physConn) busy() bool {
-	return pc.sc != nil && pc.sc.Conn().PgConn().IsBusy()
+	if pc.sc != nil {
+		return pc.sc.Conn().PgConn().IsBusy()
+	}
+	return pc.st != nil && pc.st.IsBusy()
 }
 
 // fit reports whether an idle session can carry a request: not broken, and

@@ -80,8 +80,9 @@ func TestHungNodeSeenFast(t *testing.T) {
 		seen := time.Since(start)
 		t.Logf("hung primary marked down after %v (health interval 1s, timeout 500ms)", seen)
 		assert.Less(t, seen, 400*time.Millisecond, "the stall and the adaptive deadline, not a health interval")
-		nodes[0].Set(func(s *fakepg.State) { s.Hung = false }) // (a fake connection cannot be interrupted)
-		<-done
+		// The primary went down by a timeout: the write stuck on it is
+		// interrupted, and it may have committed.
+		assert.ErrorIs(t, <-done, ErrCommitUnknown)
 		require.NoError(t, c.Close())
 	})
 }
