@@ -1,0 +1,570 @@
+package unified
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"io"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/unifiedsql/unified/internal/fakepg"
+)
+
+// These tests run the I/O loop of one operation (attempt.go, with conn.go
+// and rows.go around it) over in-memory nodes whose hooks fail a statement
+// before it is sent, break the connection after it was sent, hang it, or
+// answer a SQLSTATE: invariants 3, 4 and 9 of DESIGN.md §5 end to end,
+// without PostgreSQL. outcome_test.go holds the rules alone; these check
+// that the loop gathers the right facts and applies the verdict (what the
+// caller gets, how many times the node got the statement, what becomes of
+// the logical connection). Time is synctest's.
+
+// execOn runs one INSERT on the logical connection c.
+func execOn(ctx context.Context, c *Conn) error {
+	_, err := c.ExecContext(ctx, "INSERT INTO t VALUES (1)", nil)
+	return err
+}
+
+// assertFinished checks that c is finished: database/sql discards it
+// before reuse and every later call fails before sending anything.
+func assertFinished(t *testing.T, c *Conn, n *fakepg.Node) {
+	t.Helper()
+	assert.False(t, c.IsValid(), "IsValid")
+	assert.ErrorIs(t, c.ResetSession(t.Context()), driver.ErrBadConn, "ResetSession")
+	dials, sent := n.Dials(), n.Sent(fakepg.Any)
+	assert.ErrorIs(t, execOn(t.Context(), c), driver.ErrBadConn, "a later call")
+	assert.Equal(t, dials, n.Dials(), "a finished connection dials nothing")
+	assert.Equal(t, sent, n.Sent(fakepg.Any), "a finished connection sends nothing")
+}
+
+// TestAttemptPrimary: operations on the primary session, static roles.
+func TestAttemptPrimary(t *testing.T) {
+	cases := []struct {
+		name string
+		mode Mode
+		// used: a statement ran on the session before.
+		used bool
+		arm  func(n *fakepg.Node)
+		run  func(ctx context.Context, c *Conn) error
+		// check gets the caller's error.
+		check          func(t *testing.T, err error)
+		dials, sent    int // after the operation (a used session counts its first statement)
+		finished, live bool
+	}{
+		{
+			name: "exec broke after it was sent: ErrCommitUnknown, sent once",
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.BreakAfterSend()) },
+			run:  execOn,
+			check: func(t *testing.T, err error) {
+				assert.ErrorIs(t, err, ErrCommitUnknown)
+				assert.ErrorIs(t, err, io.ErrUnexpectedEOF, "the cause is kept")
+				var ne *NodeError
+				require.ErrorAs(t, err, &ne)
+				assert.Equal(t, "n0:5432", ne.Node)
+				assert.Equal(t, "exec", ne.Op)
+				assert.NotErrorIs(t, err, driver.ErrBadConn)
+			},
+			dials: 1, sent: 1, finished: true,
+		},
+		{
+			name: "exec on a used session broke after it was sent: ErrCommitUnknown, sent once",
+			used: true,
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.BreakAfterSend()) },
+			run:  execOn,
+			check: func(t *testing.T, err error) {
+				assert.ErrorIs(t, err, ErrCommitUnknown)
+			},
+			dials: 1, sent: 2, finished: true,
+		},
+		{
+			name: "INSERT ... RETURNING (a query) broke after it was sent: ErrCommitUnknown",
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Query, fakepg.BreakAfterSend()) },
+			run: func(ctx context.Context, c *Conn) error {
+				_, err := c.QueryContext(ctx, "INSERT INTO t VALUES (1) RETURNING id", nil)
+				return err
+			},
+			check: func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrCommitUnknown) },
+			dials: 1, sent: 1, finished: true,
+		},
+		{
+			name: "57P01 after an autocommit write: ErrCommitUnknown",
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.Fatal("57P01")) },
+			run:  execOn,
+			check: func(t *testing.T, err error) {
+				assert.ErrorIs(t, err, ErrCommitUnknown)
+				var se *fakepg.Error
+				assert.ErrorAs(t, err, &se)
+			},
+			dials: 1, sent: 1, finished: true,
+		},
+		{
+			name: "COMMIT broke after it was sent: ErrCommitUnknown, never sent again",
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Commit, fakepg.BreakAfterSend()) },
+			run: func(ctx context.Context, c *Conn) error {
+				tx, err := c.BeginTx(ctx, driver.TxOptions{})
+				if err != nil {
+					return err
+				}
+				if err := execOn(ctx, c); err != nil {
+					return err
+				}
+				return tx.Commit()
+			},
+			check: func(t *testing.T, err error) {
+				assert.ErrorIs(t, err, ErrCommitUnknown)
+				var ne *NodeError
+				require.ErrorAs(t, err, &ne)
+				assert.Equal(t, "commit", ne.Op)
+			},
+			dials: 1, sent: 3, finished: true,
+		},
+		{
+			name: "statement in a transaction broke: a plain NodeError, not sent again",
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.BreakAfterSend()) },
+			run: func(ctx context.Context, c *Conn) error {
+				tx, err := c.BeginTx(ctx, driver.TxOptions{})
+				if err != nil {
+					return err
+				}
+				err = execOn(ctx, c)
+				_ = tx.Rollback()
+				return err
+			},
+			check: func(t *testing.T, err error) {
+				var ne *NodeError
+				assert.ErrorAs(t, err, &ne)
+				assert.NotErrorIs(t, err, ErrCommitUnknown, "a statement inside a transaction commits nothing")
+				assert.NotErrorIs(t, err, driver.ErrBadConn)
+			},
+			dials: 1, sent: 2, finished: true,
+		},
+		{
+			name:  "unused session lost before sending: dialed again, sent once",
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.BadConn()) },
+			run:   execOn,
+			check: func(t *testing.T, err error) { assert.NoError(t, err) },
+			dials: 2, sent: 1, live: true,
+		},
+		{
+			name:  "unused session, write failed as safe to retry: dialed again, sent once",
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.SafeToRetry()) },
+			run:   execOn,
+			check: func(t *testing.T, err error) { assert.NoError(t, err) },
+			dials: 2, sent: 1, live: true,
+		},
+		{
+			name:  "used session lost before sending: driver.ErrBadConn, the logical connection is finished",
+			used:  true,
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.BadConn()) },
+			run:   execOn,
+			check: func(t *testing.T, err error) { assert.ErrorIs(t, err, driver.ErrBadConn) },
+			dials: 1, sent: 1, finished: true,
+		},
+		{
+			name:  "used session whose node went down between statements: driver.ErrBadConn before sending",
+			used:  true,
+			arm:   func(n *fakepg.Node) { down(n) },
+			run:   execOn,
+			check: func(t *testing.T, err error) { assert.Equal(t, driver.ErrBadConn, err) },
+			dials: 1, sent: 1, finished: true,
+		},
+		{
+			name: "BEGIN broke on an unused session: it had no effect, sent again",
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Begin, fakepg.BreakAfterSend()) },
+			run: func(ctx context.Context, c *Conn) error {
+				tx, err := c.BeginTx(ctx, driver.TxOptions{})
+				if err != nil {
+					return err
+				}
+				return tx.Commit()
+			},
+			check: func(t *testing.T, err error) { assert.NoError(t, err) },
+			dials: 2, sent: 3, live: true, // BEGIN twice, COMMIT
+		},
+		{
+			name: "BEGIN broke on a used session: driver.ErrBadConn, database/sql moves it",
+			used: true,
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Begin, fakepg.BreakAfterSend()) },
+			run: func(ctx context.Context, c *Conn) error {
+				_, err := c.BeginTx(ctx, driver.TxOptions{})
+				return err
+			},
+			check: func(t *testing.T, err error) { assert.Equal(t, driver.ErrBadConn, err) },
+			dials: 1, sent: 2, finished: true,
+		},
+		{
+			name: "the caller canceled a hung write: the connection closed under it, as pgx closes it; ErrCommitUnknown, sent once",
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.Hang()) },
+			run: func(ctx context.Context, c *Conn) error {
+				ctx, cancel := context.WithTimeout(ctx, time.Second)
+				defer cancel()
+				return execOn(ctx, c)
+			},
+			check: func(t *testing.T, err error) {
+				assert.ErrorIs(t, err, context.DeadlineExceeded)
+				// The connection closed under a write that was sent, as pgx
+				// closes it: it may have committed.
+				assert.ErrorIs(t, err, ErrCommitUnknown)
+			},
+			dials: 1, sent: 1, finished: true,
+		},
+		{
+			name: "the caller's context ended before sending: nothing sent, the session lives",
+			used: true,
+			run: func(ctx context.Context, c *Conn) error {
+				ctx, cancel := context.WithCancel(ctx)
+				cancel()
+				return execOn(ctx, c)
+			},
+			check: func(t *testing.T, err error) { assert.ErrorIs(t, err, context.Canceled) },
+			dials: 1, sent: 1, live: true,
+		},
+		{
+			name: "server error: the node's error value as it is, the session lives",
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.ServerError("23505")) },
+			run:  execOn,
+			check: func(t *testing.T, err error) {
+				var se *fakepg.Error
+				require.ErrorAs(t, err, &se)
+				assert.Same(t, se, err, "not wrapped (invariant 5)")
+				assert.Equal(t, "23505", se.Code)
+			},
+			dials: 1, sent: 1, live: true,
+		},
+		{
+			name:  "too many connections at dial: backoff and dial again",
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Connect, fakepg.ServerError("53300")) },
+			run:   execOn,
+			check: func(t *testing.T, err error) { assert.NoError(t, err) },
+			dials: 2, sent: 1, live: true,
+		},
+		{
+			name: "authentication failed at dial: never again",
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Connect, fakepg.ServerError("28P01")) },
+			run:  execOn,
+			check: func(t *testing.T, err error) {
+				var ne *NodeError
+				require.ErrorAs(t, err, &ne)
+				assert.Equal(t, "connect", ne.Op)
+			},
+			dials: 1, sent: 0,
+		},
+		{
+			name:  "ping failed: driver.ErrBadConn and the session is done, as pgx",
+			used:  true,
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Ping, fakepg.BreakAfterSend()) },
+			run:   func(ctx context.Context, c *Conn) error { return c.Ping(ctx) },
+			check: func(t *testing.T, err error) { assert.Equal(t, driver.ErrBadConn, err) },
+			dials: 1, sent: 2, finished: true,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c, n := staticFake(t, "unified_retry_max=3")
+				conn := logical(t, c)
+				ctx := t.Context()
+				if tc.mode != 0 {
+					ctx = WithMode(ctx, tc.mode)
+				}
+				if tc.used {
+					require.NoError(t, execOn(ctx, conn))
+				}
+				if tc.arm != nil {
+					tc.arm(n)
+				}
+				err := tc.run(ctx, conn)
+				tc.check(t, err)
+				assert.Equal(t, tc.dials, n.Dials(), "dials")
+				assert.Equal(t, tc.sent, n.Sent(fakepg.Any), "statements that reached the node")
+				switch {
+				case tc.finished:
+					assertFinished(t, conn, n)
+				case tc.live:
+					assert.True(t, conn.IsValid())
+					require.NoError(t, execOn(ctx, conn), "the session goes on")
+					assert.Equal(t, tc.dials, n.Dials(), "on the same physical connection")
+				}
+			})
+		})
+	}
+}
+
+// TestAttemptPooledCallMovesOn: a pooled db.Exec whose used session was
+// lost before sending runs on another logical connection, by database/sql
+// itself (driver.ErrBadConn), and reaches the node once.
+func TestAttemptPooledCallMovesOn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, n := staticFake(t, "")
+		db := sql.OpenDB(c)
+		defer db.Close()
+		db.SetMaxOpenConns(1)
+		_, err := db.ExecContext(t.Context(), "SET search_path = app")
+		require.NoError(t, err)
+		n.On(fakepg.Exec, fakepg.BadConn())
+		_, err = db.ExecContext(t.Context(), "INSERT INTO t VALUES (1)")
+		require.NoError(t, err)
+		assert.Equal(t, 2, n.Dials())
+		assert.Equal(t, 2, n.Sent(fakepg.Exec))
+	})
+}
+
+// TestAttemptConnBusy: a statement on a session whose rows are still open
+// fails alone (pgx's "conn busy" is the caller's mistake, not the node's):
+// the session, its rows and the breaker are untouched.
+func TestAttemptConnBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, n := staticFake(t, "unified_breaker_failures=1")
+		conn := logical(t, c)
+		ctx := t.Context()
+		rows, err := conn.QueryContext(ctx, "SELECT 1", nil)
+		require.NoError(t, err)
+		err = execOn(ctx, conn)
+		assert.ErrorIs(t, err, fakepg.ErrBusy)
+		assert.True(t, conn.IsValid())
+		assert.Equal(t, "closed", breakerName(c.viewNow().nodes[0].breaker.state()))
+		dest := make([]driver.Value, 1)
+		require.NoError(t, rows.Next(dest), "the open rows still read")
+		require.NoError(t, rows.Close())
+		require.NoError(t, execOn(ctx, conn))
+		assert.Equal(t, 1, n.Dials())
+		assert.Equal(t, 2, n.Sent(fakepg.Any))
+	})
+}
+
+// TestAttemptPrimaryRows: rows of an autocommit query on the primary may
+// be a write's (INSERT ... RETURNING): a break while reading them is
+// ErrCommitUnknown, before or after the first row, and nothing is re-run.
+func TestAttemptPrimaryRows(t *testing.T) {
+	for _, after := range []int{0, 1} {
+		t.Run([]string{"before the first row", "after a row"}[after], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c, n := staticFake(t, "")
+				conn := logical(t, c)
+				n.On(fakepg.Query, fakepg.BreakRowsAfter(after))
+				rows, err := conn.QueryContext(t.Context(), "INSERT INTO t VALUES (1) RETURNING id", nil)
+				require.NoError(t, err)
+				dest := make([]driver.Value, 1)
+				for i := 0; i < after; i++ {
+					require.NoError(t, rows.Next(dest))
+				}
+				err = rows.Next(dest)
+				assert.ErrorIs(t, err, ErrCommitUnknown)
+				assert.ErrorIs(t, rows.Close(), ErrCommitUnknown, "Close says it again")
+				assert.Equal(t, 1, n.Sent(fakepg.Any))
+				assertFinished(t, conn, n)
+			})
+		})
+	}
+}
+
+// readCluster is a monitored fake cluster whose logical connection conn
+// has served one read: served is the replica that read went to, other the
+// other replica.
+func readCluster(t *testing.T) (c *Connector, nodes []*fakepg.Node, conn *Conn, served, other *fakepg.Node) {
+	t.Helper()
+	c, nodes = fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
+	require.True(t, c.Health(t.Context()).Readable)
+	conn = logical(t, c)
+	readOn(t, conn)
+	served, other = nodes[1], nodes[2]
+	if nodes[2].Sent(fakepg.Query) == 1 {
+		served, other = other, served
+	}
+	require.Equal(t, 1, served.Sent(fakepg.Query))
+	return c, nodes, conn, served, other
+}
+
+// readOn runs one ReadOnly query on conn and reads its row.
+func readOn(t *testing.T, conn *Conn) {
+	t.Helper()
+	rows, err := conn.QueryContext(WithMode(t.Context(), ReadOnly), "SELECT 1", nil)
+	require.NoError(t, err)
+	dest := make([]driver.Value, 1)
+	require.NoError(t, rows.Next(dest))
+	assert.EqualValues(t, 1, dest[0])
+	require.NoError(t, rows.Close())
+}
+
+// TestAttemptRead: a ReadOnly read outside a transaction whose node failed
+// it before any row reached the caller runs again on another node.
+func TestAttemptRead(t *testing.T) {
+	cases := []struct {
+		name string
+		arm  func(served *fakepg.Node)
+	}{
+		{"connection broke after the query was sent", func(n *fakepg.Node) { n.On(fakepg.Query, fakepg.BreakAfterSend()) }},
+		{"57P01", func(n *fakepg.Node) { n.On(fakepg.Query, fakepg.Fatal("57P01")) }},
+		{"rows broke before the first row", func(n *fakepg.Node) { n.On(fakepg.Query, fakepg.BreakRowsAfter(0)) }},
+		{"session lost before sending", func(n *fakepg.Node) { n.On(fakepg.Query, fakepg.BadConn()) }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				_, nodes, conn, served, other := readCluster(t)
+				tc.arm(served)
+				readOn(t, conn)
+				assert.Equal(t, 1, other.Sent(fakepg.Query), "run on the other replica")
+				assert.Equal(t, 0, nodes[0].Sent(fakepg.Any), "never on the primary")
+				assert.True(t, conn.IsValid(), "the read session is the driver's: the logical connection goes on")
+			})
+		})
+	}
+
+	t.Run("could not dial its replica: another node", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c, nodes := fakeCluster(t, "")
+			require.True(t, c.Health(t.Context()).Readable)
+			nodes[1].On(fakepg.Connect, fakepg.BadConn())
+			nodes[2].On(fakepg.Connect, fakepg.BadConn())
+			readOn(t, logical(t, c))
+			assert.Equal(t, 1, nodes[1].Sent(fakepg.Query)+nodes[2].Sent(fakepg.Query), "sent once, after one refused dial")
+			assert.Equal(t, 0, nodes[0].Sent(fakepg.Any))
+		})
+	})
+
+	t.Run("rows broke after a row reached the caller: the caller's error, not re-run", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			_, _, conn, served, other := readCluster(t)
+			served.On(fakepg.Query, fakepg.BreakRowsAfter(1))
+			rows, err := conn.QueryContext(WithMode(t.Context(), ReadOnly), "SELECT 1", nil)
+			require.NoError(t, err)
+			dest := make([]driver.Value, 1)
+			require.NoError(t, rows.Next(dest))
+			err = rows.Next(dest)
+			var ne *NodeError
+			assert.ErrorAs(t, err, &ne)
+			assert.NotErrorIs(t, err, ErrCommitUnknown, "a read commits nothing")
+			_ = rows.Close()
+			assert.Equal(t, 0, other.Sent(fakepg.Query))
+		})
+	})
+
+	t.Run("the caller canceled a hung read: not run again", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			_, _, conn, served, other := readCluster(t)
+			served.On(fakepg.Query, fakepg.Hang())
+			ctx, cancel := context.WithTimeout(WithMode(t.Context(), ReadOnly), 100*time.Millisecond)
+			defer cancel()
+			_, err := conn.QueryContext(ctx, "SELECT 1", nil)
+			assert.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.Equal(t, 2, served.Sent(fakepg.Query))
+			assert.Equal(t, 0, other.Sent(fakepg.Query))
+		})
+	})
+
+	t.Run("in a read transaction: a plain error, no other node", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			_, _, conn, served, other := readCluster(t)
+			ctx := WithMode(t.Context(), ReadOnly)
+			_, err := conn.BeginTx(ctx, driver.TxOptions{ReadOnly: true})
+			require.NoError(t, err)
+			served.On(fakepg.Query, fakepg.BreakAfterSend())
+			_, err = conn.QueryContext(ctx, "SELECT 1", nil)
+			var ne *NodeError
+			assert.ErrorAs(t, err, &ne)
+			assert.Equal(t, 0, other.Sent(fakepg.Any), "a transaction never spans two nodes")
+		})
+	})
+}
+
+// TestAttemptFailover: a write that finds the primary unreachable waits
+// for the monitor to publish the new one, then is sent once.
+func TestAttemptFailover(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lose func(t *testing.T, c *Connector, conn *Conn, primary *fakepg.Node)
+	}{
+		{"dial refused", func(t *testing.T, _ *Connector, _ *Conn, primary *fakepg.Node) { down(primary) }},
+		{"unused session lost before sending", func(t *testing.T, c *Connector, conn *Conn, primary *fakepg.Node) {
+			// The session is dialed (a Ping opens it and does not use it)
+			// and the node goes down before the write.
+			require.NoError(t, conn.Ping(t.Context()))
+			down(primary)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_failover_timeout=10s")
+				require.True(t, c.Health(t.Context()).Writable)
+				conn := logical(t, c)
+				tc.lose(t, c, conn, nodes[0])
+				done := make(chan error, 1)
+				start := time.Now()
+				go func() { done <- execOn(t.Context(), conn) }()
+				time.Sleep(2 * time.Second)
+				synctest.Wait()
+				select {
+				case err := <-done:
+					t.Fatalf("the write did not wait for a primary: %v", err)
+				default:
+				}
+				promote(nodes[1], 2)
+				require.NoError(t, <-done)
+				assert.Greater(t, time.Since(start), 2*time.Second)
+				assert.Equal(t, 1, nodes[1].Sent(fakepg.Exec), "sent once, to the new primary")
+				assert.Equal(t, 0, nodes[0].Sent(fakepg.Exec))
+				assert.Equal(t, 0, nodes[2].Sent(fakepg.Exec))
+			})
+		})
+	}
+
+	t.Run("no primary within unified_failover_timeout: ErrNoPrimary, nothing sent", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_failover_timeout=3s")
+			require.True(t, c.Health(t.Context()).Writable)
+			down(nodes[0])
+			start := time.Now()
+			err := execOn(t.Context(), logical(t, c))
+			assert.ErrorIs(t, err, ErrNoPrimary)
+			assert.InDelta(t, 3*time.Second, time.Since(start), float64(100*time.Millisecond))
+			for i, n := range nodes {
+				assert.Equal(t, 0, n.Sent(fakepg.Exec), "node %d", i)
+			}
+		})
+	})
+}
+
+// TestAttemptInterrupted: a statement or dial stuck on a hung node (TCP
+// open, no answer) is interrupted when the monitor's probe times out and
+// the node is seen down, not at the caller's deadline.
+func TestAttemptInterrupted(t *testing.T) {
+	hang := func(n *fakepg.Node) { n.Set(func(s *fakepg.State) { s.Hung = true }) }
+
+	t.Run("a read on a hung replica runs again on the other", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			_, _, conn, served, other := readCluster(t)
+			hang(served)
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(WithMode(t.Context(), ReadOnly), time.Minute)
+			defer cancel()
+			rows, err := conn.QueryContext(ctx, "SELECT 1", nil)
+			require.NoError(t, err, "run again on the other replica, not at the caller's deadline")
+			require.NoError(t, rows.Close())
+			assert.Less(t, time.Since(start), 2*time.Second, "interrupted within a probe interval and timeout")
+			assert.Equal(t, 2, served.Sent(fakepg.Query), "it reached the hung node")
+			assert.Equal(t, 1, other.Sent(fakepg.Query))
+		})
+	})
+
+	t.Run("a read dial to a hung replica is interrupted", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			// least-rtt: every RTT is 0 under synctest, so the first
+			// replica, n1, is chosen.
+			c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms&connect_timeout=60&unified_replica_policy=least-rtt")
+			require.True(t, c.Health(t.Context()).Readable)
+			hang(nodes[1])
+			start := time.Now()
+			readOn(t, logical(t, c))
+			assert.Less(t, time.Since(start), 2*time.Second, "interrupted, not at connect_timeout")
+			assert.Equal(t, 0, nodes[1].Sent(fakepg.Query))
+			assert.Equal(t, 1, nodes[2].Sent(fakepg.Query), "run on the other replica")
+		})
+	})
+
+}
