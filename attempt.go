@@ -162,10 +162,21 @@ func (c *Conn) apply(ctx context.Context, v verdict, f facts, pc *physConn, n *n
 // it again (invariant 3).
 var errLostAfterSend = errors.New("connection lost after the request was sent")
 
+// errLostNotRetried replaces driver.ErrBadConn in a NodeError or
+// ErrNoPrimary when nothing was sent but the verdict is not to send it
+// again (Batch, a wait for a primary that is over, attempts spent):
+// database/sql would run it again.
+var errLostNotRetried = errors.New("connection lost before the request was sent")
+
 // shape turns a node driver's error into the caller's, as the report says.
 func (c *Conn) shape(r report, f facts, n *node, err error) error {
-	if f.sent && errors.Is(err, driver.ErrBadConn) && r != reportBadConn {
-		err = errLostAfterSend
+	if r != reportBadConn && errors.Is(err, driver.ErrBadConn) {
+		switch {
+		case f.sent:
+			err = errLostAfterSend
+		case r == reportNodeError || r == reportNoPrimary:
+			err = fmt.Errorf("%w (%v)", errLostNotRetried, err)
+		}
 	}
 	name := ""
 	if n != nil {

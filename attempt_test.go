@@ -174,6 +174,18 @@ func TestAttemptPrimary(t *testing.T) {
 			dials: 1, sent: 1, finished: true,
 		},
 		{
+			name: "Batch: lost before sending on an unused session, not sent again",
+			mode: Batch,
+			arm:  func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.BadConn()) },
+			run:  execOn,
+			check: func(t *testing.T, err error) {
+				var ne *NodeError
+				assert.ErrorAs(t, err, &ne, "bulk jobs own their retries")
+				assert.NotErrorIs(t, err, driver.ErrBadConn, "database/sql must not run it again either")
+			},
+			dials: 1, sent: 0,
+		},
+		{
 			name: "BEGIN broke on an unused session: it had no effect, sent again",
 			arm:  func(n *fakepg.Node) { n.On(fakepg.Begin, fakepg.BreakAfterSend()) },
 			run: func(ctx context.Context, c *Conn) error {
@@ -311,6 +323,22 @@ func TestAttemptPooledCallMovesOn(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, 2, n.Dials())
 		assert.Equal(t, 2, n.Sent(fakepg.Exec))
+	})
+}
+
+// TestAttemptBatchNotRunAgainByDatabaseSQL: a Batch statement that failed
+// before it was sent is not retried by the driver, and not by database/sql
+// either: the error must not wrap driver.ErrBadConn.
+func TestAttemptBatchNotRunAgainByDatabaseSQL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, n := staticFake(t, "")
+		db := sql.OpenDB(c)
+		defer db.Close()
+		n.On(fakepg.Exec, fakepg.BadConn())
+		_, err := db.ExecContext(WithMode(t.Context(), Batch), "INSERT INTO t VALUES (1)")
+		require.Error(t, err)
+		assert.Equal(t, 1, n.Dials())
+		assert.Equal(t, 0, n.Sent(fakepg.Any))
 	})
 }
 
