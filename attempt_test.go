@@ -595,4 +595,27 @@ func TestAttemptInterrupted(t *testing.T) {
 		})
 	})
 
+	t.Run("a write hung on the old primary ends with ErrCommitUnknown when another is elected", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
+			require.True(t, c.Health(t.Context()).Writable)
+			conn := logical(t, c)
+			require.NoError(t, execOn(t.Context(), conn))
+			hang(nodes[0])
+			done := make(chan error, 1)
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			go func() { done <- execOn(ctx, conn) }()
+			time.Sleep(3 * time.Second)
+			synctest.Wait()
+			promoted := time.Now()
+			promote(nodes[1], 2)
+			err := <-done
+			assert.Less(t, time.Since(promoted), time.Second, "interrupted at the election, not at the caller's deadline")
+			assert.ErrorIs(t, err, ErrCommitUnknown)
+			assert.Equal(t, 2, nodes[0].Sent(fakepg.Exec))
+			assert.Equal(t, 0, nodes[1].Sent(fakepg.Exec), "never re-sent to the new primary")
+			assertFinished(t, conn, nodes[1])
+		})
+	})
 }
