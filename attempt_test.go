@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"io"
 	"testing"
 	"testing/synctest"
@@ -618,4 +619,94 @@ func TestAttemptInterrupted(t *testing.T) {
 			assertFinished(t, conn, nodes[1])
 		})
 	})
+}
+
+// TestAttemptRunTx: RunTx runs the whole transaction again exactly when
+// the rule book says PostgreSQL rolled it back for sure.
+func TestAttemptRunTx(t *testing.T) {
+	boom := errors.New("boom")
+	cases := []struct {
+		name     string
+		unified  bool // through unified; else database/sql straight on the node
+		arm      func(n *fakepg.Node)
+		fnErr    error
+		cancel   bool // the caller's context ends inside fn, first run
+		check    func(t *testing.T, err error)
+		attempts int
+		commits  int
+	}{
+		{name: "serialization failure at COMMIT: again", unified: true,
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Commit, fakepg.ServerError("40001")) },
+			check: func(t *testing.T, err error) { assert.NoError(t, err) }, attempts: 2, commits: 2},
+		{name: "deadlock in a statement: again", unified: true,
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.ServerError("40P01")) },
+			check: func(t *testing.T, err error) { assert.NoError(t, err) }, attempts: 2, commits: 1},
+		{name: "connection lost before COMMIT was sent: again", unified: true,
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Exec, fakepg.BreakAfterSend()) },
+			check: func(t *testing.T, err error) { assert.NoError(t, err) }, attempts: 2, commits: 1},
+		{name: "COMMIT broke after it was sent: ErrCommitUnknown, never again", unified: true,
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Commit, fakepg.BreakAfterSend()) },
+			check: func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrCommitUnknown) }, attempts: 1, commits: 1},
+		{name: "serialization failure every time: attempts spent, its error", unified: true,
+			arm: func(n *fakepg.Node) {
+				for range 3 {
+					n.On(fakepg.Commit, fakepg.ServerError("40001"))
+				}
+			},
+			check: func(t *testing.T, err error) {
+				var se *fakepg.Error
+				require.ErrorAs(t, err, &se)
+				assert.Equal(t, "40001", se.Code)
+			}, attempts: 3, commits: 3},
+		{name: "fn's own error: rolled back, never again", unified: true, fnErr: boom,
+			check: func(t *testing.T, err error) { assert.ErrorIs(t, err, boom) }, attempts: 1, commits: 0},
+		{name: "the caller canceled: never again", unified: true, cancel: true,
+			check: func(t *testing.T, err error) { assert.ErrorIs(t, err, context.Canceled) }, attempts: 1, commits: 0},
+		{name: "another driver: COMMIT broke after it was sent: ErrCommitUnknown",
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Commit, fakepg.BreakAfterSend()) },
+			check: func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrCommitUnknown) }, attempts: 1, commits: 1},
+		{name: "another driver: COMMIT failed as safe to retry: taken as sent, ErrCommitUnknown",
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Commit, fakepg.SafeToRetry()) },
+			check: func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrCommitUnknown) }, attempts: 1, commits: 0},
+		{name: "another driver: serialization failure: again",
+			arm:   func(n *fakepg.Node) { n.On(fakepg.Commit, fakepg.ServerError("40001")) },
+			check: func(t *testing.T, err error) { assert.NoError(t, err) }, attempts: 2, commits: 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var db *sql.DB
+				var n *fakepg.Node
+				if tc.unified {
+					var c *Connector
+					c, n = staticFake(t, "unified_retry_max=3")
+					db = sql.OpenDB(c)
+				} else {
+					n = &fakepg.Node{}
+					db = sql.OpenDB(n)
+				}
+				defer db.Close()
+				if tc.arm != nil {
+					tc.arm(n)
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				attempts := 0
+				err := RunTx(ctx, db, nil, func(tx *sql.Tx) error {
+					attempts++
+					if tc.cancel {
+						cancel()
+						return ctx.Err()
+					}
+					if _, err := tx.ExecContext(ctx, "UPDATE t SET v = v + 1"); err != nil {
+						return err
+					}
+					return tc.fnErr
+				})
+				tc.check(t, err)
+				assert.Equal(t, tc.attempts, attempts, "runs of fn")
+				assert.Equal(t, tc.commits, n.Sent(fakepg.Commit), "COMMITs that reached the node")
+			})
+		})
+	}
 }
