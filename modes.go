@@ -146,7 +146,15 @@ func RunTx(ctx context.Context, db *sql.DB, opts *sql.TxOptions, fn func(*sql.Tx
 	}
 	for attempt := 1; ; attempt++ {
 		err := runTxOnce(ctx, db, opts, fn)
-		if err == nil || errors.Is(err, ErrCommitUnknown) || attempt >= attempts || !txRetryable(ctx, err) {
+		if err == nil {
+			return nil
+		}
+		// The whole transaction is one operation of the rule book: a
+		// COMMIT of unknown outcome (sent, its connection broke) and the
+		// caller's cancellation end it, a rollback for sure runs it again.
+		unknown := errors.Is(err, ErrCommitUnknown)
+		f := facts{op: opTx, class: classify.Of(ctx, err), sent: unknown, broke: unknown, attempt: attempt, retryMax: attempts}
+		if decide(f).retry == noRetry {
 			return err
 		}
 		t := time.NewTimer(bo.NextBackOff())
@@ -174,24 +182,11 @@ func runTxOnce(ctx context.Context, db *sql.DB, opts *sql.TxOptions, fn func(*sq
 		}
 		// Another driver: a COMMIT whose connection broke may have landed,
 		// whatever the error claims (pgx reports some post-send breaks as
-		// safe to retry).
-		if cls := classify.Of(ctx, err); cls == classify.Connection || cls == classify.AdminShutdown {
+		// safe to retry), so it is taken as sent.
+		if decide(facts{op: opCommit, inTx: true, class: classify.Of(ctx, err), sent: true}).report == reportCommitUnknown {
 			return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 		}
 		return err
 	}
 	return nil
-}
-
-// txRetryable reports whether a failed transaction may be re-run: it was
-// rolled back for sure.
-func txRetryable(ctx context.Context, err error) bool {
-	switch cls := classify.Of(ctx, err); {
-	case cls.RetryTx():
-		return true
-	case cls == classify.Connection || cls == classify.AdminShutdown:
-		return true // lost before COMMIT: the server rolled it back
-	default:
-		return false
-	}
 }

@@ -27,11 +27,15 @@ const (
 	opRollback
 	opConnect // a dial: only as the Op of a NodeError
 	opProbe   // a health probe: only as the Op of a NodeError
+	// opTx is a whole transaction, as RunTx runs it: its facts are the
+	// error it ended with (sent: a COMMIT that may have reached the
+	// server, ErrCommitUnknown), its verdict whether to run it again.
+	opTx
 )
 
 var opNames = [...]string{
 	opExec: "exec", opQuery: "query", opPrepare: "prepare", opPing: "ping", opBegin: "begin",
-	opCommit: "commit", opRollback: "rollback", opConnect: "connect", opProbe: "probe",
+	opCommit: "commit", opRollback: "rollback", opConnect: "connect", opProbe: "probe", opTx: "transaction",
 }
 
 func (k opKind) String() string {
@@ -96,10 +100,15 @@ const (
 	// served nothing): it waits for the monitor to confirm the primary or
 	// publish a new one, within unified_failover_timeout and its context.
 	retryFailover
+	// retryTransaction: RunTx runs a whole transaction again, which
+	// PostgreSQL rolled back for sure. RunTx is outside the driver: the
+	// driver's retry counter does not count it.
+	retryTransaction
 	numRetryReasons
 )
 
-var retryNames = [...]string{noRetry: "", retryNotSent: "not_sent", retryReadFailover: "read_failover", retryFailover: "failover"}
+var retryNames = [...]string{noRetry: "", retryNotSent: "not_sent", retryReadFailover: "read_failover",
+	retryFailover: "failover", retryTransaction: "transaction"}
 
 func (r retryReason) String() string {
 	if int(r) < len(retryNames) {
@@ -185,10 +194,11 @@ type verdict struct {
 // mayHaveWritten reports whether the operation may have committed a write
 // if it reached the server: a COMMIT (whatever the transaction's access
 // mode: SET TRANSACTION READ WRITE and temporary tables write in "read-only"
-// transactions), or an autocommit statement on a read-write primary
-// session (INSERT ... RETURNING comes through Query).
+// transactions) or a whole transaction ending in one, or an autocommit
+// statement on a read-write primary session (INSERT ... RETURNING comes
+// through Query).
 func (f *facts) mayHaveWritten() bool {
-	if f.op == opCommit {
+	if f.op == opCommit || f.op == opTx {
 		return true
 	}
 	return !f.inTx && f.slot == slotPrimary && !f.readOnly && (f.op == opExec || f.op == opQuery)
@@ -206,8 +216,9 @@ func decide(f facts) verdict {
 	// The connection. A primary session that may hold the user's state is
 	// never replaced: losing it finishes the logical connection. One that
 	// has served nothing, and of which nothing with an effect reached the
-	// server, may be dialed again.
-	if gone && !f.noConn {
+	// server, may be dialed again. (A whole transaction has no connection
+	// of its own: its statements' verdicts saw to theirs.)
+	if gone && !f.noConn && f.op != opTx {
 		v.discard = true
 		if f.slot == slotPrimary && (f.used || (f.sent && !f.op.effectFree())) {
 			v.finish = true
@@ -219,7 +230,7 @@ func decide(f facts) verdict {
 		v.discard, v.finish, v.report = true, f.slot == slotPrimary, reportBadConn
 		return v
 	}
-	if f.slot == slotPrimary && (f.class.LostPrimary() || f.breakerOpen) {
+	if f.slot == slotPrimary && f.op != opTx && (f.class.LostPrimary() || f.breakerOpen) {
 		v.suspect = true
 	}
 
@@ -232,6 +243,8 @@ func decide(f facts) verdict {
 	case f.class == classify.Auth:
 		// A configuration error: never again.
 		v.report = reportFor(f, gone)
+	case f.op == opTx:
+		txVerdict(f, gone, &v)
 	case f.slot.read() && !f.inTx:
 		readVerdict(f, gone, &v)
 	case f.inTx:
@@ -241,6 +254,17 @@ func decide(f facts) verdict {
 		primaryVerdict(f, gone, &v)
 	}
 	return v
+}
+
+// txVerdict: RunTx runs a whole transaction again when PostgreSQL rolled
+// it back for sure: a serialization failure or a deadlock, or a connection
+// lost before COMMIT was sent (one that may have been sent is
+// ErrCommitUnknown, above, and never runs again whatever its class). Its
+// error is returned as it is.
+func txVerdict(f facts, gone bool, v *verdict) {
+	if !f.sent && (f.class.RetryTx() || gone) && f.attempt < f.retryMax {
+		v.retry = retryTransaction
+	}
 }
 
 // readVerdict: a read outside a transaction is re-run on another node

@@ -20,6 +20,9 @@ func TestOutcome(t *testing.T) {
 	write := facts{op: opExec, slot: slotPrimary, mode: ReadWrite, used: true, attempt: 1, retryMax: 3, mayWait: true}
 	read := facts{op: opQuery, slot: slotRead, mode: ReadOnly, used: true, readOnly: true, attempt: 1, retryMax: 3, mayWait: true}
 	inTx := facts{op: opExec, slot: slotPrimary, mode: ReadWrite, inTx: true, used: true, attempt: 1, retryMax: 3, mayWait: true}
+	// A whole transaction as RunTx sees it: sent and broke say the COMMIT
+	// may have reached the server (ErrCommitUnknown).
+	wholeTx := facts{op: opTx, attempt: 1, retryMax: 3}
 	with := func(f facts, edit func(*facts)) facts { edit(&f); return f }
 
 	cases := []struct {
@@ -153,6 +156,45 @@ func TestOutcome(t *testing.T) {
 		{"ROLLBACK broke: a plain error",
 			with(inTx, func(f *facts) { f.op, f.class, f.sent, f.broke = opRollback, conn, true, true }),
 			verdict{suspect: true, discard: true, finish: true, report: reportNodeError}},
+		{"another driver's COMMIT failed with a connection error, taken as sent (RunTx): commit unknown",
+			facts{op: opCommit, inTx: true, class: conn, sent: true},
+			verdict{suspect: true, discard: true, finish: true, report: reportCommitUnknown}},
+
+		// A whole transaction (RunTx): run again only what PostgreSQL
+		// rolled back for sure.
+		{"transaction: serialization failure: again",
+			with(wholeTx, func(f *facts) { f.class = classify.Serialization }),
+			verdict{retry: retryTransaction}},
+		{"transaction: deadlock: again",
+			with(wholeTx, func(f *facts) { f.class = classify.Deadlock }),
+			verdict{retry: retryTransaction}},
+		{"transaction: connection lost before COMMIT was sent: again",
+			with(wholeTx, func(f *facts) { f.class = conn }),
+			verdict{retry: retryTransaction}},
+		{"transaction: 57P01 before COMMIT was sent: again",
+			with(wholeTx, func(f *facts) { f.class = shutdown }),
+			verdict{retry: retryTransaction}},
+		{"transaction: ErrCommitUnknown: never again",
+			with(wholeTx, func(f *facts) { f.class, f.sent, f.broke = conn, true, true }),
+			verdict{report: reportCommitUnknown}},
+		{"transaction: ErrCommitUnknown after the caller's cancellation: never again",
+			with(wholeTx, func(f *facts) { f.class, f.sent, f.broke = classify.Canceled, true, true }),
+			verdict{report: reportCommitUnknown}},
+		{"transaction: the caller canceled: never again",
+			with(wholeTx, func(f *facts) { f.class = classify.Canceled }),
+			verdict{}},
+		{"transaction: serialization failure, attempts spent: its error",
+			with(wholeTx, func(f *facts) { f.class, f.attempt = classify.Serialization, 3 }),
+			verdict{}},
+		{"transaction: a constraint violation: never again",
+			with(wholeTx, func(f *facts) { f.class = classify.SQL }),
+			verdict{}},
+		{"transaction: fn's own error: never again",
+			with(wholeTx, func(f *facts) { f.class = classify.Other }),
+			verdict{}},
+		{"transaction: 25006 (a write in a read-only transaction): never again",
+			with(wholeTx, func(f *facts) { f.class = classify.ReadOnly }),
+			verdict{}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -167,7 +209,7 @@ func TestOutcome(t *testing.T) {
 func TestOutcomeNeverResendsWhatMayHaveRun(t *testing.T) {
 	classes := []classify.Class{classify.Canceled, classify.Connection, classify.ReadOnly, classify.AdminShutdown,
 		classify.TooManyConnections, classify.Auth, classify.Serialization, classify.Deadlock, classify.SQL, classify.Other}
-	ops := []opKind{opExec, opQuery, opPrepare, opPing, opBegin, opCommit, opRollback}
+	ops := []opKind{opExec, opQuery, opPrepare, opPing, opBegin, opCommit, opRollback, opTx}
 	n := 0
 	for _, op := range ops {
 		for _, sl := range []slot{slotPrimary, slotRead} {
@@ -186,6 +228,9 @@ func TestOutcomeNeverResendsWhatMayHaveRun(t *testing.T) {
 					if op == opCommit || op == opRollback {
 						f.inTx = true
 					}
+					if op == opTx && (sl != slotPrimary || f.inTx || f.noConn || f.used || f.rowsSeen) {
+						continue // a whole transaction: only its error, and whether COMMIT may have been sent
+					}
 					n++
 					v := decide(f)
 					wrote := f.sent && f.mayHaveWritten() && !f.op.effectFree()
@@ -197,6 +242,9 @@ func TestOutcomeNeverResendsWhatMayHaveRun(t *testing.T) {
 					}
 					if f.inTx && v.retry != noRetry {
 						t.Fatalf("%+v: retried inside a transaction: %+v", f, v)
+					}
+					if op == opTx && (v.discard || v.finish || v.suspect) {
+						t.Fatalf("%+v: a whole transaction acted on a connection: %+v", f, v)
 					}
 					if f.slot == slotPrimary && f.used && (f.broke || cls == classify.Connection || cls == classify.AdminShutdown) && !f.noConn && !v.finish {
 						t.Fatalf("%+v: a used primary session was lost and the logical connection goes on: %+v", f, v)
