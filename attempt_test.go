@@ -308,39 +308,41 @@ func TestAttemptPrimary(t *testing.T) {
 	}
 }
 
-// TestAttemptPooledCallMovesOn: a pooled db.Exec whose used session was
-// lost before sending runs on another logical connection, by database/sql
-// itself (driver.ErrBadConn), and reaches the node once.
-func TestAttemptPooledCallMovesOn(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c, n := staticFake(t, "")
-		db := sql.OpenDB(c)
-		defer db.Close()
-		db.SetMaxOpenConns(1)
-		_, err := db.ExecContext(t.Context(), "SET search_path = app")
-		require.NoError(t, err)
-		n.On(fakepg.Exec, fakepg.BadConn())
-		_, err = db.ExecContext(t.Context(), "INSERT INTO t VALUES (1)")
-		require.NoError(t, err)
-		assert.Equal(t, 2, n.Dials())
-		assert.Equal(t, 2, n.Sent(fakepg.Exec))
-	})
-}
-
-// TestAttemptBatchNotRunAgainByDatabaseSQL: a Batch statement that failed
-// before it was sent is not retried by the driver, and not by database/sql
-// either: the error must not wrap driver.ErrBadConn.
-func TestAttemptBatchNotRunAgainByDatabaseSQL(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c, n := staticFake(t, "")
-		db := sql.OpenDB(c)
-		defer db.Close()
-		n.On(fakepg.Exec, fakepg.BadConn())
-		_, err := db.ExecContext(WithMode(t.Context(), Batch), "INSERT INTO t VALUES (1)")
-		require.Error(t, err)
-		assert.Equal(t, 1, n.Dials())
-		assert.Equal(t, 0, n.Sent(fakepg.Any))
-	})
+// TestAttemptThroughDatabaseSQL: what database/sql does with the error of
+// a pooled call. A used session lost before sending is driver.ErrBadConn:
+// database/sql runs the call on another logical connection, and it
+// reaches the node once. A Batch statement that failed before it was sent
+// is not retried by the driver, and not by database/sql either: its error
+// must not wrap driver.ErrBadConn.
+func TestAttemptThroughDatabaseSQL(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		mode        Mode
+		used        bool
+		dials, sent int
+	}{
+		{"used session lost before sending: run on another connection", ReadWrite, true, 2, 2},
+		{"Batch lost before sending: not run again", Batch, false, 1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c, n := staticFake(t, "")
+				db := sql.OpenDB(c)
+				defer db.Close()
+				db.SetMaxOpenConns(1)
+				ctx := WithMode(t.Context(), tc.mode)
+				if tc.used {
+					_, err := db.ExecContext(ctx, "SET search_path = app")
+					require.NoError(t, err)
+				}
+				n.On(fakepg.Exec, fakepg.BadConn())
+				_, err := db.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+				assert.Equal(t, tc.mode != Batch, err == nil, "%v", err)
+				assert.Equal(t, tc.dials, n.Dials())
+				assert.Equal(t, tc.sent, n.Sent(fakepg.Exec))
+			})
+		})
+	}
 }
 
 // TestAttemptConnBusy: a statement on a session whose rows are still open

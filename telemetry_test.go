@@ -64,24 +64,18 @@ func newTelFixture(t *testing.T, s telSettings) *telFixture {
 	if s.traceSQL {
 		opts = append(opts, unified.WithSQLInSpans())
 	}
-	var hosts []string
-	for i := 0; i <= s.replicas; i++ {
-		name := "primary"
-		if i > 0 {
-			name = fmt.Sprintf("replica%d", i-1)
-		}
-		n := &fakepg.Node{}
-		n.Record()
-		if i == 0 {
-			f.primary = n
-		} else {
-			f.replicas = append(f.replicas, n)
-		}
-		host := name + ":5432"
-		hosts = append(hosts, host)
-		opts = append(opts, unified.WithNodeConnector(host, n))
+	f.primary = &fakepg.Node{}
+	hosts := []string{"primary:5432"}
+	opts = append(opts, unified.WithNodeConnector(hosts[0], f.primary), unified.WithStaticPrimary(hosts[0]))
+	for i := range s.replicas {
+		f.replicas = append(f.replicas, &fakepg.Node{})
+		hosts = append(hosts, fmt.Sprintf("replica%d:5432", i))
+		opts = append(opts, unified.WithNodeConnector(hosts[i+1], f.replicas[i]))
 	}
-	opts = append(opts, unified.WithStaticPrimary(hosts[0]))
+	f.primary.Record()
+	for _, r := range f.replicas {
+		r.Record()
+	}
 	cfg, err := unified.ParseConfig("postgres://app:" + telPassword + "@" + strings.Join(hosts, ",") +
 		"/appdb?unified_retry_backoff=1ms..2ms")
 	require.NoError(t, err)
@@ -124,27 +118,27 @@ func telCollect(t *testing.T, r *sdkmetric.ManualReader) map[string][]telPoint {
 					out[m.Name] = append(out[m.Name], telPoint{attrs: dp.Attributes, value: dp.Sum, count: dp.Count})
 				}
 			case metricdata.Sum[int64]:
-				for _, dp := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], telPoint{attrs: dp.Attributes, value: float64(dp.Value)})
-				}
+				out[m.Name] = telValues(out[m.Name], d.DataPoints)
 			case metricdata.Sum[float64]:
-				for _, dp := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], telPoint{attrs: dp.Attributes, value: dp.Value})
-				}
+				out[m.Name] = telValues(out[m.Name], d.DataPoints)
 			case metricdata.Gauge[int64]:
-				for _, dp := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], telPoint{attrs: dp.Attributes, value: float64(dp.Value)})
-				}
+				out[m.Name] = telValues(out[m.Name], d.DataPoints)
 			case metricdata.Gauge[float64]:
-				for _, dp := range d.DataPoints {
-					out[m.Name] = append(out[m.Name], telPoint{attrs: dp.Attributes, value: dp.Value})
-				}
+				out[m.Name] = telValues(out[m.Name], d.DataPoints)
 			default:
 				t.Fatalf("%s: unexpected data %T", m.Name, m.Data)
 			}
 		}
 	}
 	return out
+}
+
+// telValues appends the points of a sum or a gauge.
+func telValues[N int64 | float64](ps []telPoint, dps []metricdata.DataPoint[N]) []telPoint {
+	for _, dp := range dps {
+		ps = append(ps, telPoint{attrs: dp.Attributes, value: float64(dp.Value)})
+	}
+	return ps
 }
 
 // telFind returns the points of name whose attributes include every key/value

@@ -378,16 +378,21 @@ type conn struct {
 	inTx      bool
 }
 
-var (
-	_ driver.Conn               = (*conn)(nil)
-	_ driver.ConnPrepareContext = (*conn)(nil)
-	_ driver.ConnBeginTx        = (*conn)(nil)
-	_ driver.ExecerContext      = (*conn)(nil)
-	_ driver.QueryerContext     = (*conn)(nil)
-	_ driver.Pinger             = (*conn)(nil)
-	_ driver.NamedValueChecker  = (*conn)(nil)
-	_ driver.SessionResetter    = (*conn)(nil)
-)
+// The interfaces pgx stdlib's Conn implements, and what pgx tells of a
+// connection through *stdlib.Conn.
+var _ interface {
+	driver.Conn
+	driver.ConnPrepareContext
+	driver.ConnBeginTx
+	driver.ExecerContext
+	driver.QueryerContext
+	driver.Pinger
+	driver.NamedValueChecker
+	driver.SessionResetter
+	IsClosed() bool
+	IsBusy() bool
+	Interrupt()
+} = (*conn)(nil)
 
 // breakConn closes the connection; safe from any goroutine.
 func (c *conn) breakConn() {
@@ -614,11 +619,10 @@ type stmt struct {
 	query string
 }
 
-var (
-	_ driver.Stmt             = (*stmt)(nil)
-	_ driver.StmtExecContext  = (*stmt)(nil)
-	_ driver.StmtQueryContext = (*stmt)(nil)
-)
+var _ interface {
+	driver.StmtExecContext
+	driver.StmtQueryContext
+} = (*stmt)(nil)
 
 func (s *stmt) Close() error  { return nil }
 func (s *stmt) NumInput() int { return -1 } // database/sql does not check the count

@@ -85,8 +85,9 @@ func TestProbe(t *testing.T) {
 	assert.Equal(t, 0, n.Sent(fakepg.Any), "probes are not statements")
 }
 
-// conn opens one connection to n and returns its methods.
-func conn(t *testing.T, n *fakepg.Node) interface {
+// fakeConn is what a connection offers: database/sql's interfaces, and
+// what pgx tells through *stdlib.Conn.
+type fakeConn interface {
 	driver.Conn
 	driver.ExecerContext
 	driver.QueryerContext
@@ -94,20 +95,15 @@ func conn(t *testing.T, n *fakepg.Node) interface {
 	IsClosed() bool
 	IsBusy() bool
 	Interrupt()
-} {
+}
+
+// conn opens one connection to n, closed when the test ends.
+func conn(t *testing.T, n *fakepg.Node) fakeConn {
 	t.Helper()
 	dc, err := n.Connect(t.Context())
 	require.NoError(t, err)
 	t.Cleanup(func() { dc.Close() })
-	return dc.(interface {
-		driver.Conn
-		driver.ExecerContext
-		driver.QueryerContext
-		driver.ConnBeginTx
-		IsClosed() bool
-		IsBusy() bool
-		Interrupt()
-	})
+	return dc.(fakeConn)
 }
 
 func TestHooks(t *testing.T) {
