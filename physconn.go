@@ -52,7 +52,7 @@ type physConn struct {
 	callStart atomic.Int64
 	// interrupted is why the monitor closed its socket (see abort).
 	interrupted atomic.Pointer[error]
-	closed    bool
+	closed      bool
 }
 
 // sockCheckAfter is how long a primary session must have been idle before
