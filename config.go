@@ -86,6 +86,12 @@ type Config struct {
 	// work may use at once, so that bulk work cannot take every connection
 	// (unified_max_batch_conns). Default 0 (no limit); negative is invalid.
 	MaxBatchConns int
+	// WarmSpares: idle read-write sessions kept open to each replica, taken
+	// by the first writes after the replica is promoted, so that they do
+	// not wait for a dial (unified_warm_spares; see the README's failover
+	// section). Default 1; 0 keeps none; negative is invalid. They are
+	// connections the server counts: WarmSpares × replicas per process.
+	WarmSpares int
 	// Pool settings (unified_max_open_conns, unified_max_idle_conns,
 	// unified_conn_max_lifetime, unified_conn_max_idle_time), applied by
 	// [OpenDB] with the matching db.Set* call. 0 leaves database/sql's
@@ -159,6 +165,7 @@ type NodeConfig struct {
 //	unified_breaker_failures       integer 1..4294967295 (5)
 //	unified_breaker_open           duration >= 10ms (5s)
 //	unified_max_batch_conns        integer >= 0, 0 = no limit (0)
+//	unified_warm_spares            integer >= 0, per replica (1)
 //	unified_max_open_conns         integer >= 0, 0 = database/sql's default (0)
 //	unified_max_idle_conns         integer >= 0, 0 = database/sql's default (0)
 //	unified_conn_max_lifetime      duration >= 0, 0 = database/sql's default (0)

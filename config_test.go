@@ -69,6 +69,7 @@ func allSet(c *Config) {
 	c.BreakerFailures = 4294967295
 	c.BreakerOpen = 1500 * time.Millisecond
 	c.MaxBatchConns = 4
+	c.WarmSpares = 3
 	c.MaxOpenConns = 50
 	c.MaxIdleConns = 25
 	c.ConnMaxLifetime = time.Hour
@@ -89,6 +90,7 @@ var allSetPairs = []string{
 	"unified_breaker_failures=4294967295",
 	"unified_breaker_open=1.5s",
 	"unified_max_batch_conns=4",
+	"unified_warm_spares=3",
 	"unified_max_open_conns=50",
 	"unified_max_idle_conns=25",
 	"unified_conn_max_lifetime=1h0m0s",
@@ -700,6 +702,7 @@ var errorCases = []errorCase{
 	{"breaker overflow", "host=h1 password=s3cr3t-pw unified_breaker_failures=4294967296", []string{`unified_breaker_failures "4294967296"`}, nil},
 	{"breaker open zero", "host=h1 password=s3cr3t-pw unified_breaker_open=0", []string{`unified_breaker_open "0"`}, nil},
 	{"negative batch conns", "host=h1 password=s3cr3t-pw unified_max_batch_conns=-1", []string{`unified_max_batch_conns "-1"`, ">= 0"}, nil},
+	{"negative warm spares", "host=h1 password=s3cr3t-pw unified_warm_spares=-1", []string{`unified_warm_spares "-1"`, ">= 0"}, nil},
 	{"negative open conns", "host=h1 password=s3cr3t-pw unified_max_open_conns=-1", []string{`unified_max_open_conns "-1"`}, nil},
 	{"bad idle conns", "host=h1 password=s3cr3t-pw unified_max_idle_conns=lots", []string{`unified_max_idle_conns "lots"`}, nil},
 	{"bad lifetime", "host=h1 password=s3cr3t-pw unified_conn_max_lifetime=1d", []string{`unified_conn_max_lifetime "1d"`}, nil},
@@ -809,6 +812,7 @@ func TestValidate(t *testing.T) {
 		{"zero breaker open", func(c *Config) { c.BreakerOpen = 0 }, `unified_breaker_open "0s"`},
 		{"breaker open below its floor", func(c *Config) { c.BreakerOpen = time.Millisecond }, `unified_breaker_open "1ms" (Config.BreakerOpen): must be a Go duration of at least 10ms`},
 		{"negative batch", func(c *Config) { c.MaxBatchConns = -1 }, `unified_max_batch_conns "-1"`},
+		{"negative warm spares", func(c *Config) { c.WarmSpares = -1 }, `unified_warm_spares "-1"`},
 		{"negative open", func(c *Config) { c.MaxOpenConns = -1 }, `unified_max_open_conns "-1"`},
 		{"negative idle", func(c *Config) { c.MaxIdleConns = -2 }, `unified_max_idle_conns "-2"`},
 		{"negative lifetime", func(c *Config) { c.ConnMaxLifetime = -time.Minute }, `unified_conn_max_lifetime "-1m0s"`},
@@ -942,7 +946,7 @@ func TestString(t *testing.T) {
 	assert.Equal(t, "unified: hosts=[h1:5432 h2:5433] user=app database=app default_mode=read-write "+
 		"read_fallback=primary replica_policy=round-robin max_replica_lag=10s max_replica_lag_bytes=16777216 "+
 		"health_interval=1s health_timeout=500ms failover_timeout=30s retry_max=5 retry_backoff=50ms..1s "+
-		"breaker_failures=5 breaker_open=5s max_batch_conns=0 max_open_conns=0 max_idle_conns=0 "+
+		"breaker_failures=5 breaker_open=5s max_batch_conns=0 warm_spares=1 max_open_conns=0 max_idle_conns=0 "+
 		"conn_max_lifetime=0s conn_max_idle_time=0s dns_refresh=30s patroni=", c.String())
 
 	for _, dsn := range []string{

@@ -149,8 +149,9 @@ func (c *Connector) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.closed)
 		for _, n := range c.viewNow().allNodes() {
-			n.interruptDials(slotPrimary)
-			n.interruptDials(slotRead)
+			for sl := range numSlots {
+				n.interruptDials(sl)
+			}
 		}
 		if c.mon != nil {
 			c.mon.stop()

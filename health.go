@@ -131,11 +131,15 @@ func (m *monitor) start() {
 	})
 }
 
-// stop ends the loop and waits for it; in-flight probes are canceled.
+// stop ends the loop and waits for it (and for spare dials); in-flight
+// probes are canceled and the warm spares closed.
 func (m *monitor) stop() {
 	m.startOnce.Do(func() {}) // a monitor never started stays stopped
 	m.cancel()
 	m.wg.Wait()
+	for _, mb := range m.members {
+		mb.n.closeSpares()
+	}
 }
 
 func (m *monitor) kick() {
@@ -379,6 +383,7 @@ func (m *monitor) publish() {
 	v := &view{s: s, nodes: nodes, leaving: m.leaving(now)}
 	m.c.view.Store(v)
 	m.interrupt(prev, v)
+	m.refillSpares(v)
 	if rebalance(prev, v, m.c.cfg.ReplicaPolicy) {
 		m.c.balance.Add(1)
 	}

@@ -64,6 +64,14 @@ type node struct {
 	conns [numSlots]map[*physConn]struct{}
 	// dials cancel the dials in progress to this node, by slot.
 	dials [numSlots]map[*context.CancelFunc]struct{}
+	// spares are its warm spare sessions (see spare.go): spareWant is how
+	// many it should hold; one spare dial at a time, backing off after
+	// spareFailures.
+	spares         []*physConn
+	spareWant      int
+	spareDialing   bool
+	spareFailures  int
+	spareNotBefore time.Time
 }
 
 // seed is one host of the DSN, before resolution.

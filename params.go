@@ -124,6 +124,7 @@ func defaultConfig() Config {
 		RetryBackoffInitial: 50 * time.Millisecond,
 		RetryBackoffMax:     time.Second,
 		BreakerFailures:     5,
+		WarmSpares:          1,
 		BreakerOpen:         5 * time.Second,
 		DNSRefresh:          30 * time.Second,
 	}
@@ -276,6 +277,7 @@ var params = []param{
 	durationParam("unified_breaker_open", "BreakerOpen",
 		func(c *Config) *time.Duration { return &c.BreakerOpen }, minBreakerOpen),
 	intParam("unified_max_batch_conns", "MaxBatchConns", func(c *Config) *int { return &c.MaxBatchConns }, 0),
+	intParam("unified_warm_spares", "WarmSpares", func(c *Config) *int { return &c.WarmSpares }, 0),
 	intParam("unified_max_open_conns", "MaxOpenConns", func(c *Config) *int { return &c.MaxOpenConns }, 0),
 	intParam("unified_max_idle_conns", "MaxIdleConns", func(c *Config) *int { return &c.MaxIdleConns }, 0),
 	durationParam("unified_conn_max_lifetime", "ConnMaxLifetime",

@@ -67,7 +67,7 @@ func (c *Conn) physFor(ctx context.Context, sl slot, exclude *node, a *attempt) 
 			}
 			continue // look again: the used session's node may be back
 		}
-		pc, err := c.c.dial(ctx, primary, slotPrimary)
+		pc, err := c.c.dialPrimary(ctx, primary)
 		if err != nil {
 			return nil, err
 		}

@@ -261,6 +261,14 @@ func (n *Node) Recorded() []string {
 // included.
 func (n *Node) Dials() int { return int(n.dials.Load()) }
 
+// Open is how many connections to the node are open (not closed by their
+// client; a broken one counts until it is closed).
+func (n *Node) Open() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.conns)
+}
+
 // Sent is how many statements of kind k reached the node (Any: all but
 // probes). A statement that failed before sending (BadConn, SafeToRetry,
 // ErrBusy, a closed connection) did not.
