@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/unifiedsql/unified/internal/pgprobe"
 	"github.com/unifiedsql/unified/internal/topology"
 )
 
@@ -98,6 +99,10 @@ type member struct {
 	// often than every failoverProbeInterval, however often statements ask.
 	launched time.Time
 	conn     driver.Conn // the probe connection; used only by the in-flight probe
+	// connIdent is the first answer on conn: its server's identity
+	// (system identifier, start time), which later probes on the same
+	// connection do not ask again (pgprobe.QueryAgain).
+	connIdent *pgprobe.Result
 	// rtt is the node's usual probe round trip (see probeDeadline);
 	// confirm: its last probe timed out and is being confirmed (see
 	// timedOutDown).
@@ -262,6 +267,7 @@ func (m *monitor) run() {
 		case r := <-m.results:
 			pending--
 			mb := r.m
+
 			mb.inflight = false
 			if timedOut(r.obs.Err) && mb.obs.Err == nil {
 				down, next := timedOutDown(mb.confirm, m.peerAnswered(mb))

@@ -109,7 +109,7 @@ func (m *monitor) probeOnce(ctx context.Context, mb *member, dial, query time.Du
 		if err != nil {
 			return pgprobe.Result{}, 0, err
 		}
-		mb.conn = pc
+		mb.conn, mb.connIdent = pc, nil
 	}
 	q, ok := mb.conn.(driver.QueryerContext)
 	if !ok {
@@ -118,12 +118,22 @@ func (m *monitor) probeOnce(ctx context.Context, mb *member, dial, query time.Du
 	qctx, cancel := context.WithTimeout(ctx, query)
 	defer cancel()
 	start := time.Now()
-	res, err := pgprobe.Run(qctx, q)
+	var res pgprobe.Result
+	var err error
+	if id := mb.connIdent; id != nil {
+		res, err = pgprobe.RunAgain(qctx, q)
+		res.SystemID, res.Started = id.SystemID, id.Started
+	} else {
+		res, err = pgprobe.Run(qctx, q)
+	}
 	rtt := time.Since(start)
 	if err != nil {
 		_ = mb.conn.Close()
 		mb.conn = nil
 		return pgprobe.Result{}, 0, err
+	}
+	if mb.connIdent == nil {
+		mb.connIdent = &res
 	}
 	return res, rtt, nil
 }

@@ -518,7 +518,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, _ []driver.NamedVa
 }
 
 func (c *conn) QueryContext(ctx context.Context, query string, _ []driver.NamedValue) (driver.Rows, error) {
-	if query == pgprobe.Query {
+	if query == pgprobe.Query || query == pgprobe.QueryAgain {
 		return c.probe(ctx)
 	}
 	return c.query(ctx, query)

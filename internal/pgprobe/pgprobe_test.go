@@ -334,3 +334,12 @@ func trimZeros(s string) string {
 	}
 	return s
 }
+
+func TestQueryAgainShape(t *testing.T) {
+	assert.NotEqual(t, Query, QueryAgain)
+	assert.NotContains(t, QueryAgain, "pg_control_system()", "no control file read for what cannot change on one connection")
+	assert.NotContains(t, QueryAgain, "pg_postmaster_start_time()")
+	assert.Contains(t, QueryAgain, "NULL::text AS system")
+	assert.Contains(t, QueryAgain, "NULL::text AS started")
+	assert.Equal(t, strings.Count(Query, " AS "), strings.Count(QueryAgain, " AS "), "the same columns")
+}
