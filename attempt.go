@@ -106,17 +106,25 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 	if rec.metrics {
 		c.c.tel.connCount(pc.node, 0, 1)
 	}
-	pc.active.Add(1)
+	// Inside a transaction the connection is already active (BeginTx
+	// counted it until the transaction ends): no second count.
+	own := c.tx == nil || c.tx.pc != pc
+	if own {
+		pc.active.Add(1)
+	}
 	pc.callStart.Store(c.c.clock.Load())
-	if pc.slot.read() {
+	load := c.c.countLoad && pc.slot.read()
+	if load {
 		pc.node.inflight.Add(1)
 	}
 	err := fn(pc)
-	if pc.slot.read() {
+	if load {
 		pc.node.inflight.Add(-1)
 	}
 	pc.callStart.Store(0)
-	pc.active.Add(-1)
+	if own {
+		pc.active.Add(-1)
+	}
 	if err != nil {
 		if cause := pc.interrupted.Load(); cause != nil {
 			err = fmt.Errorf("%w: %w", *cause, err) // the classes are the error's

@@ -32,6 +32,12 @@ type breaker struct {
 	set     gobreaker.Settings
 	cb      atomic.Pointer[gobreaker.TwoStepCircuitBreaker[struct{}]]
 	lastErr atomic.Pointer[error]
+	// gen counts state changes (of any breaker the node had) and
+	// closedGen is the gen at which allows last saw the breaker closed:
+	// while they are equal it is still closed, so that allows, asked for
+	// every node a statement may use, is two atomic loads on the usual
+	// path (gobreaker's State takes its lock and reads the clock).
+	gen, closedGen atomic.Uint64
 }
 
 func newBreaker(cfg *Config, name string, log *slog.Logger) *breaker {
@@ -46,6 +52,7 @@ func newBreaker(cfg *Config, name string, log *slog.Logger) *breaker {
 		IsExcluded: func(err error) bool { return err == errNotCounted },
 		// Runs under gobreaker's lock: it only records.
 		OnStateChange: func(name string, from, to gobreaker.State) {
+			b.gen.Add(1)
 			log.Warn("unified: breaker changed", "node", name, "from", breakerName(from), "to", breakerName(to))
 		},
 	}
@@ -112,7 +119,17 @@ func (b *breaker) healthy() {
 
 // allows reports whether the breaker lets new work through; the router
 // skips nodes whose breaker is open.
-func (b *breaker) allows() bool { return b.state() != gobreaker.StateOpen }
+func (b *breaker) allows() bool {
+	g := b.gen.Load()
+	if b.closedGen.Load() == g {
+		return true
+	}
+	st := b.state()
+	if st == gobreaker.StateClosed {
+		b.closedGen.Store(g) // a change since g makes gen differ again
+	}
+	return st != gobreaker.StateOpen
+}
 
 // classOf is classify.Of, except for a WithBeforeConnect hook's error: the
 // caller's (Other), or a connection failure when it wraps ErrNodeFault.

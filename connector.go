@@ -39,6 +39,9 @@ type Connector struct {
 	clock atomic.Int64
 	// pgxArgs: every node is pgx, so arguments pass through unconverted.
 	pgxArgs bool
+	// countLoad: the replica policy reads node.inflight (least-loaded);
+	// otherwise statements do not count it.
+	countLoad bool
 	mon     *monitor // nil with WithStaticPrimary
 	// batch is the Batch-mode bulkhead: one token per statement or
 	// transaction in flight; nil when unified_max_batch_conns is 0.
@@ -87,6 +90,7 @@ func NewConnector(cfg *Config, opts ...Option) (*Connector, error) {
 		}
 	}
 	c.pgxArgs = len(o.nodeConnectors) == 0
+	c.countLoad = cfg.ReplicaPolicy == PolicyLeastLoaded
 	for _, sd := range c.seeds {
 		if sd.custom != nil {
 			if _, ok := sd.custom.Driver().(*stdlib.Driver); !ok {

@@ -52,7 +52,7 @@ type node struct {
 	breaker *breaker
 	tel     nodeTelemetry
 	// inflight counts the ReadOnly statements of this Connector running
-	// on the node now (PolicyLeastLoaded). replayHint is the highest replay
+	// on the node now, under PolicyLeastLoaded only (Connector.countLoad). replayHint is the highest replay
 	// position a session read saw on it since the primary last changed.
 	inflight   atomic.Int64
 	replayHint atomic.Uint64
