@@ -63,6 +63,7 @@ type monitor struct {
 	hist        topology.History
 	lastPrimary *node     // the last node published as primary
 	warmUntil   time.Time // see warmupWindow
+	lateAt      time.Time // when the loop's timer last fired late (see clientSlow)
 
 	mu sync.Mutex // protects following fields
 	// published is closed and replaced at every publication, waking the
@@ -222,6 +223,11 @@ func (m *monitor) run() {
 	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	expect := time.Now() // when the timer should fire
+	reset := func(d time.Duration) {
+		timer.Reset(d)
+		expect = time.Now().Add(d)
+	}
 	for {
 		select {
 		case <-m.ctx.Done():
@@ -236,6 +242,9 @@ func (m *monitor) run() {
 			}
 			return
 		case <-timer.C:
+			if time.Since(expect) > schedLagLimit {
+				m.lateAt = time.Now() // the client's CPU is the slow one
+			}
 			now := time.Now()
 			m.discover(now)
 			m.retireIdle(now)
@@ -243,7 +252,7 @@ func (m *monitor) run() {
 				m.publish()
 			}
 			launch(false)
-			timer.Reset(min(m.nextInterval(), stallTick))
+			reset(min(m.nextInterval(), stallTick))
 		case r := <-m.disc.resolved:
 			r.src.busy = false
 			if r.err == nil {
@@ -263,14 +272,14 @@ func (m *monitor) run() {
 			launch(false)
 		case <-m.kickc:
 			launch(true)
-			timer.Reset(min(m.nextInterval(), stallTick))
+			reset(min(m.nextInterval(), stallTick))
 		case r := <-m.results:
 			pending--
 			mb := r.m
 
 			mb.inflight = false
 			if timedOut(r.obs.Err) && mb.obs.Err == nil {
-				down, next := timedOutDown(mb.confirm, m.peerAnswered(mb))
+				down, next := timedOutDown(mb.confirm, m.peerAnswered(mb), m.clientSlow(time.Now()))
 				mb.confirm = next
 				if !down {
 					// Maybe the client is the slow one: ask the node
@@ -306,9 +315,9 @@ func (m *monitor) run() {
 			case m.fast():
 				// Re-probe this node at once during a failover: the
 				// loop is driven by answers, not by the clock.
-				timer.Reset(failoverProbeInterval)
+				reset(failoverProbeInterval)
 			case m.warming():
-				timer.Reset(min(warmupInterval, m.c.cfg.HealthInterval))
+				reset(min(warmupInterval, m.c.cfg.HealthInterval))
 			}
 		}
 	}
@@ -318,6 +327,14 @@ func (m *monitor) run() {
 // node, or a slow client), not by being refused or reset.
 func timedOut(err error) bool {
 	return err != nil && (errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err))
+}
+
+// clientSlow reports whether the monitor's own timer fired more than
+// schedLagLimit late within the last schedLagMemory: the process's CPUs
+// are saturated, and a probe's timeout says as much about the client as
+// about the node.
+func (m *monitor) clientSlow(now time.Time) bool {
+	return !m.lateAt.IsZero() && now.Sub(m.lateAt) < schedLagMemory
 }
 
 // peerAnswered reports whether another node answered a probe within its

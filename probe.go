@@ -23,7 +23,11 @@ import (
 // deadline, together with every other node, and if no other node answers
 // normally then either, a last probe with the full unified_health_timeout
 // decides (see timedOutDown). A client whose CPU is saturated makes every
-// probe late and must not mark nodes down for it. And a node is probed out
+// probe late and must not mark nodes down for it: when the monitor's own
+// timer has fired late recently (the scheduler is behind, see
+// monitor.clientSlow), another node's prompt answer proves nothing (its
+// probe goroutine may simply have run first) and a timeout is confirmed
+// by a probe with the full timeout. And a node is probed out
 // of turn when a statement on it has been running longer than stallAfter:
 // detection does not wait for the next health interval.
 const (
@@ -31,6 +35,8 @@ const (
 	minProbeTimeout = 50 * time.Millisecond
 	minStall        = 100 * time.Millisecond
 	stallTick       = 50 * time.Millisecond
+	schedLagLimit   = 10 * time.Millisecond
+	schedLagMemory  = 2 * time.Second
 )
 
 // probeDeadline is the timeout of a probe's query for a node whose usual
@@ -61,10 +67,15 @@ const (
 // timedOutDown says what a probe that timed out at stage st means: the node
 // is down when another node answered normally while it waited (peer) or
 // when even the full-timeout probe timed out; otherwise next is the stage
-// of the probe to send.
-func timedOutDown(st confirmStage, peer bool) (down bool, next confirmStage) {
+// of the probe to send. While the client is slow (its scheduler behind)
+// only the full-timeout probe decides.
+func timedOutDown(st confirmStage, peer, clientSlow bool) (down bool, next confirmStage) {
 	switch {
-	case peer || st == confirmFull:
+	case st == confirmFull:
+		return true, confirmNone
+	case clientSlow:
+		return false, confirmFull
+	case peer:
 		return true, confirmNone
 	case st == confirmNone:
 		return false, confirmPeers

@@ -33,20 +33,23 @@ func TestProbeDeadline(t *testing.T) {
 	assert.Equal(t, 8*ms, ewma(10*ms, 0), "the EWMA moves a fifth of the way")
 	assert.Equal(t, 3*ms, ewma(0, 3*ms), "the first sample is the value")
 	for _, tc := range []struct {
-		name string
-		st   confirmStage
-		peer bool
-		down bool
-		next confirmStage
+		name       string
+		st         confirmStage
+		peer, slow bool
+		down       bool
+		next       confirmStage
 	}{
-		{"first timeout, another node answered meanwhile: down", confirmNone, true, true, confirmNone},
-		{"first timeout, no other answer: ask it again beside the others", confirmNone, false, false, confirmPeers},
-		{"second timeout, another node answered beside it: down", confirmPeers, true, true, confirmNone},
-		{"second timeout, no other node answered either: the client is slow, give it the full timeout", confirmPeers, false, false, confirmFull},
-		{"the full timeout ran out: down", confirmFull, false, true, confirmNone},
-		{"the full timeout ran out, others answered: down", confirmFull, true, true, confirmNone},
+		{"first timeout, another node answered meanwhile: down", confirmNone, true, false, true, confirmNone},
+		{"first timeout, no other answer: ask it again beside the others", confirmNone, false, false, false, confirmPeers},
+		{"second timeout, another node answered beside it: down", confirmPeers, true, false, true, confirmNone},
+		{"second timeout, no other node answered either: the client is slow, give it the full timeout", confirmPeers, false, false, false, confirmFull},
+		{"the full timeout ran out: down", confirmFull, false, false, true, confirmNone},
+		{"the full timeout ran out, others answered: down", confirmFull, true, false, true, confirmNone},
+		{"the client's scheduler is behind: another's answer proves nothing, the full timeout decides", confirmNone, true, true, false, confirmFull},
+		{"slow client, second stage: the full timeout too", confirmPeers, true, true, false, confirmFull},
+		{"slow client, the full timeout ran out: down all the same", confirmFull, false, true, true, confirmNone},
 	} {
-		down, next := timedOutDown(tc.st, tc.peer)
+		down, next := timedOutDown(tc.st, tc.peer, tc.slow)
 		assert.Equal(t, tc.down, down, tc.name)
 		assert.Equal(t, tc.next, next, tc.name)
 	}

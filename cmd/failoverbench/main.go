@@ -89,8 +89,9 @@ type config struct {
 	warmup        time.Duration
 	unifiedParams []string
 	verbose       bool
-	timeline      string // -timeline: where to write the trials' timelines
-	manager       string // "" (the command's own failover) or "patroni"
+	timeline      string        // -timeline: where to write the trials' timelines
+	manager       string        // "" (the command's own failover) or "patroni"
+	saturate      time.Duration // -saturate: the saturated run's length (0: none; see saturate.go)
 }
 
 func main() {
@@ -168,6 +169,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	rows := aggregate(trials, cfg.scenarios, cfg.drivers)
+	var sat *saturation
+	if cfg.saturate > 0 {
+		if err := restore(ctx, cl, cfg.sync); err != nil {
+			fmt.Fprintln(stderr, "failoverbench: restore:", err)
+			return 1
+		}
+		progress("saturated run: %v, no fault ...", cfg.saturate)
+		s, err := runSaturation(ctx, cl, cfg, cfg.saturate)
+		if err != nil {
+			fmt.Fprintln(stderr, "failoverbench: saturated run:", err)
+			return 1
+		}
+		writeSaturation(stderr, s)
+		sat = &s
+	}
 	progress("done in %v", time.Since(t0).Round(time.Second))
 	if cfg.timeline != "" {
 		if err := writeTimelines(cfg.timeline, trials); err != nil {
@@ -184,6 +200,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	writeTable(stdout, cfg, pgVersion, rows)
+	if sat != nil {
+		writeSaturation(stdout, *sat)
+	}
 	return 0
 }
 
@@ -204,6 +223,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.warmup, "warmup", time.Second, "load before the fault")
 	params := fs.String("unified-params", "", "extra unified_* DSN parameters for unified, &-separated (default: the driver's defaults)")
 	fs.BoolVar(&cfg.verbose, "v", false, "log what the cluster does")
+	fs.DurationVar(&cfg.saturate, "saturate", 0, "after the trials, run the workload this long on the healthy cluster with every CPU kept busy, and count nodes wrongly shown down (see saturate.go)")
 	fs.StringVar(&cfg.timeline, "timeline", "", "also write every trial as a timeline to this JSON file (draw it with: go -C examples run ./failoverplot)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: failoverbench [flags]\n\n"+

@@ -19,10 +19,12 @@ import (
 	"strings"
 )
 
-// The per-statement budget of unified over the driver it wraps.
+// The per-statement budget of unified over the driver it wraps, and of
+// its client CPU per SELECT 1 against pgx's (issue 15's targets).
 const (
-	budgetNs     = 300
-	budgetAllocs = 1
+	budgetNs       = 300
+	budgetAllocs   = 0
+	budgetCPURatio = 1.03
 )
 
 // bench is one benchmark function's results.
@@ -78,9 +80,68 @@ func main() {
 	}
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
+	writeTargets(w, benches)
 	for _, name := range order {
 		writeTable(w, benches[name])
 	}
+}
+
+// paired returns, round by round, f of unified's and other's samples of
+// unit in config (the i-th sample of each is round i: bench/run runs every
+// implementation once per round).
+func paired(b *bench, config, other, unit string, f func(u, o float64) float64) []float64 {
+	if b == nil {
+		return nil
+	}
+	u, o := b.values[config]["unified"][unit], b.values[config][other][unit]
+	var out []float64
+	for i := range min(len(u), len(o)) {
+		out = append(out, f(u[i], o[i]))
+	}
+	return out
+}
+
+// spread formats the median of xs and its range over the rounds.
+func spread(xs []float64, format string) string {
+	if len(xs) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf(format+" ("+format+" … "+format+", %d rounds)", median(xs), slices.Min(xs), slices.Max(xs), len(xs))
+}
+
+// writeTargets writes the statement-path rows of issue 15's table: what
+// unified adds per statement on the in-memory driver (CPU ns and
+// allocations, round by round against the driver alone) and its client
+// CPU per SELECT 1 at 8 goroutines as a ratio to pgx's in the same round.
+func writeTargets(w io.Writer, benches map[string]*bench) {
+	fmt.Fprintf(w, "## Targets\n\nMedian over the rounds, with the range; each round compares the implementations run in it.\n\n")
+	fmt.Fprintf(w, "| measure | unified | target | met |\n| :--- | ---: | ---: | :---: |\n")
+	met := func(ok bool) string {
+		if ok {
+			return "yes"
+		}
+		return "**no**"
+	}
+	if b := benches["Overhead"]; b != nil {
+		for _, config := range b.configs {
+			dcpu := paired(b, config, "direct", "cpu-ns/op", func(u, o float64) float64 { return u - o })
+			dalloc := paired(b, config, "direct", "allocs/op", func(u, o float64) float64 { return u - o })
+			if len(dcpu) == 0 {
+				continue
+			}
+			fmt.Fprintf(w, "| added CPU per statement, %s | %s ns, %+.0f allocs | ≤ +%d ns, +%d allocs | %s |\n",
+				config, spread(dcpu, "%+.0f"), median(dalloc), budgetNs, budgetAllocs,
+				met(median(dcpu) <= budgetNs && slices.Max(dalloc) <= budgetAllocs))
+		}
+	}
+	if b := benches["Select1"]; b != nil {
+		ratio := paired(b, "conc=8", "pgx", "client-cpu-us/op", func(u, o float64) float64 { return u / o })
+		if len(ratio) > 0 {
+			fmt.Fprintf(w, "| client CPU per SELECT 1 at 8 goroutines, unified/pgx | %s | ≤ %.2f | %s |\n",
+				spread(ratio, "%.3f"), budgetCPURatio, met(median(ratio) <= budgetCPURatio))
+		}
+	}
+	fmt.Fprintln(w)
 }
 
 // parse reads benchmark result lines ("BenchmarkX/a/b-2  N  v unit  v unit
