@@ -42,7 +42,7 @@ type Connector struct {
 	// countLoad: the replica policy reads node.inflight (least-loaded);
 	// otherwise statements do not count it.
 	countLoad bool
-	mon     *monitor // nil with WithStaticPrimary
+	mon       *monitor // nil with WithStaticPrimary
 	// batch is the Batch-mode bulkhead: one token per statement or
 	// transaction in flight; nil when unified_max_batch_conns is 0.
 	batch chan struct{}
