@@ -92,13 +92,21 @@
 // Each [Connector] runs one health monitor from its first connection until
 // Close. Every unified_health_interval it probes each node in parallel on a
 // dedicated connection, in one round trip (role, WAL position, timeline),
-// within unified_health_timeout, and publishes an immutable snapshot. The
+// and publishes an immutable snapshot. A probe waits 20 times the node's
+// usual round trip (at least 50 ms, at most unified_health_timeout); a
+// timeout marks the node down once confirmed (another node answered
+// promptly meanwhile, or a last probe with the full timeout timed out too;
+// only the latter while the client's own CPUs are saturated), and a node
+// with a statement stalled on it is probed out of turn. Statements in
+// flight on a node that went down are interrupted. The
 // first snapshot is published once every node has answered its first probe
 // or timed out: before that the election could be overturned, so nothing
 // is routed. When a statement on the primary fails in a way that says the
 // primary may be gone, the monitor re-probes every few milliseconds while
 // any write waits; each write waits up to unified_failover_timeout from
-// when it began waiting, within its context deadline. Before any primary
+// when it began waiting, within its context deadline, and goes out on one
+// of the new primary's warm spares (unified_warm_spares idle sessions kept
+// open to each replica) when one is left. Before any primary
 // has been seen (a wrong DSN, a cluster with no primary) a write fails with
 // [ErrNoPrimary] after the first probe round instead of waiting.
 //
@@ -134,9 +142,12 @@
 // [Connector.Health] and [Connector.Stats] report every node's role, state
 // (up, down, lagging, fenced), lag in bytes and time, RTT, timeline, breaker
 // state and last error; [HealthHandler] serves them as JSON for load
-// balancers and Kubernetes probes. Fencing: when two nodes claim to be
-// primary, the one on the higher timeline (then the higher WAL position)
-// wins and the other gets no writes until it reports being a replica.
+// balancers and Kubernetes probes, and as an HTML status page to a
+// browser (Accept: text/html; the examples module's statuspage test loads
+// it in headless Chromium). Fencing: when two nodes claim to be primary,
+// the one on the higher timeline wins, on the same timeline the incumbent
+// keeps the role, and the other gets no writes until it reports being a
+// replica.
 //
 // # Testing code that uses unified
 //

@@ -111,9 +111,10 @@
 //
 // # Patroni
 //
-// This package manages the cluster itself, as a failover manager would, so
-// that a test decides when each step happens. A variant whose failovers are
-// made by a real Patroni (and where FailOver waits for Patroni instead of
-// promoting) is meant to stand beside Start, with the same Cluster and Node
-// methods.
+// Start's cluster is managed by this package itself, as a failover manager
+// would, so that a test decides when each step happens. [StartPatroni]
+// starts the other kind: a real Patroni cluster (etcd and three Patroni
+// nodes) that makes its own failovers; the test crashes, hangs or
+// switches over a node and waits for Patroni's new leader
+// ([PatroniCluster.WaitLeaderWritable]).
 package pgtest
