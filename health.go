@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/unifiedsql/unified/internal/pgprobe"
 	"github.com/unifiedsql/unified/internal/topology"
 )
@@ -30,14 +29,6 @@ const (
 )
 
 var errNotProbed = errors.New("not probed yet")
-
-// Why the monitor interrupted a statement (see interrupt): the prefix of
-// its error.
-var (
-	errHung     = errors.New("interrupted: the node stopped answering its health probes")
-	errWentDown = errors.New("interrupted: the node went down")
-	errDemoted  = errors.New("interrupted: another node is the primary now")
-)
 
 // monitor is the health monitor of one Connector: one loop that launches a
 // probe per node (each on its own dedicated connection, all in parallel),
@@ -323,31 +314,6 @@ func (m *monitor) run() {
 	}
 }
 
-// timedOut reports whether a probe failed by running out of time (a hung
-// node, or a slow client), not by being refused or reset.
-func timedOut(err error) bool {
-	return err != nil && (errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err))
-}
-
-// clientSlow reports whether the monitor's own timer fired more than
-// schedLagLimit late within the last schedLagMemory: the process's CPUs
-// are saturated, and a probe's timeout says as much about the client as
-// about the node.
-func (m *monitor) clientSlow(now time.Time) bool {
-	return !m.lateAt.IsZero() && now.Sub(m.lateAt) < schedLagMemory
-}
-
-// peerAnswered reports whether another node answered a probe within its
-// deadline while mb's last probe waited.
-func (m *monitor) peerAnswered(mb *member) bool {
-	for _, p := range m.members {
-		if p != mb && !p.draining && !p.promptAt.Before(mb.launched) {
-			return true
-		}
-	}
-	return false
-}
-
 func (m *monitor) nextInterval() time.Duration {
 	if m.fast() {
 		return failoverProbeInterval
@@ -371,53 +337,11 @@ func (m *monitor) warming() bool {
 	return false
 }
 
-// publish builds a new snapshot from the latest observations, stores it
-// and wakes every operation waiting for one. Nothing is stored before every
-// node has answered its first probe or timed out: until then the election
-// could still be overturned (a node on a higher timeline, or the incumbent,
-// has not spoken), so no write may be routed (DESIGN.md §4).
-func (m *monitor) publish() {
-	prev := m.c.viewNow()
-	now := time.Now()
-	nodes := make([]*node, len(m.members))
-	obs := make([]topology.Observation, len(m.members))
-	for i, mb := range m.members {
-		nodes[i], obs[i] = mb.n, mb.obs
-		if mb.draining {
-			obs[i] = topology.Observation{At: now, Err: &NodeError{Node: mb.n.name, Op: opProbe.String(), Err: errDrained}}
-		}
-	}
-	bounds := topology.Bounds{MaxLag: m.c.cfg.MaxReplicaLag, MaxLagBytes: m.c.cfg.MaxReplicaLagBytes}
-	base := m.building
-	if prev == nil {
-		// Before the election every build starts afresh: a candidate that
-		// answered first must not become the incumbent of the next.
-		base = nil
-	}
-	s := topology.Build(base, names(nodes), obs, &m.hist, bounds, now)
-	m.building = s
-	if prev == nil {
-		for _, o := range obs {
-			if errors.Is(o.Err, errNotProbed) {
-				return // not elected yet
-			}
-		}
-	}
-	v := &view{s: s, nodes: nodes, leaving: m.leaving(now)}
-	m.c.view.Store(v)
-	m.interrupt(prev, v)
-	m.refillSpares(v)
-	if rebalance(prev, v, m.c.cfg.ReplicaPolicy) {
-		m.c.balance.Add(1)
-	}
-	primary := v.primary()
-	if prev == nil || primary != prev.primary() {
-		m.warmUntil = now.Add(warmupWindow)
-		for _, n := range nodes {
-			n.replayHint.Store(0) // positions on the old primary's history
-		}
-	}
-
+// announce records the change of primary that v brings (the failover
+// metric and log, when the primary was lost), logs each node whose role or
+// state changed and wakes every operation waiting for a publication.
+func (m *monitor) announce(prev, v *view, obs []topology.Observation, now time.Time) {
+	s, primary := v.s, v.primary()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
@@ -450,108 +374,6 @@ func (m *monitor) publish() {
 	}
 	close(m.published)
 	m.published = make(chan struct{})
-}
-
-// rebalance reports whether read sessions chosen before v may move (see
-// Conn.readConn): a replica is eligible in v that was not in prev, or,
-// under PolicyLeastRTT, an eligible replica is near in one of prev and v
-// and not in the other (its link became slow, or fast again: the reads
-// leave it, or share it again).
-func rebalance(prev, v *view, policy ReplicaPolicy) bool {
-	if prev == nil {
-		return false
-	}
-	nearNow, nearBefore := nearReplicas(v), nearReplicas(prev)
-	for i, n := range v.nodes {
-		j := prev.index(n)
-		if replicaEligible(v.s, i) && !replicaEligible(prev.s, j) {
-			return true
-		}
-		if policy == PolicyLeastRTT && replicaEligible(v.s, i) && nearBefore[j] != nearNow[i] {
-			return true
-		}
-	}
-	return false
-}
-
-// nearReplicas says, by index of v, which eligible replicas are near (see
-// near).
-func nearReplicas(v *view) map[int]bool {
-	var idx []int
-	for i := range v.nodes {
-		if replicaEligible(v.s, i) {
-			idx = append(idx, i)
-		}
-	}
-	out := make(map[int]bool, len(idx))
-	if len(idx) == 0 {
-		return out
-	}
-	best := fastest(v.s, idx)
-	for _, i := range idx {
-		out[i] = near(v.s.Nodes[i].RTT, best)
-	}
-	return out
-}
-
-// interrupt stops what may no longer go on after the change from prev to
-// v: dials to a node that is no longer the primary for the primary slot;
-// the primary sessions on the last published primary once another node is
-// the primary, or once it went down by a probe timeout (a statement stuck
-// on a hung or cut-off primary then fails at once, with ErrCommitUnknown
-// for a write, instead of at its own deadline, or never: DESIGN.md §4);
-// and the reads, the read-only sessions on the primary and the read dials
-// on a node that went down (a hung replica: the reads run again on another
-// node). A node that went down by refusing or resetting connections has
-// none left to interrupt; a drained one keeps its reads until they end.
-func (m *monitor) interrupt(prev, v *view) {
-	primary := v.primary()
-	for i, n := range v.nodes {
-		if n != primary {
-			n.interruptDials(slotPrimary)
-		}
-		wentDown := false
-		if j := prev.index(n); j >= 0 {
-			wentDown = prev.s.Nodes[j].State != topology.StateDown
-		}
-		st := v.s.Nodes[i]
-		wentDown = wentDown && st.State == topology.StateDown && !errors.Is(st.LastErr, errDrained)
-		cause := errWentDown
-		if timedOut(st.LastErr) {
-			cause = errHung
-		}
-		if n == m.lastPrimary && n != primary && (primary != nil || wentDown && cause == errHung) {
-			if primary != nil && !wentDown {
-				cause = errDemoted
-			}
-			if k := n.interruptConns(slotPrimary, cause); k > 0 {
-				m.c.log.Warn("unified: interrupted sessions on the old primary", "node", n.name, "connections", k)
-			}
-		}
-		if wentDown {
-			n.interruptDials(slotRead)
-			n.interruptDials(slotFallback)
-			if k := n.interruptConns(slotRead, cause) + n.interruptConns(slotFallback, cause); k > 0 {
-				m.c.log.Warn("unified: interrupted reads on a node that went down", "node", n.name, "connections", k)
-			}
-		}
-	}
-}
-
-func (m *monitor) logChange(prev, s *topology.Snapshot) {
-	for i, n := range s.Nodes {
-		if prev != nil && i < len(prev.Nodes) && prev.Nodes[i].Name == n.Name && prev.Nodes[i].Role == n.Role && prev.Nodes[i].State == n.State {
-			continue
-		}
-		attrs := []any{"node", n.Name, "role", n.Role.String(), "state", n.State.String()}
-		if n.LastErr != nil {
-			attrs = append(attrs, "error", n.LastErr.Error())
-		}
-		if n.AliasOf != "" {
-			attrs = append(attrs, "alias_of", n.AliasOf)
-		}
-		m.c.log.Info("unified: node changed", attrs...)
-	}
 }
 
 // waitPrimary returns a view that names a primary. While there is none it

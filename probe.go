@@ -3,9 +3,11 @@ package unified
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/unifiedsql/unified/internal/pgprobe"
 	"github.com/unifiedsql/unified/internal/topology"
 )
@@ -169,4 +171,29 @@ func probeBackoff(base, limit time.Duration, failures int) time.Duration {
 // node that keeps refusing us is asked at most about once a second.
 func (m *monitor) probeBackoffLimit() time.Duration {
 	return max(m.c.cfg.HealthInterval, min(m.c.cfg.BreakerOpen, time.Second))
+}
+
+// timedOut reports whether a probe failed by running out of time (a hung
+// node, or a slow client), not by being refused or reset.
+func timedOut(err error) bool {
+	return err != nil && (errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err))
+}
+
+// clientSlow reports whether the monitor's own timer fired more than
+// schedLagLimit late within the last schedLagMemory: the process's CPUs
+// are saturated, and a probe's timeout says as much about the client as
+// about the node.
+func (m *monitor) clientSlow(now time.Time) bool {
+	return !m.lateAt.IsZero() && now.Sub(m.lateAt) < schedLagMemory
+}
+
+// peerAnswered reports whether another node answered a probe within its
+// deadline while mb's last probe waited.
+func (m *monitor) peerAnswered(mb *member) bool {
+	for _, p := range m.members {
+		if p != mb && !p.draining && !p.promptAt.Before(mb.launched) {
+			return true
+		}
+	}
+	return false
 }

@@ -403,3 +403,45 @@ const (
 var sessionReasonNames = [...]string{"replayed", "not_replayed", "other_timeline", "no_replica"}
 
 func (r sessionReason) String() string { return sessionReasonNames[r] }
+
+// rebalance reports whether read sessions chosen before v may move (see
+// Conn.readConn): a replica is eligible in v that was not in prev, or,
+// under PolicyLeastRTT, an eligible replica is near in one of prev and v
+// and not in the other (its link became slow, or fast again: the reads
+// leave it, or share it again).
+func rebalance(prev, v *view, policy ReplicaPolicy) bool {
+	if prev == nil {
+		return false
+	}
+	nearNow, nearBefore := nearReplicas(v), nearReplicas(prev)
+	for i, n := range v.nodes {
+		j := prev.index(n)
+		if replicaEligible(v.s, i) && !replicaEligible(prev.s, j) {
+			return true
+		}
+		if policy == PolicyLeastRTT && replicaEligible(v.s, i) && nearBefore[j] != nearNow[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// nearReplicas says, by index of v, which eligible replicas are near (see
+// near).
+func nearReplicas(v *view) map[int]bool {
+	var idx []int
+	for i := range v.nodes {
+		if replicaEligible(v.s, i) {
+			idx = append(idx, i)
+		}
+	}
+	out := make(map[int]bool, len(idx))
+	if len(idx) == 0 {
+		return out
+	}
+	best := fastest(v.s, idx)
+	for _, i := range idx {
+		out[i] = near(v.s.Nodes[i].RTT, best)
+	}
+	return out
+}
