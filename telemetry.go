@@ -72,13 +72,13 @@ type telemetry struct {
 	discoveryErrs  metric.Int64Counter
 	floorWait      metric.Float64Histogram
 
-	conns    metric.Int64ObservableUpDownCounter // db.client.connection.count
-	nodeUp   metric.Int64ObservableGauge
-	nodeRole metric.Int64ObservableGauge
+	conns    metric.Int64Observable // db.client.connection.count, an up-down counter; the others gauges
+	nodeUp   metric.Int64Observable
+	nodeRole metric.Int64Observable
 	lag      metric.Float64ObservableGauge
-	lagBytes metric.Int64ObservableGauge
+	lagBytes metric.Int64Observable
 	rtt      metric.Float64ObservableGauge
-	breaker  metric.Int64ObservableGauge
+	breaker  metric.Int64Observable
 	reg      metric.Registration
 
 	tracer   trace.Tracer // nil: tracing off
@@ -178,62 +178,74 @@ func (t *telemetry) instruments(m metric.Meter) error {
 			errs = append(errs, err)
 		}
 	}
-	var err error
-	t.duration, err = m.Float64Histogram("db.client.operation.duration",
-		metric.WithUnit("s"), metric.WithDescription("Duration of database client operations."),
-		metric.WithExplicitBucketBoundaries(operationBuckets...))
-	check(err)
-	t.sessionReads, err = m.Int64Counter("unified.session.read", metric.WithUnit("{operation}"),
-		metric.WithDescription("ReadOnly operations with a session floor, by where they ran (unified.role) and why (unified.session.reason)."))
-	check(err)
-	t.floorWait, err = m.Float64Histogram("unified.session.floor_wait", metric.WithUnit("s"),
-		metric.WithDescription("Time a session read spent looking at a replica's replay position before it ran."),
-		metric.WithExplicitBucketBoundaries(operationBuckets...))
-	check(err)
-	t.discoveryErrs, err = m.Int64Counter("unified.discovery.errors", metric.WithUnit("{error}"),
-		metric.WithDescription("Host names that did not resolve, and reads of Patroni's member list that failed; the last known members are kept."))
-	check(err)
-	t.retries, err = m.Int64Counter("unified.retry.count", metric.WithUnit("{retry}"),
-		metric.WithDescription("Operations re-sent after a failure that provably did not reach the server, reads re-run on another node, and writes that waited for a new primary."))
-	check(err)
-	t.fallbacks, err = m.Int64Counter("unified.read.fallback", metric.WithUnit("{operation}"),
-		metric.WithDescription("Read-only operations served by the primary because no replica was eligible."))
-	check(err)
-	t.commitUnknowns, err = m.Int64Counter("unified.commit_unknown.count", metric.WithUnit("{operation}"),
-		metric.WithDescription("Operations that returned ErrCommitUnknown: the connection broke after a COMMIT or an autocommit write was sent."))
-	check(err)
-	t.failovers, err = m.Int64Counter("unified.failover.count", metric.WithUnit("{failover}"),
-		metric.WithDescription("Primary changes: a new node became the primary after the previous one was lost."))
-	check(err)
-	t.failoverTime, err = m.Float64Histogram("unified.failover.duration", metric.WithUnit("s"),
-		metric.WithDescription("Time from the loss of the primary to the new primary being in use."),
-		metric.WithExplicitBucketBoundaries(failoverBuckets...))
-	check(err)
-
-	t.conns, err = m.Int64ObservableUpDownCounter("db.client.connection.count", metric.WithUnit("{connection}"),
-		metric.WithDescription("Physical connections per node, by state: used while a statement or transaction runs on it."))
-	check(err)
-	t.nodeUp, err = m.Int64ObservableGauge("unified.node.up",
-		metric.WithDescription("1 when the node's last health probe succeeded, else 0."))
-	check(err)
-	t.nodeRole, err = m.Int64ObservableGauge("unified.node.role",
-		metric.WithDescription("The node's role: 1 primary (writes go there), 2 replica, 3 fenced (claims primary, gets no writes), 0 unknown."))
-	check(err)
-	t.lag, err = m.Float64ObservableGauge("unified.replica.lag", metric.WithUnit("s"),
-		metric.WithDescription("How long ago the primary was at the replica's replay position."))
-	check(err)
-	t.lagBytes, err = m.Int64ObservableGauge("unified.replica.lag_bytes", metric.WithUnit("By"),
-		metric.WithDescription("WAL bytes between the primary's position and the replica's replay position."))
-	check(err)
-	t.rtt, err = m.Float64ObservableGauge("unified.node.rtt", metric.WithUnit("s"),
-		metric.WithDescription("Round-trip time of the node's last successful health probe."))
-	check(err)
-	t.breaker, err = m.Int64ObservableGauge("unified.breaker.state",
-		metric.WithDescription("The node's circuit breaker: 0 closed, 1 half-open, 2 open."))
-	check(err)
+	hists := []struct {
+		dst              *metric.Float64Histogram
+		name, unit, desc string
+		bounds           []float64
+	}{
+		{&t.duration, "db.client.operation.duration", "s", "Duration of database client operations.", operationBuckets},
+		{&t.floorWait, "unified.session.floor_wait", "s", "Time a session read spent looking at a replica's replay position before it ran.", operationBuckets},
+		{&t.failoverTime, "unified.failover.duration", "s", "Time from the loss of the primary to the new primary being in use.", failoverBuckets},
+	}
+	for _, h := range hists {
+		var err error
+		*h.dst, err = m.Float64Histogram(h.name, metric.WithUnit(h.unit), metric.WithDescription(h.desc),
+			metric.WithExplicitBucketBoundaries(h.bounds...))
+		check(err)
+	}
+	counters := []struct {
+		dst              *metric.Int64Counter
+		name, unit, desc string
+	}{
+		{&t.sessionReads, "unified.session.read", "{operation}", "ReadOnly operations with a session floor, by where they ran (unified.role) and why (unified.session.reason)."},
+		{&t.discoveryErrs, "unified.discovery.errors", "{error}", "Host names that did not resolve, and reads of Patroni's member list that failed; the last known members are kept."},
+		{&t.retries, "unified.retry.count", "{retry}", "Operations re-sent after a failure that provably did not reach the server, reads re-run on another node, and writes that waited for a new primary."},
+		{&t.fallbacks, "unified.read.fallback", "{operation}", "Read-only operations served by the primary because no replica was eligible."},
+		{&t.commitUnknowns, "unified.commit_unknown.count", "{operation}", "Operations that returned ErrCommitUnknown: the connection broke after a COMMIT or an autocommit write was sent."},
+		{&t.failovers, "unified.failover.count", "{failover}", "Primary changes: a new node became the primary after the previous one was lost."},
+	}
+	for _, c := range counters {
+		var err error
+		*c.dst, err = m.Int64Counter(c.name, metric.WithUnit(c.unit), metric.WithDescription(c.desc))
+		check(err)
+	}
+	// Asynchronous: observed by observe. An empty unit is none.
+	ints := []struct {
+		dst              *metric.Int64Observable
+		name, unit, desc string
+		updown           bool
+	}{
+		{&t.conns, "db.client.connection.count", "{connection}", "Physical connections per node, by state: used while a statement or transaction runs on it.", true},
+		{&t.nodeUp, "unified.node.up", "", "1 when the node's last health probe succeeded, else 0.", false},
+		{&t.nodeRole, "unified.node.role", "", "The node's role: 1 primary (writes go there), 2 replica, 3 fenced (claims primary, gets no writes), 0 unknown.", false},
+		{&t.lagBytes, "unified.replica.lag_bytes", "By", "WAL bytes between the primary's position and the replica's replay position.", false},
+		{&t.breaker, "unified.breaker.state", "", "The node's circuit breaker: 0 closed, 1 half-open, 2 open.", false},
+	}
+	for _, g := range ints {
+		var err error
+		if g.updown {
+			*g.dst, err = m.Int64ObservableUpDownCounter(g.name, metric.WithUnit(g.unit), metric.WithDescription(g.desc))
+		} else {
+			*g.dst, err = m.Int64ObservableGauge(g.name, metric.WithUnit(g.unit), metric.WithDescription(g.desc))
+		}
+		check(err)
+	}
+	floats := []struct {
+		dst              *metric.Float64ObservableGauge
+		name, unit, desc string
+	}{
+		{&t.lag, "unified.replica.lag", "s", "How long ago the primary was at the replica's replay position."},
+		{&t.rtt, "unified.node.rtt", "s", "Round-trip time of the node's last successful health probe."},
+	}
+	for _, g := range floats {
+		var err error
+		*g.dst, err = m.Float64ObservableGauge(g.name, metric.WithUnit(g.unit), metric.WithDescription(g.desc))
+		check(err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	var err error
 	t.reg, err = m.RegisterCallback(t.observe, t.conns, t.nodeUp, t.nodeRole, t.lag, t.lagBytes, t.rtt, t.breaker)
 	return err
 }
