@@ -37,6 +37,21 @@ func primaryAdmin(t *testing.T, c *pgcluster.Cluster) *pgx.Conn {
 	return conn
 }
 
+// lockedSession takes a connection of db that holds the advisory lock
+// lock, closed at the end of the test, and its backend's pid.
+func lockedSession(t *testing.T, db *sql.DB, lock int) (*sql.Conn, int) {
+	t.Helper()
+	ctx := t.Context()
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	var pid int
+	require.NoError(t, conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
+	_, err = conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", lock)
+	require.NoError(t, err)
+	return conn, pid
+}
+
 func countRows(t *testing.T, admin *pgx.Conn, table string) int {
 	t.Helper()
 	var n int
@@ -97,15 +112,9 @@ func TestNotifyOnIdleSessionKeepsTheSession(t *testing.T) {
 	admin := primaryAdmin(t, c)
 	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		conn, err := db.Conn(ctx)
-		require.NoError(t, err)
-		defer conn.Close()
 		const lock = 770001
-		var pid int
-		require.NoError(t, conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
-		_, err = conn.ExecContext(ctx, "SET search_path = pg_catalog")
-		require.NoError(t, err)
-		_, err = conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", lock)
+		conn, pid := lockedSession(t, db, lock)
+		_, err := conn.ExecContext(ctx, "SET search_path = pg_catalog")
 		require.NoError(t, err)
 		_, err = conn.ExecContext(ctx, "LISTEN "+table)
 		require.NoError(t, err)
@@ -138,15 +147,9 @@ func TestTerminatedSessionFailsPing(t *testing.T) {
 	admin := primaryAdmin(t, c)
 	bothDrivers(t, func(t *testing.T, db *sql.DB, _ string) {
 		ctx := t.Context()
-		conn, err := db.Conn(ctx)
-		require.NoError(t, err)
-		defer conn.Close()
 		const lock = 770002
-		var pid int
-		require.NoError(t, conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
-		_, err = conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", lock)
-		require.NoError(t, err)
-		_, err = admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid)
+		conn, pid := lockedSession(t, db, lock)
+		_, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid)
 		require.NoError(t, err)
 		waitFor(t, 5*time.Second, func() bool {
 			var n int
