@@ -138,35 +138,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 
 	t0 := time.Now()
-	var trials []trialResult
-	fresh := true
-	for n := 1; n <= cfg.trials; n++ {
-		for _, scenario := range cfg.scenarios {
-			for _, driver := range cfg.drivers {
-				if !fresh {
-					if err := restore(ctx, cl, cfg.sync); err != nil {
-						if ctx.Err() != nil {
-							fmt.Fprintln(stderr, "failoverbench: interrupted; stopping the cluster")
-							return 1
-						}
-						fmt.Fprintln(stderr, "failoverbench: restore:", err)
-						return 1
-					}
-				}
-				fresh = false
-				r, err := runTrial(ctx, cl, cfg, scenario, driver, n)
-				if ctx.Err() != nil {
-					fmt.Fprintln(stderr, "failoverbench: interrupted; stopping the cluster")
-					return 1
-				}
-				if err != nil {
-					fmt.Fprintf(stderr, "failoverbench: %s/%s trial %d: %v\n", scenario, driver, n, err)
-					return 1
-				}
-				progress("%-4s %-7s trial %d/%d: %s", scenario, driver, n, cfg.trials, r)
-				trials = append(trials, r)
-			}
-		}
+	trials, ok := runTrials(ctx, cfg, stderr, 4, func() error { return restore(ctx, cl, cfg.sync) }, func(scenario, driver string, n int) (trialResult, error) {
+		return runTrial(ctx, cl, cfg, scenario, driver, n)
+	})
+	if !ok {
+		return 1
 	}
 	rows := aggregate(trials, cfg.scenarios, cfg.drivers)
 	var sat *saturation
@@ -192,6 +168,56 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		progress("timelines written to %s", cfg.timeline)
 	}
+	return report(stdout, stderr, cfg, pgVersion, trials, rows, func(w io.Writer) {
+		writeTable(w, cfg, pgVersion, rows)
+		if sat != nil {
+			writeSaturation(w, *sat)
+		}
+	})
+}
+
+// runTrials runs trial for each trial number, scenario and driver, and
+// prints each result to stderr, the scenario padded to width. restore,
+// when not nil, brings the cluster back before each trial but the first.
+// It returns false when a trial or a restore failed or ctx ended, which it
+// printed.
+func runTrials(ctx context.Context, cfg config, stderr io.Writer, width int, restore func() error,
+	trial func(scenario, driver string, n int) (trialResult, error),
+) ([]trialResult, bool) {
+	var trials []trialResult
+	for n := 1; n <= cfg.trials; n++ {
+		for _, scenario := range cfg.scenarios {
+			for _, driver := range cfg.drivers {
+				if restore != nil && len(trials) > 0 {
+					if err := restore(); err != nil {
+						if ctx.Err() != nil {
+							fmt.Fprintln(stderr, "failoverbench: interrupted; stopping the cluster")
+							return nil, false
+						}
+						fmt.Fprintln(stderr, "failoverbench: restore:", err)
+						return nil, false
+					}
+				}
+				r, err := trial(scenario, driver, n)
+				if ctx.Err() != nil {
+					fmt.Fprintln(stderr, "failoverbench: interrupted; stopping the cluster")
+					return nil, false
+				}
+				if err != nil {
+					fmt.Fprintf(stderr, "failoverbench: %s/%s trial %d: %v\n", scenario, driver, n, err)
+					return nil, false
+				}
+				fmt.Fprintf(stderr, "%-*s %-7s trial %d/%d: %s\n", width, scenario, driver, n, cfg.trials, r)
+				trials = append(trials, r)
+			}
+		}
+	}
+	return trials, true
+}
+
+// report prints the result to stdout: with -json the JSON document, else
+// what table writes. It returns the exit status.
+func report(stdout, stderr io.Writer, cfg config, pgVersion string, trials []trialResult, rows []row, table func(io.Writer)) int {
 	if cfg.asJSON {
 		if err := writeJSON(stdout, cfg, pgVersion, trials, rows); err != nil {
 			fmt.Fprintln(stderr, "failoverbench:", err)
@@ -199,10 +225,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	writeTable(stdout, cfg, pgVersion, rows)
-	if sat != nil {
-		writeSaturation(stdout, *sat)
-	}
+	table(stdout)
 	return 0
 }
 

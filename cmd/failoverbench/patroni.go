@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"runtime"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/unifiedsql/unified/internal/patroni"
-	"github.com/unifiedsql/unified/internal/workload"
 )
 
 // -manager patroni: the same trials with a real Patroni doing the
@@ -68,35 +65,17 @@ func runPatroni(ctx context.Context, cfg config, stdout, stderr io.Writer) int {
 	}
 
 	t0 := time.Now()
-	var trials []trialResult
-	for n := 1; n <= cfg.trials; n++ {
-		for _, scenario := range cfg.scenarios {
-			for _, driver := range cfg.drivers {
-				r, err := runPatroniTrial(ctx, cl, cfg, scenario, driver, n)
-				if ctx.Err() != nil {
-					fmt.Fprintln(stderr, "failoverbench: interrupted; stopping the cluster")
-					return 1
-				}
-				if err != nil {
-					fmt.Fprintf(stderr, "failoverbench: %s/%s trial %d: %v\n", scenario, driver, n, err)
-					return 1
-				}
-				progress("%-10s %-7s trial %d/%d: %s", scenario, driver, n, cfg.trials, r)
-				trials = append(trials, r)
-			}
-		}
+	trials, ok := runTrials(ctx, cfg, stderr, 10, nil, func(scenario, driver string, n int) (trialResult, error) {
+		return runPatroniTrial(ctx, cl, cfg, scenario, driver, n)
+	})
+	if !ok {
+		return 1
 	}
 	rows := aggregate(trials, cfg.scenarios, cfg.drivers)
 	progress("done in %v", time.Since(t0).Round(time.Second))
-	if cfg.asJSON {
-		if err := writeJSON(stdout, cfg, pgVersion, trials, rows); err != nil {
-			fmt.Fprintln(stderr, "failoverbench:", err)
-			return 1
-		}
-		return 0
-	}
-	writePatroniTable(stdout, cfg, pgVersion, rows, trials)
-	return 0
+	return report(stdout, stderr, cfg, pgVersion, trials, rows, func(w io.Writer) {
+		writePatroniTable(w, cfg, pgVersion, rows, trials)
+	})
 }
 
 // runPatroniTrial runs one scenario with one driver from a whole cluster,
@@ -110,33 +89,15 @@ func runPatroniTrial(ctx context.Context, cl *patroni.Cluster, cfg config, scena
 	if err != nil {
 		return r, err
 	}
-	wdb, rdb, err := openDBs(cl, cfg, driver)
+	nodes := make([]nodeOf, cl.Len())
+	for i := range nodes {
+		nodes[i] = nodeOf{cl.Node(i).Port, cl.Node(i).Name}
+	}
+	l, err := startLoad(ctx, cl, cfg, driver, fmt.Sprintf("fbp_%s_%s_%d", scenario, driver, n), nodes)
 	if err != nil {
 		return r, err
 	}
-	defer closeDBs(wdb, rdb)
-	table := fmt.Sprintf("fbp_%s_%s_%d", scenario, driver, n)
-	if err := workload.CreateTable(ctx, wdb, table); err != nil {
-		return r, err
-	}
-	nodes := map[int]int{}
-	for i := range cl.Len() {
-		nodes[cl.Node(i).Port] = i
-	}
-	w := workload.Start(ctx, wdb, rdb, workload.Config{
-		Table: table, Writers: cfg.writers, Readers: cfg.readers,
-		WriteTimeout: cfg.writeTimeout, ReadTimeout: 2 * time.Second,
-		WritePause: 2 * time.Millisecond, ReadPause: time.Millisecond,
-		Nodes: nodes,
-	})
-	defer w.Stop()
-	if !sleep(ctx, cfg.warmup) {
-		return r, ctx.Err()
-	}
-	if w.AckedSince(time.Time{}) == 0 {
-		v := workload.Judge(w.Outcomes(), nil, time.Time{}, time.Time{})
-		return r, fmt.Errorf("no write succeeded during the warm-up: %v", v.Samples(6))
-	}
+	defer l.close()
 
 	type promoted struct {
 		i   int
@@ -178,48 +139,10 @@ func runPatroniTrial(ctx context.Context, cl *patroni.Cluster, cfg config, scena
 	r.Killed, r.Promoted = cl.Node(leader).Name, cl.Node(target).Name
 	r.PromotedMS = ms(promotedAt.Sub(faultAt))
 
-	deadline := promotedAt.Add(cfg.bound)
-	for w.AckedSince(promotedAt) < 20 && time.Now().Before(deadline) {
-		if !sleep(ctx, 10*time.Millisecond) {
-			return r, ctx.Err()
-		}
-	}
-	sleep(ctx, 200*time.Millisecond)
-	end := time.Now()
-	o := w.Stop()
-	if ctx.Err() != nil {
-		return r, ctx.Err()
-	}
-	stored, err := workload.IDCounts(ctx, cl.Node(target).DSN(), table)
-	if err != nil {
+	if _, _, err := l.finish(ctx, cfg, &r, cl.Node(target).DSN(), faultAt, promotedAt); err != nil {
 		return r, err
 	}
-	judgeNamed(&r, o, stored, func(i int) string {
-		if node := cl.Node(i); node != nil {
-			return node.Name
-		}
-		return "unknown"
-	}, faultAt, promotedAt, deadline, end)
 	return r, nil
-}
-
-// judgeNamed is judge with node names from name.
-func judgeNamed(r *trialResult, o workload.Outcomes, stored map[int64]int, name func(int) string, faultAt, promotedAt, deadline, end time.Time) {
-	rec := o.Recovery(promotedAt, deadline, end)
-	outageEnd := end
-	if !rec.Resumed.IsZero() {
-		d := ms(rec.Resumed.Sub(promotedAt))
-		r.RecoveryMS = &d
-		outageEnd = rec.Resumed
-	}
-	r.LongestOutageMS = ms(rec.LongestOutage)
-	v := workload.Judge(o, stored, faultAt, outageEnd)
-	r.Acked, r.Flagged, r.FlaggedStored, r.Failed, r.Unflagged = v.Acked, v.Unknown, v.UnknownStored, v.Failed, v.FailedStored
-	r.Lost, r.Dup, r.Errors = v.Lost, v.Duplicates, v.Samples(6)
-	r.ReadsOK, r.ReadsFailed, r.ReadsByNode = v.ReadsOK, v.ReadsFailed, map[string]int{}
-	for i, n := range v.ReadsByNode {
-		r.ReadsByNode[name(i)] += n
-	}
 }
 
 func writePatroniTable(w io.Writer, cfg config, pgVersion string, rows []row, trials []trialResult) {
@@ -227,26 +150,12 @@ func writePatroniTable(w io.Writer, cfg config, pgVersion string, rows []row, tr
 	if cfg.sync {
 		repl = "Patroni synchronous_mode"
 	}
-	params := "driver defaults"
-	if len(cfg.unifiedParams) > 0 {
-		params = strings.Join(cfg.unifiedParams, "&")
-	}
-	fmt.Fprintf(w, "Failover by Patroni 3.0.2 (etcd v2 client, ttl 20 s, loop_wait 1 s, retry_timeout 3 s): %d trials per row, %d writers + %d readers, %s, PostgreSQL %s, %d CPUs.\n",
-		cfg.trials, cfg.writers, cfg.readers, repl, pgVersion, runtime.NumCPU())
-	fmt.Fprintf(w, "unified: %s; pgx: connect_timeout=2, target_session_attrs=read-write (writers) / prefer-standby (readers).\n", params)
-	fmt.Fprintf(w, "Client recovery = first acknowledged write - the new leader's first pg_is_in_recovery() = false. Write deadline %v; no recovery = no write acknowledged within %v of the promotion.\n\n", cfg.writeTimeout, cfg.bound)
-	fmt.Fprintln(w, "| scenario | driver | Patroni: fault to writable (median) | client recovery median | client recovery max | longest write outage (median) | reads ok during outage | read spread | lost | dup | unflagged | flagged (stored) |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|")
-	for _, r := range rows {
-		max := recovery(r.RecoveryMaxMS)
-		if r.NoRecovery > 0 {
-			max = fmt.Sprintf("no recovery (%d/%d)", r.NoRecovery, r.Trials)
-		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d (%d) |\n",
-			patroniScenarioName(r.Scenario), r.Driver, msText(promotedMedian(trials, r.Scenario, r.Driver)), recovery(r.RecoveryMedianMS), max, msText(r.OutageMedianMS),
-			readShare(r.ReadsOK, r.ReadsFailed), spread(r.ReadsByNode, r.ReadsOK),
-			r.Lost, r.Dup, r.Unflagged, r.Flagged, r.FlaggedStored)
-	}
+	promoted := column{"Patroni: fault to writable (median)", "--:", func(r row) string {
+		return msText(promotedMedian(trials, r.Scenario, r.Driver))
+	}}
+	writeMarkdown(w, cfg, "Failover by Patroni 3.0.2 (etcd v2 client, ttl 20 s, loop_wait 1 s, retry_timeout 3 s)", repl, pgVersion,
+		"Client recovery = first acknowledged write - the new leader's first pg_is_in_recovery() = false. ",
+		columns(patroniScenarioName, &promoted), rows)
 }
 
 func patroniScenarioName(s string) string {

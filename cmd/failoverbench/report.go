@@ -8,6 +8,7 @@ import (
 	"maps"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -87,29 +88,74 @@ func aggregate(trials []trialResult, scenarios, drivers []string) []row {
 }
 
 func writeTable(w io.Writer, cfg config, pgVersion string, rows []row) {
-	repl := "asynchronous"
+	repl := "asynchronous replication"
 	if cfg.sync {
-		repl = "synchronous (ANY 1)"
+		repl = "synchronous (ANY 1) replication"
 	}
+	writeMarkdown(w, cfg, "Failover", repl, pgVersion, "", columns(scenarioName, nil), rows)
+}
+
+// column is one column of the Markdown table.
+type column struct {
+	head, align string
+	cell        func(row) string
+}
+
+// columns are the table's columns, the scenario named by name; extra,
+// when not nil, stands after the driver (the failover manager's part).
+func columns(name func(string) string, extra *column) []column {
+	cols := []column{
+		{"scenario", "---", func(r row) string { return name(r.Scenario) }},
+		{"driver", "---", func(r row) string { return r.Driver }},
+	}
+	if extra != nil {
+		cols = append(cols, *extra)
+	}
+	count := func(n func(row) int) func(row) string {
+		return func(r row) string { return strconv.Itoa(n(r)) }
+	}
+	return append(cols,
+		column{"client recovery median", "--:", func(r row) string { return recovery(r.RecoveryMedianMS) }},
+		column{"client recovery max", "--:", func(r row) string {
+			if r.NoRecovery > 0 {
+				return fmt.Sprintf("no recovery (%d/%d)", r.NoRecovery, r.Trials)
+			}
+			return recovery(r.RecoveryMaxMS)
+		}},
+		column{"longest write outage (median)", "--:", func(r row) string { return msText(r.OutageMedianMS) }},
+		column{"reads ok during outage", "--:", func(r row) string { return readShare(r.ReadsOK, r.ReadsFailed) }},
+		column{"read spread", "---", func(r row) string { return spread(r.ReadsByNode, r.ReadsOK) }},
+		column{"lost", "--:", count(func(r row) int { return r.Lost })},
+		column{"dup", "--:", count(func(r row) int { return r.Dup })},
+		column{"unflagged", "--:", count(func(r row) int { return r.Unflagged })},
+		column{"flagged (stored)", "--:", func(r row) string { return fmt.Sprintf("%d (%d)", r.Flagged, r.FlaggedStored) }},
+	)
+}
+
+// writeMarkdown writes the table's three lines of setting, title first
+// and repl the replication, measure before the write deadline, then the
+// table of rows in cols.
+func writeMarkdown(w io.Writer, cfg config, title, repl, pgVersion, measure string, cols []column, rows []row) {
 	params := "driver defaults"
 	if len(cfg.unifiedParams) > 0 {
 		params = strings.Join(cfg.unifiedParams, "&")
 	}
-	fmt.Fprintf(w, "Failover: %d trials per row, %d writers + %d readers, %s replication, PostgreSQL %s, %d CPUs.\n",
-		cfg.trials, cfg.writers, cfg.readers, repl, pgVersion, runtime.NumCPU())
+	fmt.Fprintf(w, "%s: %d trials per row, %d writers + %d readers, %s, PostgreSQL %s, %d CPUs.\n",
+		title, cfg.trials, cfg.writers, cfg.readers, repl, pgVersion, runtime.NumCPU())
 	fmt.Fprintf(w, "unified: %s; pgx: connect_timeout=2, target_session_attrs=read-write (writers) / prefer-standby (readers).\n", params)
-	fmt.Fprintf(w, "Write deadline %v; no recovery = no write acknowledged within %v of the promotion.\n\n", cfg.writeTimeout, cfg.bound)
-	fmt.Fprintln(w, "| scenario | driver | client recovery median | client recovery max | longest write outage (median) | reads ok during outage | read spread | lost | dup | unflagged | flagged (stored) |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|")
+	fmt.Fprintf(w, "%sWrite deadline %v; no recovery = no write acknowledged within %v of the promotion.\n\n", measure, cfg.writeTimeout, cfg.bound)
+	heads, aligns := make([]string, len(cols)), make([]string, len(cols))
+	for i, c := range cols {
+		heads[i], aligns[i] = c.head, c.align
+	}
+	fmt.Fprintf(w, "| %s |\n", strings.Join(heads, " | "))
+	fmt.Fprintf(w, "|%s|\n", strings.Join(aligns, "|"))
 	for _, r := range rows {
-		max := recovery(r.RecoveryMaxMS)
-		if r.NoRecovery > 0 {
-			max = fmt.Sprintf("no recovery (%d/%d)", r.NoRecovery, r.Trials)
+		cells := make([]string, len(cols))
+		for i, c := range cols {
+			cells[i] = c.cell(r)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d (%d) |\n",
-			scenarioName(r.Scenario), r.Driver, recovery(r.RecoveryMedianMS), max, msText(r.OutageMedianMS),
-			readShare(r.ReadsOK, r.ReadsFailed), spread(r.ReadsByNode, r.ReadsOK),
-			r.Lost, r.Dup, r.Unflagged, r.Flagged, r.FlaggedStored)
+		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
 	}
 }
 

@@ -73,35 +73,15 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 	if err != nil {
 		return r, err
 	}
-	wdb, rdb, err := openDBs(cl, cfg, driver)
+	nodes := make([]nodeOf, cl.Len())
+	for i := range nodes {
+		nodes[i] = nodeOf{cl.Node(i).Port, cl.Node(i).Name}
+	}
+	l, err := startLoad(ctx, cl, cfg, driver, fmt.Sprintf("fb_%s_%s_%d", scenario, driver, n), nodes)
 	if err != nil {
 		return r, err
 	}
-	defer closeDBs(wdb, rdb)
-	table := fmt.Sprintf("fb_%s_%s_%d", scenario, driver, n)
-	if err := workload.CreateTable(ctx, wdb, table); err != nil {
-		return r, err
-	}
-	nodes := map[int]int{}
-	for i := 0; i < cl.Len(); i++ {
-		nodes[cl.Node(i).Port] = i
-	}
-
-	loadStart := time.Now()
-	w := workload.Start(ctx, wdb, rdb, workload.Config{
-		Table: table, Writers: cfg.writers, Readers: cfg.readers,
-		WriteTimeout: cfg.writeTimeout, ReadTimeout: 2 * time.Second,
-		WritePause: 2 * time.Millisecond, ReadPause: time.Millisecond, // no spinning on a persistent error
-		Nodes: nodes,
-	})
-	defer w.Stop()
-	if !sleep(ctx, cfg.warmup) {
-		return r, ctx.Err()
-	}
-	if w.AckedSince(time.Time{}) == 0 {
-		v := workload.Judge(w.Outcomes(), nil, time.Time{}, time.Time{})
-		return r, fmt.Errorf("no write succeeded during the warm-up: %v", v.Samples(6))
-	}
+	defer l.close()
 
 	// The fault, then what a failover manager does.
 	faultAt := time.Now()
@@ -132,29 +112,99 @@ func runTrial(ctx context.Context, cl *pgcluster.Cluster, cfg config, scenario, 
 	r.Killed, r.Promoted = cl.Node(primary).Name, cl.Node(target).Name
 	r.PromotedMS = ms(promotedAt.Sub(faultAt))
 
-	// Wait for writes to resume on the new primary, within the bound.
+	o, end, err := l.finish(ctx, cfg, &r, cl.Node(target).DSN(), faultAt, promotedAt)
+	if err != nil {
+		return r, err
+	}
+	if cfg.timeline != "" {
+		r.timeline = trialTimeline(r, o, cl, primary, target, l.start, faultAt, promotedAt, end)
+	}
+	return r, nil
+}
+
+// nodeOf is what a trial's load knows of a node of the cluster.
+type nodeOf struct {
+	port int
+	name string
+}
+
+// load is a trial's workload: the driver's DBs over the cluster, the
+// trial's table, and the writers and readers running on them.
+type load struct {
+	wdb, rdb *sql.DB
+	table    string
+	nodes    []nodeOf // by index
+	w        *workload.Run
+	start    time.Time // when the writers and readers started
+}
+
+// startLoad opens the driver's DBs over cl, creates table, starts the
+// writers and readers, and lets them run for the warm-up, in which some
+// write must succeed. Stop it with close.
+func startLoad(ctx context.Context, cl interface{ DSN(params ...string) string }, cfg config, driver, table string, nodes []nodeOf) (*load, error) {
+	wdb, rdb, err := openDBs(cl, cfg, driver)
+	if err != nil {
+		return nil, err
+	}
+	l := &load{wdb: wdb, rdb: rdb, table: table, nodes: nodes}
+	if err := workload.CreateTable(ctx, wdb, table); err != nil {
+		l.close()
+		return nil, err
+	}
+	ports := map[int]int{}
+	for i, n := range nodes {
+		ports[n.port] = i
+	}
+	l.start = time.Now()
+	l.w = workload.Start(ctx, wdb, rdb, workload.Config{
+		Table: table, Writers: cfg.writers, Readers: cfg.readers,
+		WriteTimeout: cfg.writeTimeout, ReadTimeout: 2 * time.Second,
+		WritePause: 2 * time.Millisecond, ReadPause: time.Millisecond, // no spinning on a persistent error
+		Nodes: ports,
+	})
+	if !sleep(ctx, cfg.warmup) {
+		l.close()
+		return nil, ctx.Err()
+	}
+	if l.w.AckedSince(time.Time{}) == 0 {
+		v := workload.Judge(l.w.Outcomes(), nil, time.Time{}, time.Time{})
+		l.close()
+		return nil, fmt.Errorf("no write succeeded during the warm-up: %v", v.Samples(6))
+	}
+	return l, nil
+}
+
+// close stops the writers and readers and closes the DBs.
+func (l *load) close() {
+	if l.w != nil {
+		l.w.Stop()
+	}
+	closeDBs(l.wdb, l.rdb)
+}
+
+// finish waits for writes to resume after the promotion, within the
+// bound, stops the writers and readers 200 ms later, and fills r from what
+// they saw and what the new primary (at dsn) holds. It returns the
+// outcomes and when the load stopped.
+func (l *load) finish(ctx context.Context, cfg config, r *trialResult, dsn string, faultAt, promotedAt time.Time) (workload.Outcomes, time.Time, error) {
 	deadline := promotedAt.Add(cfg.bound)
-	for w.AckedSince(promotedAt) < 20 && time.Now().Before(deadline) {
+	for l.w.AckedSince(promotedAt) < 20 && time.Now().Before(deadline) {
 		if !sleep(ctx, 10*time.Millisecond) {
-			return r, ctx.Err()
+			return workload.Outcomes{}, time.Time{}, ctx.Err()
 		}
 	}
 	sleep(ctx, 200*time.Millisecond)
 	end := time.Now()
-	o := w.Stop()
+	o := l.w.Stop()
 	if ctx.Err() != nil {
-		return r, ctx.Err()
+		return o, end, ctx.Err()
 	}
-
-	stored, err := workload.IDCounts(ctx, cl.Node(target).DSN(), table)
+	stored, err := workload.IDCounts(ctx, dsn, l.table)
 	if err != nil {
-		return r, err
+		return o, end, err
 	}
-	judge(&r, o, stored, cl, faultAt, promotedAt, deadline, end)
-	if cfg.timeline != "" {
-		r.timeline = trialTimeline(r, o, cl, primary, target, loadStart, faultAt, promotedAt, end)
-	}
-	return r, nil
+	l.judge(r, o, stored, faultAt, promotedAt, deadline, end)
+	return o, end, nil
 }
 
 // openDBs opens the writers' and the readers' *sql.DB: the same one for
@@ -193,7 +243,7 @@ func closeDBs(wdb, rdb *sql.DB) {
 // judge fills r from what the clients saw and what the new primary holds.
 // Reads count from the fault to the first write after the promotion (or
 // the end).
-func judge(r *trialResult, o workload.Outcomes, stored map[int64]int, cl *pgcluster.Cluster, faultAt, promotedAt, deadline, end time.Time) {
+func (l *load) judge(r *trialResult, o workload.Outcomes, stored map[int64]int, faultAt, promotedAt, deadline, end time.Time) {
 	rec := o.Recovery(promotedAt, deadline, end)
 	outageEnd := end
 	if !rec.Resumed.IsZero() {
@@ -209,8 +259,8 @@ func judge(r *trialResult, o workload.Outcomes, stored map[int64]int, cl *pgclus
 	r.ReadsOK, r.ReadsFailed, r.ReadsByNode = v.ReadsOK, v.ReadsFailed, map[string]int{}
 	for i, n := range v.ReadsByNode {
 		name := "unknown"
-		if node := cl.Node(i); node != nil {
-			name = node.Name
+		if i >= 0 && i < len(l.nodes) {
+			name = l.nodes[i].name
 		}
 		r.ReadsByNode[name] += n
 	}

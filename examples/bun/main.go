@@ -27,24 +27,18 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
-	"os"
 	"testing"
 
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/examples/internal/scenario"
 	"github.com/unifiedsql/unified/pgtest"
 )
 
-func main() {
-	os.Exit(pgtest.Run("bun", func(tb testing.TB) {
-		if _, err := run(tb, os.Stdout); err != nil {
-			tb.Fatal(err)
-		}
-	}))
-}
+func main() { demo.Main("bun", run) }
 
 // Item is a row of items.
 type Item struct {

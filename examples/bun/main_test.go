@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/examples/internal/exampletest"
 )
 
 func TestMain(m *testing.M) {
@@ -17,10 +17,7 @@ func TestMain(m *testing.M) {
 // bun call works before and after a failover on the same *bun.DB, and the
 // inserts failed only where pgx fails too.
 func TestExample(t *testing.T) {
-	var out bytes.Buffer
-	t.Cleanup(func() { t.Log("\n" + out.String()) })
-	res, err := run(t, &out)
-	require.NoError(t, err)
+	res := exampletest.Run(t, run)
 
 	for name, s := range map[string]steps{"before": res.Before, "after": res.After} {
 		for _, it := range s.Inserted {

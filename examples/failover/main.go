@@ -55,6 +55,7 @@ import (
 	"time"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/examples/internal/timelineplot"
 	"github.com/unifiedsql/unified/internal/workload"
 	"github.com/unifiedsql/unified/pgtest"
@@ -111,12 +112,8 @@ func run(tb testing.TB, out io.Writer, o options) *summary {
 	cl := pgtest.Start(tb, opts...)
 	firstPrimary := cl.Primary()
 	nodes := newNodeNames(cl)
-	for i := 0; i < cl.Len(); i++ {
-		role := "replica"
-		if i == cl.Primary() {
-			role = "primary"
-		}
-		con.say("  %s  %s  %s", cl.Node(i).Name(), cl.Node(i).Addr(), role)
+	for i := range cl.Len() {
+		con.say("  %s  %s  %s", cl.Node(i).Name(), cl.Node(i).Addr(), demo.Role(cl, i))
 	}
 
 	// The application's side: one *sql.DB over all three hosts.
@@ -163,7 +160,7 @@ func run(tb testing.TB, out io.Writer, o options) *summary {
 	}
 	// The rejoin can outlast the duration under load: keep the workload
 	// going a little after it, to show reads on the rejoined replica.
-	sleep(ctx, max(o.duration-con.elapsed(time.Now()), o.duration/10))
+	demo.Sleep(ctx, max(o.duration-con.elapsed(time.Now()), o.duration/10))
 	outcomes := load.Stop()
 	end := time.Now()
 	stopWatch()
@@ -210,7 +207,7 @@ type scenario struct {
 
 // run plays the scenario; it returns early when ctx ends.
 func (s *scenario) run(ctx context.Context, duration time.Duration) {
-	if !sleep(ctx, 3*duration/10) {
+	if !demo.Sleep(ctx, 3*duration/10) {
 		return
 	}
 	old := s.cl.Primary()
@@ -239,26 +236,11 @@ func (s *scenario) run(ctx context.Context, duration time.Duration) {
 		s.con.event(time.Now(), ">>> synchronous replication on %s", s.nodes.name(target))
 	}
 
-	if !sleep(ctx, 6*duration/10-s.con.elapsed(time.Now())) {
+	if !demo.Sleep(ctx, 6*duration/10-s.con.elapsed(time.Now())) {
 		return
 	}
 	s.con.event(time.Now(), ">>> bringing %s back as a replica of %s (pg_rewind) ...", s.nodes.name(old), s.nodes.name(target))
 	s.cl.Rejoin(old)
 	s.rejoinedAt = time.Now()
 	s.con.event(s.rejoinedAt, ">>> %s rejoined: a replica streaming from %s", s.nodes.name(old), s.nodes.name(target))
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,6 +9,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/examples/internal/exampletest"
 )
 
 func TestMain(m *testing.M) {
@@ -19,10 +20,9 @@ func TestMain(m *testing.M) {
 // TestDemo runs the demo as `go -C examples run ./failover -duration 8s`
 // would.
 func TestDemo(t *testing.T) {
-	var out bytes.Buffer
-	t.Cleanup(func() { t.Log("\n" + out.String()) })
+	out := exampletest.Output(t)
 	plot := filepath.Join(t.TempDir(), "timeline.svg")
-	sum := run(t, &out, options{duration: 8 * time.Second, writers: 4, readers: 4, failover: true, sync: true, plot: plot})
+	sum := run(t, out, options{duration: 8 * time.Second, writers: 4, readers: 4, failover: true, sync: true, plot: plot})
 	require.NotNil(t, sum)
 
 	assert.Zero(t, sum.Lost, "acknowledged writes lost")

@@ -36,7 +36,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"sync/atomic"
 	"testing"
 
@@ -44,6 +43,7 @@ import (
 	"github.com/pressly/goose/v3/lock"
 
 	_ "github.com/unifiedsql/unified" // the "unified" driver
+	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/examples/internal/scenario"
 	"github.com/unifiedsql/unified/pgtest"
 )
@@ -51,13 +51,7 @@ import (
 //go:embed migrations/*.sql
 var embedded embed.FS
 
-func main() {
-	os.Exit(pgtest.Run("goose", func(tb testing.TB) {
-		if _, err := run(tb, os.Stdout); err != nil {
-			tb.Fatal(err)
-		}
-	}))
-}
+func main() { demo.Main("goose", run) }
 
 // result is what run saw, for the test.
 type result struct {

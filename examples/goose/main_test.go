@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/examples/internal/exampletest"
 )
 
 func TestMain(m *testing.M) {
@@ -18,10 +18,7 @@ func TestMain(m *testing.M) {
 // next Up, on the same *sql.DB, takes the lock on the new primary and
 // finishes.
 func TestExample(t *testing.T) {
-	var out bytes.Buffer
-	t.Cleanup(func() { t.Log("\n" + out.String()) })
-	res, err := run(t, &out)
-	require.NoError(t, err)
+	res := exampletest.Run(t, run)
 
 	assert.EqualValues(t, 2, res.VersionBefore)
 	assert.Equal(t, 1, res.LocksDuringRun, "goose's session lock held while migration 3 ran")

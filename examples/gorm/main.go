@@ -35,7 +35,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"testing"
 
 	"gorm.io/driver/postgres"
@@ -43,17 +42,12 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/examples/internal/scenario"
 	"github.com/unifiedsql/unified/pgtest"
 )
 
-func main() {
-	os.Exit(pgtest.Run("gorm", func(tb testing.TB) {
-		if _, err := run(tb, os.Stdout); err != nil {
-			tb.Fatal(err)
-		}
-	}))
-}
+func main() { demo.Main("gorm", run) }
 
 // Author has many Books: AutoMigrate makes the foreign key.
 type Author struct {

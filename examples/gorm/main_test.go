@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/examples/internal/exampletest"
 	"gorm.io/gorm"
 )
 
@@ -23,10 +23,7 @@ func TestMain(m *testing.M) {
 // on the same *gorm.DB; the Create loop on the Conn-opened DB failed only
 // where pgx fails too.
 func TestExample(t *testing.T) {
-	var out bytes.Buffer
-	t.Cleanup(func() { t.Log("\n" + out.String()) })
-	res, err := run(t, &out)
-	require.NoError(t, err)
+	res := exampletest.Run(t, run)
 
 	for name, s := range map[string]steps{"before": res.Before, "after": res.After} {
 		assert.Len(t, s.Author.Books, 2, name)

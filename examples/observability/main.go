@@ -78,6 +78,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/pgtest"
 )
 
@@ -125,12 +126,8 @@ func run(tb testing.TB, out io.Writer, o options) (*result, error) {
 
 	say("starting a local PostgreSQL primary + 2 streaming replicas ...")
 	cl := pgtest.Start(tb, pgtest.Replicas(2))
-	for i := 0; i < cl.Len(); i++ {
-		role := "replica"
-		if i == cl.Primary() {
-			role = "primary"
-		}
-		say("  %s  %s  %s", cl.Node(i).Name(), cl.Node(i).Addr(), role)
+	for i := range cl.Len() {
+		say("  %s  %s  %s", cl.Node(i).Name(), cl.Node(i).Addr(), demo.Role(cl, i))
 	}
 
 	// OpenTelemetry: the SDK MeterProvider, read by the Prometheus exporter
@@ -220,7 +217,7 @@ func run(tb testing.TB, out io.Writer, o options) (*result, error) {
 	}
 	start := time.Now()
 	var scenarioErr error
-	if sleep(ctx, 3*o.duration/10) {
+	if demo.Sleep(ctx, 3*o.duration/10) {
 		// Under load, the replicas trail the primary a little.
 		snap, err := get(ctx, client, base+"/metrics")
 		if err != nil {
@@ -229,11 +226,11 @@ func run(tb testing.TB, out io.Writer, o options) (*result, error) {
 			say("\nmid-workload scrape, replica lag under load:\n%s", grep(snap, "unified_replica_lag_"))
 		}
 	}
-	if scenarioErr == nil && o.failover && sleep(ctx, 4*o.duration/10-time.Since(start)) {
+	if scenarioErr == nil && o.failover && demo.Sleep(ctx, 4*o.duration/10-time.Since(start)) {
 		scenarioErr = killAndFailOver(cl, say)
 	}
 	if scenarioErr == nil {
-		sleep(ctx, o.duration-time.Since(start))
+		demo.Sleep(ctx, o.duration-time.Since(start))
 	}
 	halt()
 	if err := ctx.Err(); err != nil {
@@ -290,7 +287,7 @@ func write(ctx context.Context, stop <-chan struct{}, db *sql.DB, writer int, st
 		st.writes.Add(1)
 		if err != nil {
 			st.writesFailed.Add(1)
-			sleep(ctx, 5*time.Millisecond) // don't spin on a persistent error
+			demo.Sleep(ctx, 5*time.Millisecond) // don't spin on a persistent error
 		}
 	}
 }
@@ -307,7 +304,7 @@ func read(ctx context.Context, stop <-chan struct{}, db *sql.DB, st *workStats) 
 		st.reads.Add(1)
 		if err != nil {
 			st.readsFailed.Add(1)
-			sleep(ctx, 5*time.Millisecond)
+			demo.Sleep(ctx, 5*time.Millisecond)
 		}
 	}
 }
@@ -353,7 +350,7 @@ func readAcrossLostSession(ctx context.Context, db *sql.DB, c *unified.Connector
 		if err != nil {
 			return err
 		}
-		if !running && !sleep(ctx, 2*time.Millisecond) {
+		if !running && !demo.Sleep(ctx, 2*time.Millisecond) {
 			return ctx.Err()
 		}
 	}
@@ -398,11 +395,11 @@ func settle(ctx context.Context, c *unified.Connector, failover bool) {
 		if st.Health.Primary != "" && replica && (!failover || st.Failovers > 0) {
 			break
 		}
-		if !sleep(ctx, 50*time.Millisecond) {
+		if !demo.Sleep(ctx, 50*time.Millisecond) {
 			return
 		}
 	}
-	sleep(ctx, 400*time.Millisecond)
+	demo.Sleep(ctx, 400*time.Millisecond)
 }
 
 // get returns the body of a GET of url.
@@ -545,21 +542,6 @@ func stopped(ctx context.Context, stop <-chan struct{}) bool {
 	case <-ctx.Done():
 		return true
 	default:
-		return false
-	}
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
 		return false
 	}
 }

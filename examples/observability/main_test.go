@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"regexp"
 	"strconv"
 	"testing"
@@ -10,6 +9,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/examples/internal/exampletest"
 )
 
 func TestMain(m *testing.M) {
@@ -19,9 +20,8 @@ func TestMain(m *testing.M) {
 // TestExample runs the example as `go -C examples run ./observability
 // -duration 3s` would, and checks what it scraped from its own /metrics.
 func TestExample(t *testing.T) {
-	var out bytes.Buffer
-	t.Cleanup(func() { t.Log("\n" + out.String()) })
-	res, err := run(t, &out, options{duration: 3 * time.Second, failover: true})
+	out := exampletest.Output(t)
+	res, err := run(t, out, options{duration: 3 * time.Second, failover: true})
 	require.NoError(t, err)
 	m := res.Metrics
 

@@ -1,12 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/examples/internal/exampletest"
 )
 
 func TestMain(m *testing.M) {
@@ -14,9 +15,8 @@ func TestMain(m *testing.M) {
 }
 
 func TestDemo(t *testing.T) {
-	var out bytes.Buffer
-	t.Cleanup(func() { t.Log("\n" + out.String()) })
-	res := run(t, &out)
+	out := exampletest.Output(t)
+	res := run(t, out)
 	assert.Positive(t, res.Acked)
 	assert.GreaterOrEqual(t, res.Stored, res.Acked, "no acknowledged write is lost with synchronous replication")
 	assert.GreaterOrEqual(t, res.Resumed, time.Duration(0), "writes resumed after the promotion")

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/pgtest"
 )
 
@@ -36,12 +37,8 @@ func run(tb testing.TB) error {
 	start := time.Now()
 	cl := pgtest.Start(tb, pgtest.Replicas(2))
 	fmt.Printf("cluster up in %v\n", time.Since(start).Round(time.Millisecond))
-	for i := 0; i < cl.Len(); i++ {
-		role := "replica"
-		if i == cl.Primary() {
-			role = "primary"
-		}
-		fmt.Printf("  %s  %-15s %s\n", cl.Node(i).Name(), cl.Node(i).Addr(), role)
+	for i := range cl.Len() {
+		fmt.Printf("  %s  %-15s %s\n", cl.Node(i).Name(), cl.Node(i).Addr(), demo.Role(cl, i))
 	}
 
 	dsn := cl.DSN() + "&unified_health_interval=200ms"

@@ -26,12 +26,12 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"testing"
 
 	"github.com/jmoiron/sqlx"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/examples/internal/scenario"
 	"github.com/unifiedsql/unified/pgtest"
 )
@@ -39,13 +39,7 @@ import (
 // sqlx does not know the "unified" driver: tell it unified takes $1, $2 ...
 func init() { sqlx.BindDriver(unified.DriverName, sqlx.DOLLAR) }
 
-func main() {
-	os.Exit(pgtest.Run("sqlx", func(tb testing.TB) {
-		if _, err := run(tb, os.Stdout); err != nil {
-			tb.Fatal(err)
-		}
-	}))
-}
+func main() { demo.Main("sqlx", run) }
 
 // Account is a row of accounts; sqlx maps columns by the db tags.
 type Account struct {

@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/examples/internal/scenario"
 	"github.com/unifiedsql/unified/pgtest"
 )
@@ -65,19 +66,11 @@ func main() {
 		fmt.Printf("\nopen http://%s/ in a browser (curl gets the JSON)\n\n", ln.Addr())
 		stop := traffic(tb.Context(), db)
 		defer stop()
-		pause := func(d time.Duration) bool {
-			select {
-			case <-time.After(d):
-				return true
-			case <-tb.Context().Done():
-				return false
-			}
-		}
-		if !pause(*duration / 3) {
+		if !demo.Sleep(tb.Context(), *duration/3) {
 			return
 		}
 		f := scenario.FailOver(tb, cl, os.Stdout)
-		if !pause(*duration / 3) {
+		if !demo.Sleep(tb.Context(), *duration/3) {
 			return
 		}
 		old := -1
@@ -88,7 +81,7 @@ func main() {
 		}
 		cl.Rejoin(old)
 		fmt.Printf(">>> %s rejoined as a replica\n", f.Killed)
-		pause(*duration / 3)
+		demo.Sleep(tb.Context(), *duration/3)
 	}))
 }
 

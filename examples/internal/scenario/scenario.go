@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/unifiedsql/unified"
+	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/pgtest"
 )
 
@@ -224,11 +225,7 @@ func AwaitReplica(ctx context.Context, db *sql.DB, out io.Writer) {
 func Served(cl *pgtest.Cluster, port int) string {
 	for i := range cl.Len() {
 		if cl.Node(i).Port() == port {
-			role := "replica"
-			if i == cl.Primary() {
-				role = "primary"
-			}
-			return fmt.Sprintf("%s (%s)", cl.Node(i).Name(), role)
+			return fmt.Sprintf("%s (%s)", cl.Node(i).Name(), demo.Role(cl, i))
 		}
 	}
 	return fmt.Sprintf("port %d (not a node)", port)
