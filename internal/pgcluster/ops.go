@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/unifiedsql/unified/internal/childproc"
 )
 
 const (
@@ -195,8 +196,8 @@ func (c *Cluster) waitReady(ctx context.Context, n *Node, since int64) error {
 	cfg.ConnectTimeout = 2 * time.Second
 	var last error
 	for {
-		if p.exited() {
-			return fmt.Errorf("pgcluster: %s exited during startup (%v); log:\n%s", n.Name, p.err, n.logTail(20))
+		if p.Exited() {
+			return fmt.Errorf("pgcluster: %s exited during startup (%v); log:\n%s", n.Name, p.Err(), n.logTail(20))
 		}
 		if err := n.cannotFollow(since); err != nil {
 			return err
@@ -444,18 +445,18 @@ func (c *Cluster) Kill(i int) error {
 		// Listed before the kill: once the postmaster is gone its
 		// children are re-parented and can no longer be found by parent
 		// (and not by process group: backends call setsid).
-		kids = childrenOf(n.proc.pid)
+		kids = childproc.ChildrenOf(n.proc.PID)
 	}
 	c.mu.Unlock()
 	p, err := c.signalNode(n, syscall.SIGKILL, false)
 	if err != nil {
 		return err
 	}
-	if !p.wait(context.Background(), 10*time.Second) {
-		return fmt.Errorf("pgcluster: %s (pid %d) does not exit after SIGKILL", n.Name, p.pid)
+	if !p.Wait(context.Background(), 10*time.Second) {
+		return fmt.Errorf("pgcluster: %s (pid %d) does not exit after SIGKILL", n.Name, p.PID)
 	}
 	if wasHung {
-		resumeTree(p.pid, kids)
+		resumeTree(p.PID, kids)
 	}
 	// The backends go on for a moment (they notice the dead postmaster
 	// when they next wait): that is the crash the tests want. Kill
@@ -522,21 +523,21 @@ func (c *Cluster) StopContext(ctx context.Context, i int, mode string) error {
 	}
 	c.mu.Lock()
 	p := n.proc
-	if p == nil || p.exited() {
+	if p == nil || p.Exited() {
 		c.mu.Unlock()
 		return nil
 	}
 	if n.hung {
-		resumeTree(p.pid, childrenOf(p.pid))
+		resumeTree(p.PID, childproc.ChildrenOf(p.PID))
 		n.hung = false
 	}
-	err = syscall.Kill(p.pid, sig)
+	err = syscall.Kill(p.PID, sig)
 	c.mu.Unlock()
 	if err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("pgcluster: stop %s: %w", n.Name, err)
 	}
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-ctx.Done():
 		return fmt.Errorf("pgcluster: %s did not stop (%s): %w", n.Name, mode, ctx.Err())
 	}
@@ -744,7 +745,7 @@ func (c *Cluster) rewind(ctx context.Context, n, p *Node) error {
 	if err != nil {
 		return err
 	}
-	c.logf("pgcluster: pg_rewind %s: %s", n.Name, tail(string(out), 3))
+	c.logf("pgcluster: pg_rewind %s: %s", n.Name, childproc.Tail(string(out), 3))
 	if err := c.configureStandby(n, p); err != nil {
 		return err
 	}
