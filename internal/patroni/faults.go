@@ -158,3 +158,22 @@ func (c *Cluster) Switchover(ctx context.Context, candidate int) error {
 	c.logf("patroni: switchover from %s: %s", c.nodes[l].Name, trimBody(resp))
 	return nil
 }
+
+// Heal brings the cluster back after a test's faults: it resumes every
+// hung node, starts every crashed one and waits until the cluster is
+// healthy (see WaitHealthy). It stops at the first error.
+func (c *Cluster) Heal(ctx context.Context) error {
+	for i := range c.Len() {
+		if c.Hung(i) {
+			if err := c.Resume(i); err != nil {
+				return err
+			}
+		}
+		if !c.Running(i) {
+			if err := c.StartNode(ctx, i); err != nil {
+				return err
+			}
+		}
+	}
+	return c.WaitHealthy(ctx)
+}

@@ -33,15 +33,7 @@ func TestMain(m *testing.M) {
 	if testing.Verbose() {
 		opts.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000 ")+f+"\n", a...) }
 	}
-	code := Main(m, opts, &cluster)
-	if cluster != nil {
-		// Close (done by Main) must leave no etcd, Patroni or PostgreSQL
-		// process behind.
-		if left := ProcessesIn(cluster.BaseDir()); len(left) > 0 {
-			fmt.Fprintf(os.Stderr, "patroni: processes left after Close: %v\n", left)
-			code = 1
-		}
-	}
+	code := Main(m, opts, &cluster) // also fails when Close leaves a process
 	if err := goleak.Find(); err != nil {
 		fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
 		code = 1
@@ -67,16 +59,8 @@ func healthyAfter(t *testing.T, c *Cluster) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		for i := range c.Len() {
-			if c.Hung(i) {
-				require.NoError(t, c.Resume(i))
-			}
-			if !c.Running(i) {
-				require.NoError(t, c.StartNode(ctx, i))
-			}
-		}
-		if err := c.WaitHealthy(ctx); err != nil {
-			t.Errorf("WaitHealthy after the test: %v", err)
+		if err := c.Heal(ctx); err != nil {
+			t.Errorf("healing the cluster after the test: %v", err)
 			dumpLogs(t, c)
 		}
 	})

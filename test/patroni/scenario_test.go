@@ -105,30 +105,10 @@ func (o outcome) String() string {
 	return s
 }
 
-func readShare(ok, failed int) float64 {
-	if ok+failed == 0 {
-		return 100
-	}
-	return 100 * float64(ok) / float64(ok+failed)
-}
-
 // recoveryBound is the longest client recovery (first acknowledged write
 // minus the new leader's first writable moment) a scenario accepts: tens
 // of milliseconds are measured; the slack is for two loaded cores.
 const recoveryBound = 2 * time.Second
-
-// waitFor polls cond every 20 ms for up to d, and fails the test naming
-// what it waited for.
-func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // readsOn counts the successful reads node i served after t.
 func readsOn(run *workload.Run, i int, t time.Time) (int, time.Time) {
