@@ -26,7 +26,10 @@ const (
 	pollEvery      = 10 * time.Millisecond
 )
 
-func withDefault(ctx context.Context) (context.Context, context.CancelFunc) {
+// WithDefault returns ctx with a cancel function, bounded by 2 minutes
+// when ctx has no deadline of its own: the bound of the waits of this
+// package and of internal/patroni.
+func WithDefault(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
 		return context.WithCancel(ctx)
 	}
@@ -179,7 +182,7 @@ func (c *Cluster) Primary(ctx context.Context) (int, error) {
 // messages saying the standby cannot follow its primary (see
 // unfollowableLocal), which fail the wait at once.
 func (c *Cluster) waitReady(ctx context.Context, n *Node, since int64) error {
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	c.mu.Lock()
 	p := n.proc
@@ -230,7 +233,7 @@ func (c *Cluster) poll(ctx context.Context, i int, every time.Duration, what str
 	if err != nil {
 		return err
 	}
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	var conn *pgx.Conn
 	defer func() {
@@ -473,23 +476,19 @@ func (c *Cluster) Kill(i int) error {
 // Hang stops node i with SIGSTOP, the postmaster and every child process
 // (backends call setsid, so this is not one process group): TCP connections
 // are still accepted by the kernel, nothing answers. Continue undoes it.
-func (c *Cluster) Hang(i int) error {
-	n, err := c.node(i)
-	if err != nil {
-		return err
-	}
-	_, err = c.signalNode(n, syscall.SIGSTOP, true)
-	return err
-}
+func (c *Cluster) Hang(i int) error { return c.signalTree(i, syscall.SIGSTOP) }
 
 // Continue resumes node i after Hang (SIGCONT to the postmaster and every
 // child process).
-func (c *Cluster) Continue(i int) error {
+func (c *Cluster) Continue(i int) error { return c.signalTree(i, syscall.SIGCONT) }
+
+// signalTree sends sig to node i's postmaster and every child process.
+func (c *Cluster) signalTree(i int, sig syscall.Signal) error {
 	n, err := c.node(i)
 	if err != nil {
 		return err
 	}
-	_, err = c.signalNode(n, syscall.SIGCONT, true)
+	_, err = c.signalNode(n, sig, true)
 	return err
 }
 
@@ -594,7 +593,7 @@ func (c *Cluster) Promote(ctx context.Context, i int) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	conn, err := c.Connect(ctx, i)
 	if err != nil {
@@ -691,7 +690,7 @@ func (c *Cluster) Rejoin(ctx context.Context, i, primary int) error {
 	if i == primary {
 		return fmt.Errorf("pgcluster: cannot rejoin %s to itself", n.Name)
 	}
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	if err := c.Exec(ctx, primary, "CHECKPOINT"); err != nil {
 		return fmt.Errorf("pgcluster: rejoin %s: source: %w", n.Name, err)
@@ -867,7 +866,7 @@ func (c *Cluster) WriteHBA(ctx context.Context, i int, lines []string) error {
 	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
 		return fmt.Errorf("pgcluster: %s: %w", n.Name, err)
 	}
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	for {
 		var t time.Time
