@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
@@ -45,6 +46,32 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// healthyLeader starts a failover test: the shared cluster, healthy (and
+// healed when the test ends), a context of d and the current leader.
+func healthyLeader(t *testing.T, d time.Duration) (*Cluster, context.Context, int) {
+	t.Helper()
+	c := Need(t, cluster)
+	ctx := ctxT(t, d)
+	require.NoError(t, c.WaitHealthy(ctx))
+	healthyAfter(t, c)
+	leader, err := c.Leader(ctx)
+	require.NoError(t, err)
+	return c, ctx, leader
+}
+
+// leadsAndLostNothing ends a failover test: node want leads (why says
+// what that shows) and no commit w saw acknowledged is missing from it
+// (note adds to that message).
+func leadsAndLostNothing(ctx context.Context, t *testing.T, c *Cluster, w *writer, want int, why, note string) {
+	t.Helper()
+	l, err := c.Leader(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, want, l, why)
+	lost := w.lost(ctx, t)
+	assert.Empty(t, lost, "acknowledged commits lost"+note)
+	t.Logf("%d commits acknowledged, %d lost", len(w.commits()), len(lost))
 }
 
 // healthyAfter brings the cluster back to health when the test ends:

@@ -113,6 +113,20 @@ func host(i int) *netns.Host { return tnet.Hosts()[1+i] }
 
 const appName = "unified-netns"
 
+// begin starts a scenario: the cluster, healthy (and healed when the test
+// ends), a context of d, the leader, and the goroutines running before
+// the test's own (for closeAndCheck).
+func begin(t *testing.T, d time.Duration) (*patroni.Cluster, context.Context, int, goleak.Option) {
+	t.Helper()
+	c := need(t)
+	ctx := ctxT(t, d)
+	require.NoError(t, c.WaitHealthy(ctx))
+	healthyAfter(t, c)
+	leader, err := c.Leader(ctx)
+	require.NoError(t, err)
+	return c, ctx, leader, goleak.IgnoreCurrent()
+}
+
 // healthyAfter heals every link and the bridge when the test ends and
 // waits for the cluster to be whole.
 func healthyAfter(t *testing.T, c *patroni.Cluster) {
