@@ -69,28 +69,42 @@ func refusedConnectErr(t *testing.T) error {
 	require.NoError(t, err)
 	addr := ln.Addr().(*net.TCPAddr)
 	require.NoError(t, ln.Close())
-	_, err = pgconn.Connect(context.Background(),
-		fmt.Sprintf("host=127.0.0.1 port=%d user=u sslmode=disable connect_timeout=5", addr.Port))
+	_, err = pgconn.Connect(context.Background(), connString(addr.Port))
 	require.Error(t, err)
 	return err
 }
 
-// refusingServerConnectErr is a real *pgconn.ConnectError wrapping the
-// *pgconn.PgError a server sends in answer to the startup message.
-func refusingServerConnectErr(t *testing.T, code string) error {
+// connString is a connection string to a fake server on 127.0.0.1:port.
+func connString(port int) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=u sslmode=disable connect_timeout=5", port)
+}
+
+// serveOnce listens on a loopback port, and in a goroutine accepts one
+// connection and runs serve on it (with a 5 s deadline) as a PostgreSQL
+// backend; done is closed when serve has returned. The caller closes ln.
+func serveOnce(t *testing.T, serve func(c net.Conn, be *pgproto3.Backend)) (ln net.Listener, port int, done <-chan struct{}) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	done := make(chan struct{})
+	ch := make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(ch)
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		be := pgproto3.NewBackend(c, c)
+		serve(c, pgproto3.NewBackend(c, c))
+	}()
+	return ln, ln.Addr().(*net.TCPAddr).Port, ch
+}
+
+// refusingServerConnectErr is a real *pgconn.ConnectError wrapping the
+// *pgconn.PgError a server sends in answer to the startup message.
+func refusingServerConnectErr(t *testing.T, code string) error {
+	t.Helper()
+	ln, port, done := serveOnce(t, func(c net.Conn, be *pgproto3.Backend) {
 		for {
 			msg, err := be.ReceiveStartupMessage()
 			if err != nil {
@@ -107,10 +121,8 @@ func refusingServerConnectErr(t *testing.T, code string) error {
 		}
 		be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", Code: code, Message: "refused"})
 		_ = be.Flush()
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
-	_, err = pgconn.Connect(context.Background(),
-		fmt.Sprintf("host=127.0.0.1 port=%d user=u sslmode=disable connect_timeout=5", port))
+	})
+	_, err := pgconn.Connect(context.Background(), connString(port))
 	require.NoError(t, ln.Close())
 	<-done
 	require.Error(t, err)
@@ -238,19 +250,7 @@ func TestClassPredicates(t *testing.T) {
 // connection it has already closed.
 func realClosedConnErr(t *testing.T) error {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		be := pgproto3.NewBackend(c, c)
+	ln, port, done := serveOnce(t, func(_ net.Conn, be *pgproto3.Backend) {
 		if _, err := be.ReceiveStartupMessage(); err != nil {
 			return
 		}
@@ -262,10 +262,9 @@ func realClosedConnErr(t *testing.T) error {
 		}
 		// Wait for the client's Terminate or EOF.
 		_, _ = be.Receive()
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
-	conn, err := pgconn.Connect(context.Background(),
-		fmt.Sprintf("host=127.0.0.1 port=%d user=u sslmode=disable connect_timeout=5", port))
+	})
+	defer ln.Close()
+	conn, err := pgconn.Connect(context.Background(), connString(port))
 	require.NoError(t, err)
 	require.NoError(t, conn.Close(context.Background()))
 	<-done

@@ -258,40 +258,37 @@ func TestRefuse(t *testing.T) {
 	require.NoError(t, roundTrip(dial(t, p.Addr()), "y", ioTimeout))
 }
 
-func TestResetAll(t *testing.T) {
-	e := startEcho(t)
-	p := newProxy(t, e.addr())
-	c := dial(t, p.Addr())
-	require.NoError(t, roundTrip(c, "x", ioTimeout))
+// TestResetAllCloseAll: ResetAll aborts every open connection with a RST
+// on both sides, CloseAll closes them with a FIN; either returns once they
+// are gone, and new connections pass again.
+func TestResetAllCloseAll(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		do         func(*Proxy)
+		want       error
+		targetSees string
+	}{
+		{"ResetAll", (*Proxy).ResetAll, syscall.ECONNRESET, "the target is reset too"},
+		{"CloseAll", (*Proxy).CloseAll, io.EOF, "the target sees a FIN too"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startEcho(t)
+			p := newProxy(t, e.addr())
+			c := dial(t, p.Addr())
+			require.NoError(t, roundTrip(c, "x", ioTimeout))
 
-	p.ResetAll()
-	assert.Equal(t, 0, p.Conns(), "gone when ResetAll returns")
-	require.ErrorIs(t, readErr(c, ioTimeout), syscall.ECONNRESET)
-	select {
-	case err := <-e.ended:
-		require.ErrorIs(t, err, syscall.ECONNRESET, "the target is reset too")
-	case <-time.After(ioTimeout):
-		t.Fatal("the target's connection did not end")
+			tc.do(p)
+			assert.Equal(t, 0, p.Conns(), "gone when %s returns", tc.name)
+			require.ErrorIs(t, readErr(c, ioTimeout), tc.want)
+			select {
+			case err := <-e.ended:
+				require.ErrorIs(t, err, tc.want, tc.targetSees)
+			case <-time.After(ioTimeout):
+				t.Fatal("the target's connection did not end")
+			}
+			require.NoError(t, roundTrip(dial(t, p.Addr()), "new", ioTimeout))
+		})
 	}
-	require.NoError(t, roundTrip(dial(t, p.Addr()), "new", ioTimeout))
-}
-
-func TestCloseAll(t *testing.T) {
-	e := startEcho(t)
-	p := newProxy(t, e.addr())
-	c := dial(t, p.Addr())
-	require.NoError(t, roundTrip(c, "x", ioTimeout))
-
-	p.CloseAll()
-	assert.Equal(t, 0, p.Conns(), "gone when CloseAll returns")
-	require.ErrorIs(t, readErr(c, ioTimeout), io.EOF)
-	select {
-	case err := <-e.ended:
-		require.ErrorIs(t, err, io.EOF, "the target sees a FIN too")
-	case <-time.After(ioTimeout):
-		t.Fatal("the target's connection did not end")
-	}
-	require.NoError(t, roundTrip(dial(t, p.Addr()), "new", ioTimeout))
 }
 
 func TestTargetDown(t *testing.T) {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -234,16 +236,7 @@ func (p *Proxy) Close() error {
 	p.closeOnce.Do(func() {
 		p.cancel()
 		p.closeErr = p.ln.Close()
-		p.mu.Lock()
-		p.closed = true
-		links := make([]*link, 0, len(p.links))
-		for l := range p.links {
-			links = append(links, l)
-		}
-		p.mu.Unlock()
-		for _, l := range links {
-			l.shutdown(false)
-		}
+		p.shutdownLinks(false, true)
 		p.wg.Wait()
 	})
 	return p.closeErr
@@ -257,18 +250,25 @@ func (p *Proxy) setMode(m mode) {
 
 // closeLinks shuts down the links open now and waits until they are gone.
 func (p *Proxy) closeLinks(reset bool) {
-	p.mu.Lock()
-	links := make([]*link, 0, len(p.links))
-	for l := range p.links {
-		links = append(links, l)
+	for _, l := range p.shutdownLinks(reset, false) {
+		<-l.finished
 	}
+}
+
+// shutdownLinks shuts down (with a RST when reset) the links open now and
+// returns them; closing marks the proxy closed in the same critical
+// section, so that no link is added after the snapshot.
+func (p *Proxy) shutdownLinks(reset, closing bool) []*link {
+	p.mu.Lock()
+	if closing {
+		p.closed = true
+	}
+	links := slices.Collect(maps.Keys(p.links))
 	p.mu.Unlock()
 	for _, l := range links {
 		l.shutdown(reset)
 	}
-	for _, l := range links {
-		<-l.finished
-	}
+	return links
 }
 
 func (p *Proxy) acceptLoop() {

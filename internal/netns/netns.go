@@ -52,6 +52,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/unifiedsql/unified/internal/childproc"
 )
 
 // Prefix starts the name of every namespace this package makes.
@@ -285,17 +287,7 @@ func deleteNS(name string) error {
 	if _, err := os.Stat(filepath.Join(netnsDir, name)); err != nil {
 		return nil
 	}
-	for range 100 {
-		pids := PIDs(name)
-		if len(pids) == 0 {
-			break
-		}
-		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGCONT)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	childproc.KillUntilGone(func() []int { return PIDs(name) }, 5*time.Second, 20*time.Millisecond)
 	return ip("netns", "delete", name)
 }
 

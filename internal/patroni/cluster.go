@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/unifiedsql/unified/internal/childproc"
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
@@ -447,7 +448,7 @@ func (c *Cluster) Running(i int) bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return n.proc != nil && !n.proc.exited()
+	return n.proc != nil && !n.proc.Exited()
 }
 
 // Hung reports whether node i is stopped by Hang.
@@ -458,7 +459,7 @@ func (c *Cluster) Hung(i int) bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return n.hung && n.proc != nil && !n.proc.exited()
+	return n.hung && n.proc != nil && !n.proc.Exited()
 }
 
 // LogTail returns the last lines of node i's log.
@@ -467,5 +468,5 @@ func (c *Cluster) LogTail(i, lines int) string {
 	if n == nil {
 		return ""
 	}
-	return fileTail(n.logPath, lines)
+	return childproc.FileTail(n.logPath, lines)
 }

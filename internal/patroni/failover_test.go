@@ -2,6 +2,7 @@ package patroni
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -76,12 +77,7 @@ func afterPromotion(ctx context.Context, t *testing.T, c *Cluster, w *writer, n,
 // the TTL later, no acknowledged commit is lost, and the crashed node
 // rejoins (with pg_rewind) when started again.
 func TestCrashFailsOver(t *testing.T) {
-	c := Need(t, cluster)
-	ctx := ctxT(t, 3*time.Minute)
-	require.NoError(t, c.WaitHealthy(ctx))
-	healthyAfter(t, c)
-	old, err := c.Leader(ctx)
-	require.NoError(t, err)
+	c, ctx, old := healthyLeader(t, 3*time.Minute)
 	standby := syncStandby(ctx, t, c, old)
 	w := startWriter(ctx, t, c)
 	w.waitAcked(t, 100, 30*time.Second)
@@ -104,24 +100,14 @@ func TestCrashFailsOver(t *testing.T) {
 	require.NoError(t, c.WaitHealthy(ctx))
 	t.Logf("%s rejoined after %v (pg_rewind: %v)", c.Node(old).Name, time.Since(t1).Round(time.Millisecond),
 		strings.Contains(logSince(c, old, offs[old]), "pg_rewind"))
-	l, err := c.Leader(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, n, l)
-	lost := w.lost(ctx, t)
-	assert.Empty(t, lost, "acknowledged commits lost")
-	t.Logf("%d commits acknowledged, %d lost", len(w.commits()), len(lost))
+	leadsAndLostNothing(ctx, t, c, w, n, "", "")
 }
 
 // TestSwitchover hands the leadership to the synchronous standby through
 // Patroni's REST API: the new leader accepts writes within a few seconds
 // and no acknowledged commit is lost.
 func TestSwitchover(t *testing.T) {
-	c := Need(t, cluster)
-	ctx := ctxT(t, 2*time.Minute)
-	require.NoError(t, c.WaitHealthy(ctx))
-	healthyAfter(t, c)
-	old, err := c.Leader(ctx)
-	require.NoError(t, err)
+	c, ctx, old := healthyLeader(t, 2*time.Minute)
 	cand := syncStandby(ctx, t, c, old)
 	w := startWriter(ctx, t, c)
 	w.waitAcked(t, 100, 30*time.Second)
@@ -150,12 +136,7 @@ func TestSwitchover(t *testing.T) {
 	t1 := time.Now()
 	require.NoError(t, c.WaitHealthy(ctx))
 	t.Logf("healthy %v later, %s a replica", time.Since(t1).Round(time.Millisecond), c.Node(old).Name)
-	l, err := c.Leader(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, cand, l)
-	lost := w.lost(ctx, t)
-	assert.Empty(t, lost, "acknowledged commits lost")
-	t.Logf("%d commits acknowledged, %d lost", len(w.commits()), len(lost))
+	leadsAndLostNothing(ctx, t, c, w, cand, "", "")
 }
 
 // TestHangResumeKeepsNewLeader is the trap of Patroni 3.0.2's etcd v3
@@ -166,12 +147,7 @@ func TestSwitchover(t *testing.T) {
 // with -patroni.etcd3 to see the v3 client take the key back, demote the
 // new leader and lose the commits it acknowledged.
 func TestHangResumeKeepsNewLeader(t *testing.T) {
-	c := Need(t, cluster)
-	ctx := ctxT(t, 3*time.Minute)
-	require.NoError(t, c.WaitHealthy(ctx))
-	healthyAfter(t, c)
-	old, err := c.Leader(ctx)
-	require.NoError(t, err)
+	c, ctx, old := healthyLeader(t, 3*time.Minute)
 	w := startWriter(ctx, t, c)
 	w.waitAcked(t, 100, 30*time.Second)
 
@@ -204,10 +180,5 @@ func TestHangResumeKeepsNewLeader(t *testing.T) {
 	assert.Empty(t, stolen, "the woken old leader %s held the leader key at these times after Resume", c.Node(old).Name)
 	require.NoError(t, c.WaitHealthy(ctx))
 	t.Logf("healthy %v after Resume", time.Since(t1).Round(time.Millisecond))
-	l, err := c.Leader(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, n, l, "the new leader stays leader")
-	lost := w.lost(ctx, t)
-	assert.Empty(t, lost, "acknowledged commits lost (%d acknowledged before Resume)", ackedBefore)
-	t.Logf("%d commits acknowledged, %d lost", len(w.commits()), len(lost))
+	leadsAndLostNothing(ctx, t, c, w, n, "the new leader stays leader", fmt.Sprintf(" (%d acknowledged before Resume)", ackedBefore))
 }

@@ -40,43 +40,35 @@ func (c *Cluster) Crash(i int) error {
 // complete their TCP handshake and then get no answer; its Patroni stops
 // renewing the leader key. Resume thaws it. It is an error if node i is
 // not running or already hung.
-func (c *Cluster) Hang(i int) error {
-	n, err := c.node(i)
-	if err != nil {
-		return err
-	}
-	if c.Hung(i) {
-		return fmt.Errorf("patroni: %s is already hung", n.Name)
-	}
-	if err := c.signalNode(n, syscall.SIGSTOP); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	n.hung = true
-	c.mu.Unlock()
-	c.logf("patroni: %s hung", n.Name)
-	return nil
-}
+func (c *Cluster) Hang(i int) error { return c.setHung(i, true) }
 
 // Resume thaws node i after Hang with SIGCONT to every one of its
 // processes. Its Patroni then finds out what happened while it slept (see
 // the package documentation about the etcd client). It is an error if
 // node i is not hung.
-func (c *Cluster) Resume(i int) error {
+func (c *Cluster) Resume(i int) error { return c.setHung(i, false) }
+
+// setHung hangs (SIGSTOP) or resumes (SIGCONT) every process of node i;
+// it is an error if the node already is in that state.
+func (c *Cluster) setHung(i int, hang bool) error {
 	n, err := c.node(i)
 	if err != nil {
 		return err
 	}
-	if !c.Hung(i) {
-		return fmt.Errorf("patroni: %s is not hung", n.Name)
+	sig, did, already := syscall.SIGSTOP, "hung", "already hung"
+	if !hang {
+		sig, did, already = syscall.SIGCONT, "resumed", "not hung"
 	}
-	if err := c.signalNode(n, syscall.SIGCONT); err != nil {
+	if c.Hung(i) == hang {
+		return fmt.Errorf("patroni: %s is %s", n.Name, already)
+	}
+	if err := c.signalNode(n, sig); err != nil {
 		return err
 	}
 	c.mu.Lock()
-	n.hung = false
+	n.hung = hang
 	c.mu.Unlock()
-	c.logf("patroni: %s resumed", n.Name)
+	c.logf("patroni: %s %s", n.Name, did)
 	return nil
 }
 
@@ -88,7 +80,7 @@ func (c *Cluster) Resume(i int) error {
 // WaitHealthy waits for the rejoin. ctx bounds the wait for the REST API
 // (2 minutes without a deadline). It is an error if node i is running.
 func (c *Cluster) StartNode(ctx context.Context, i int) error {
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := pgcluster.WithDefault(ctx)
 	defer cancel()
 	n, err := c.node(i)
 	if err != nil {
@@ -130,7 +122,7 @@ func (c *Cluster) StartNode(ctx context.Context, i int) error {
 // not the synchronous standby. ctx bounds the whole call (2 minutes
 // without a deadline).
 func (c *Cluster) Switchover(ctx context.Context, candidate int) error {
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := pgcluster.WithDefault(ctx)
 	defer cancel()
 	l, err := c.Leader(ctx)
 	if err != nil {
@@ -157,4 +149,23 @@ func (c *Cluster) Switchover(ctx context.Context, candidate int) error {
 	}
 	c.logf("patroni: switchover from %s: %s", c.nodes[l].Name, trimBody(resp))
 	return nil
+}
+
+// Heal brings the cluster back after a test's faults: it resumes every
+// hung node, starts every crashed one and waits until the cluster is
+// healthy (see WaitHealthy). It stops at the first error.
+func (c *Cluster) Heal(ctx context.Context) error {
+	for i := range c.Len() {
+		if c.Hung(i) {
+			if err := c.Resume(i); err != nil {
+				return err
+			}
+		}
+		if !c.Running(i) {
+			if err := c.StartNode(ctx, i); err != nil {
+				return err
+			}
+		}
+	}
+	return c.WaitHealthy(ctx)
 }

@@ -32,8 +32,9 @@ var (
 // $UNIFIED_TEST_CLUSTER is "require": then it prints the reason and
 // returns 1 without running them. After the tests it closes the cluster
 // (*c keeps pointing to the closed cluster) and returns the exit code,
-// 1 if Close failed. While it runs, SIGINT and SIGTERM close the cluster
-// and exit, so Ctrl-C leaves nothing running.
+// 1 if Close failed or left a process of the cluster running. While it
+// runs, SIGINT and SIGTERM close the cluster and exit, so Ctrl-C leaves
+// nothing running.
 func Main(m *testing.M, opts Options, c **Cluster) int {
 	required := os.Getenv(pgcluster.Env) == "require"
 	skip := func(reason string) int {
@@ -112,6 +113,11 @@ func Main(m *testing.M, opts Options, c **Cluster) int {
 		if code == 0 {
 			code = 1
 		}
+	}
+	// Close must leave no etcd, Patroni or PostgreSQL process behind.
+	if left := ProcessesIn(cl.BaseDir()); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "patroni: processes left after Close: %v\n", left)
+		code = 1
 	}
 	return code
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/unifiedsql/unified/internal/childproc"
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
@@ -24,32 +24,7 @@ const dirPrefix = "patroni-"
 
 // proc is one started process: etcd, or the unshare at the root of a
 // node's process tree.
-type proc struct {
-	pid  int
-	done chan struct{} // closed once it has exited and been reaped
-	err  error         // its exit status, valid after done
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func start(cmd *exec.Cmd) (*proc, error) {
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &proc{pid: cmd.Process.Pid, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
+type proc = childproc.Proc
 
 // childEnv is the environment of etcd and Patroni: ours without the
 // variables that would change what PostgreSQL's tools, Patroni or etcd do
@@ -148,7 +123,7 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 		c.mu.Unlock()
 		return errClosed
 	}
-	p, err := start(cmd)
+	p, err := childproc.Start(cmd)
 	if err == nil {
 		c.etcd = p
 	}
@@ -161,8 +136,8 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 		health = "/v2/keys/"
 	}
 	for {
-		if p.exited() {
-			return fmt.Errorf("patroni: etcd exited (%v); log:\n%s", p.err, fileTail(logPath, 20))
+		if p.Exited() {
+			return fmt.Errorf("patroni: etcd exited (%v); log:\n%s", p.Err(), childproc.FileTail(logPath, 20))
 		}
 		code, body, err := c.get(ctx, client+health)
 		if err == nil && code == 200 && (health != "/health" || strings.Contains(string(body), `"true"`)) {
@@ -170,7 +145,7 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("patroni: etcd not healthy: %w; log:\n%s", ctx.Err(), fileTail(logPath, 20))
+			return fmt.Errorf("patroni: etcd not healthy: %w; log:\n%s", ctx.Err(), childproc.FileTail(logPath, 20))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -204,15 +179,15 @@ func (c *Cluster) startNode(n *Node) error {
 	if c.closed {
 		return errClosed
 	}
-	if n.proc != nil && !n.proc.exited() {
+	if n.proc != nil && !n.proc.Exited() {
 		return fmt.Errorf("patroni: %s is already running", n.Name)
 	}
-	p, err := start(cmd)
+	p, err := childproc.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("patroni: start %s: %w", n.Name, err)
 	}
 	n.proc, n.hung = p, false
-	c.logf("patroni: %s started (pid %d, PostgreSQL port %d, REST port %d)", n.Name, p.pid, n.Port, n.RESTPort)
+	c.logf("patroni: %s started (pid %d, PostgreSQL port %d, REST port %d)", n.Name, p.PID, n.Port, n.RESTPort)
 	return nil
 }
 
@@ -222,8 +197,8 @@ func (c *Cluster) nodeExited(n *Node) error {
 	c.mu.Lock()
 	p := n.proc
 	c.mu.Unlock()
-	if p != nil && p.exited() {
-		return fmt.Errorf("patroni: %s exited (%v); log:\n%s", n.Name, p.err, fileTail(n.logPath, 30))
+	if p != nil && p.Exited() {
+		return fmt.Errorf("patroni: %s exited (%v); log:\n%s", n.Name, p.Err(), childproc.FileTail(n.logPath, 30))
 	}
 	return nil
 }
@@ -233,11 +208,11 @@ func (c *Cluster) nodeExited(n *Node) error {
 // Without a namespace PostgreSQL is not Patroni's descendant (it is
 // detached): it is found through postmaster.pid.
 func (c *Cluster) nodePIDs(n *Node, root int) []int {
-	pids := pgcluster.Descendants(root)
+	pids := childproc.Descendants(root)
 	if c.unshare == nil {
 		if pm := postmasterOf(n.DataDir); pm > 0 {
 			pids = append(pids, pm)
-			pids = append(pids, pgcluster.Descendants(pm)...)
+			pids = append(pids, childproc.Descendants(pm)...)
 		}
 	}
 	return pids
@@ -250,13 +225,13 @@ func (c *Cluster) signalNode(n *Node, sig syscall.Signal) error {
 	c.mu.Lock()
 	p := n.proc
 	c.mu.Unlock()
-	if p == nil || p.exited() {
+	if p == nil || p.Exited() {
 		return fmt.Errorf("patroni: %s is not running", n.Name)
 	}
 	done := map[int]bool{}
 	for range 50 {
 		fresh := false
-		for _, pid := range c.nodePIDs(n, p.pid) {
+		for _, pid := range c.nodePIDs(n, p.PID) {
 			if !done[pid] {
 				_ = syscall.Kill(pid, sig)
 				done[pid], fresh = true, true
@@ -287,7 +262,7 @@ func (c *Cluster) kill(n *Node) error {
 			if pm <= 0 {
 				return nil
 			}
-			return append([]int{pm}, pgcluster.Descendants(pm)...)
+			return append([]int{pm}, childproc.Descendants(pm)...)
 		}
 	}
 	err := killTree(p, extra)
@@ -311,9 +286,9 @@ func killTree(p *proc, extra func() []int) error {
 	rootGrace := time.Duration(0)
 	for round := 0; ; round++ {
 		var pids []int
-		pids = append(pids, pgcluster.Descendants(p.pid)...)
-		for _, pid := range pgcluster.GroupMembers(p.pid) {
-			if pid != p.pid {
+		pids = append(pids, childproc.Descendants(p.PID)...)
+		for _, pid := range childproc.GroupMembers(p.PID) {
+			if pid != p.PID {
 				pids = append(pids, pid)
 			}
 		}
@@ -325,46 +300,30 @@ func killTree(p *proc, extra func() []int) error {
 		}
 		var live []int
 		for _, pid := range pids {
-			if alive(pid) && !slices.Contains(live, pid) {
+			if childproc.Alive(pid) && !slices.Contains(live, pid) {
 				live = append(live, pid)
 			}
 		}
 		for pid := range seen {
-			if alive(pid) && !slices.Contains(live, pid) {
+			if childproc.Alive(pid) && !slices.Contains(live, pid) {
 				live = append(live, pid)
 			}
 		}
-		if len(live) == 0 && p.exited() {
+		if len(live) == 0 && p.Exited() {
 			return nil
 		}
+		childproc.Kill(live)
 		for _, pid := range live {
-			_ = syscall.Kill(pid, syscall.SIGCONT)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
 			seen[pid] = true
 		}
-		if !p.exited() && time.Since(start) >= rootGrace {
-			_ = syscall.Kill(p.pid, syscall.SIGCONT)
-			_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		if !p.Exited() && time.Since(start) >= rootGrace {
+			childproc.Kill([]int{p.PID})
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("processes %v do not exit", live)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// alive reports whether pid is a live (not zombie) process.
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return syscall.Kill(pid, 0) == nil && !os.IsNotExist(err)
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }
 
 // postmasterOf returns the pid in dataDir's postmaster.pid if that process
@@ -399,17 +358,7 @@ func sweepStale(tmp, self string, logf func(string, ...any)) {
 			continue
 		}
 		logf("patroni: removing %s, left by a dead process", d)
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-			pids := ProcessesIn(d)
-			if len(pids) == 0 {
-				break
-			}
-			for _, pid := range pids {
-				_ = syscall.Kill(pid, syscall.SIGCONT)
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		childproc.KillUntilGone(func() []int { return ProcessesIn(d) }, 5*time.Second, 10*time.Millisecond)
 		datas, _ := filepath.Glob(filepath.Join(d, "node*", "data"))
 		for _, data := range datas {
 			pgcluster.RemoveShm(data)
@@ -436,31 +385,11 @@ func ProcessesIn(dir string) []int {
 		}
 		cwd, _ := os.Readlink("/proc/" + e.Name() + "/cwd")
 		cmd, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if (cwd == dir || strings.HasPrefix(cwd, dir+"/") || strings.Contains(string(cmd), dir+"/")) && alive(pid) {
+		if (cwd == dir || strings.HasPrefix(cwd, dir+"/") || strings.Contains(string(cmd), dir+"/")) && childproc.Alive(pid) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
-}
-
-// fileTail returns the last lines of a file (from its last 16 KiB).
-func fileTail(path string, lines int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	off := max(st.Size()-16<<10, 0)
-	b, _ := io.ReadAll(io.NewSectionReader(f, off, st.Size()-off))
-	s := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(s) > lines {
-		s = s[len(s)-lines:]
-	}
-	return strings.Join(s, "\n")
 }
 
 var errClosed = errors.New("patroni: cluster is closed")

@@ -13,22 +13,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
 const (
-	// defaultWait bounds the waits whose context has no deadline.
-	defaultWait = 2 * time.Minute
 	// askTimeout bounds one question to one node (a hung node accepts TCP
 	// connections and never answers).
 	askTimeout = 2 * time.Second
 )
-
-func withDefault(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
-	}
-	return context.WithTimeout(ctx, defaultWait)
-}
 
 // connect opens a connection to n's PostgreSQL as postgres; nothing from
 // the environment ($PGOPTIONS, $PGTARGETSESSIONATTRS...) changes it.
@@ -170,7 +162,7 @@ func (c *Cluster) Leader(ctx context.Context) (int, error) {
 // ctx it waits up to 2 minutes; the error gives the last reason the
 // cluster was not healthy.
 func (c *Cluster) WaitHealthy(ctx context.Context) error {
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := pgcluster.WithDefault(ctx)
 	defer cancel()
 	var last error
 	for {
@@ -278,7 +270,7 @@ func (c *Cluster) healthy(ctx context.Context) error {
 // until they run again. Without a deadline in ctx it waits up to 2
 // minutes; the error then says no node became writable.
 func (c *Cluster) WaitLeaderWritable(ctx context.Context, not int) (int, time.Time, error) {
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := pgcluster.WithDefault(ctx)
 	defer cancel()
 	type found struct {
 		i  int

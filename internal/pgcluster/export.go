@@ -1,16 +1,12 @@
 package pgcluster
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
-	"time"
 )
 
 // The helpers below let other test-cluster packages (internal/patroni) run
@@ -85,59 +81,3 @@ func OwnerGone(dir string) bool {
 // postmaster.pid of dataDir, which a SIGKILLed postmaster leaves behind.
 // Call it only when no process of that server is left.
 func RemoveShm(dataDir string) { removeShm(dataDir) }
-
-// ChildrenOf lists the live processes whose parent is pid.
-func ChildrenOf(pid int) []int { return childrenOf(pid) }
-
-// GroupMembers lists the live (not zombie) processes of process group pgid.
-func GroupMembers(pgid int) []int { return groupMembers(pgid) }
-
-// ReapGroup waits until process group pgid has no live member, sending the
-// group SIGCONT and SIGKILL after grace; it gives up with an error some
-// seconds later, or when ctx ends.
-func ReapGroup(ctx context.Context, pgid int, grace time.Duration) error {
-	return reapGroup(ctx, pgid, grace)
-}
-
-// Descendants lists the live descendants of pid (children, their children,
-// ...), parents before their children, from one scan of /proc (none
-// without /proc). A process whose parent died was re-parented and is no
-// longer found.
-func Descendants(pid int) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	kids := map[int][]int{}
-	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 2 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		pp, _ := strconv.Atoi(f[1])
-		kids[pp] = append(kids[pp], p)
-	}
-	var out []int
-	queue := []int{pid}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		for _, k := range kids[p] {
-			out = append(out, k)
-			queue = append(queue, k)
-		}
-	}
-	return out
-}

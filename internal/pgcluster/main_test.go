@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/unifiedsql/unified/internal/childproc"
 	"go.uber.org/goleak"
 )
 
@@ -30,12 +31,12 @@ func TestMain(m *testing.M) {
 	if cluster != nil {
 		// Close (done by Main) must leave no process of the cluster behind.
 		for _, n := range cluster.nodes {
-			if n.proc != nil && syscall.Kill(n.proc.pid, 0) != syscall.ESRCH {
-				fmt.Fprintf(os.Stderr, "pgcluster: %s: postmaster %d alive after Close\n", n.Name, n.proc.pid)
+			if n.proc != nil && syscall.Kill(n.proc.PID, 0) != syscall.ESRCH {
+				fmt.Fprintf(os.Stderr, "pgcluster: %s: postmaster %d alive after Close\n", n.Name, n.proc.PID)
 				code = 1
 			}
-			if n.pgid != 0 && len(groupMembers(n.pgid)) > 0 {
-				fmt.Fprintf(os.Stderr, "pgcluster: %s: processes left after Close: %v\n", n.Name, groupMembers(n.pgid))
+			if n.pgid != 0 && len(childproc.GroupMembers(n.pgid)) > 0 {
+				fmt.Fprintf(os.Stderr, "pgcluster: %s: processes left after Close: %v\n", n.Name, childproc.GroupMembers(n.pgid))
 				code = 1
 			}
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/unifiedsql/unified/internal/childproc"
 )
 
 const (
@@ -25,7 +26,10 @@ const (
 	pollEvery      = 10 * time.Millisecond
 )
 
-func withDefault(ctx context.Context) (context.Context, context.CancelFunc) {
+// WithDefault returns ctx with a cancel function, bounded by 2 minutes
+// when ctx has no deadline of its own: the bound of the waits of this
+// package and of internal/patroni.
+func WithDefault(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
 		return context.WithCancel(ctx)
 	}
@@ -178,7 +182,7 @@ func (c *Cluster) Primary(ctx context.Context) (int, error) {
 // messages saying the standby cannot follow its primary (see
 // unfollowableLocal), which fail the wait at once.
 func (c *Cluster) waitReady(ctx context.Context, n *Node, since int64) error {
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	c.mu.Lock()
 	p := n.proc
@@ -195,8 +199,8 @@ func (c *Cluster) waitReady(ctx context.Context, n *Node, since int64) error {
 	cfg.ConnectTimeout = 2 * time.Second
 	var last error
 	for {
-		if p.exited() {
-			return fmt.Errorf("pgcluster: %s exited during startup (%v); log:\n%s", n.Name, p.err, n.logTail(20))
+		if p.Exited() {
+			return fmt.Errorf("pgcluster: %s exited during startup (%v); log:\n%s", n.Name, p.Err(), n.logTail(20))
 		}
 		if err := n.cannotFollow(since); err != nil {
 			return err
@@ -229,7 +233,7 @@ func (c *Cluster) poll(ctx context.Context, i int, every time.Duration, what str
 	if err != nil {
 		return err
 	}
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	var conn *pgx.Conn
 	defer func() {
@@ -444,18 +448,18 @@ func (c *Cluster) Kill(i int) error {
 		// Listed before the kill: once the postmaster is gone its
 		// children are re-parented and can no longer be found by parent
 		// (and not by process group: backends call setsid).
-		kids = childrenOf(n.proc.pid)
+		kids = childproc.ChildrenOf(n.proc.PID)
 	}
 	c.mu.Unlock()
 	p, err := c.signalNode(n, syscall.SIGKILL, false)
 	if err != nil {
 		return err
 	}
-	if !p.wait(context.Background(), 10*time.Second) {
-		return fmt.Errorf("pgcluster: %s (pid %d) does not exit after SIGKILL", n.Name, p.pid)
+	if !p.Wait(context.Background(), 10*time.Second) {
+		return fmt.Errorf("pgcluster: %s (pid %d) does not exit after SIGKILL", n.Name, p.PID)
 	}
 	if wasHung {
-		resumeTree(p.pid, kids)
+		resumeTree(p.PID, kids)
 	}
 	// The backends go on for a moment (they notice the dead postmaster
 	// when they next wait): that is the crash the tests want. Kill
@@ -472,23 +476,19 @@ func (c *Cluster) Kill(i int) error {
 // Hang stops node i with SIGSTOP, the postmaster and every child process
 // (backends call setsid, so this is not one process group): TCP connections
 // are still accepted by the kernel, nothing answers. Continue undoes it.
-func (c *Cluster) Hang(i int) error {
-	n, err := c.node(i)
-	if err != nil {
-		return err
-	}
-	_, err = c.signalNode(n, syscall.SIGSTOP, true)
-	return err
-}
+func (c *Cluster) Hang(i int) error { return c.signalTree(i, syscall.SIGSTOP) }
 
 // Continue resumes node i after Hang (SIGCONT to the postmaster and every
 // child process).
-func (c *Cluster) Continue(i int) error {
+func (c *Cluster) Continue(i int) error { return c.signalTree(i, syscall.SIGCONT) }
+
+// signalTree sends sig to node i's postmaster and every child process.
+func (c *Cluster) signalTree(i int, sig syscall.Signal) error {
 	n, err := c.node(i)
 	if err != nil {
 		return err
 	}
-	_, err = c.signalNode(n, syscall.SIGCONT, true)
+	_, err = c.signalNode(n, sig, true)
 	return err
 }
 
@@ -522,21 +522,21 @@ func (c *Cluster) StopContext(ctx context.Context, i int, mode string) error {
 	}
 	c.mu.Lock()
 	p := n.proc
-	if p == nil || p.exited() {
+	if p == nil || p.Exited() {
 		c.mu.Unlock()
 		return nil
 	}
 	if n.hung {
-		resumeTree(p.pid, childrenOf(p.pid))
+		resumeTree(p.PID, childproc.ChildrenOf(p.PID))
 		n.hung = false
 	}
-	err = syscall.Kill(p.pid, sig)
+	err = syscall.Kill(p.PID, sig)
 	c.mu.Unlock()
 	if err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("pgcluster: stop %s: %w", n.Name, err)
 	}
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-ctx.Done():
 		return fmt.Errorf("pgcluster: %s did not stop (%s): %w", n.Name, mode, ctx.Err())
 	}
@@ -593,7 +593,7 @@ func (c *Cluster) Promote(ctx context.Context, i int) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	conn, err := c.Connect(ctx, i)
 	if err != nil {
@@ -690,7 +690,7 @@ func (c *Cluster) Rejoin(ctx context.Context, i, primary int) error {
 	if i == primary {
 		return fmt.Errorf("pgcluster: cannot rejoin %s to itself", n.Name)
 	}
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	if err := c.Exec(ctx, primary, "CHECKPOINT"); err != nil {
 		return fmt.Errorf("pgcluster: rejoin %s: source: %w", n.Name, err)
@@ -744,7 +744,7 @@ func (c *Cluster) rewind(ctx context.Context, n, p *Node) error {
 	if err != nil {
 		return err
 	}
-	c.logf("pgcluster: pg_rewind %s: %s", n.Name, tail(string(out), 3))
+	c.logf("pgcluster: pg_rewind %s: %s", n.Name, childproc.Tail(string(out), 3))
 	if err := c.configureStandby(n, p); err != nil {
 		return err
 	}
@@ -866,7 +866,7 @@ func (c *Cluster) WriteHBA(ctx context.Context, i int, lines []string) error {
 	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
 		return fmt.Errorf("pgcluster: %s: %w", n.Name, err)
 	}
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	for {
 		var t time.Time

@@ -43,7 +43,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -51,6 +50,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/unifiedsql/unified/internal/childproc"
 )
 
 // Options configure Start.
@@ -195,25 +196,10 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	t0 := time.Now()
-	c := &Cluster{opts: opts, bin: opts.BinDir, logf: opts.Logf, uid: -1, gid: -1, toolPGIDs: map[int]struct{}{}}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("pgcluster: running as root needs a \"postgres\" user to run the server as (PostgreSQL refuses to run as root): %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		c.uid, c.gid = uid, gid
-		// Its own supplementary groups, not root's.
-		var groups []uint32
-		if ids, err := u.GroupIds(); err == nil {
-			for _, id := range ids {
-				if g, err := strconv.Atoi(id); err == nil {
-					groups = append(groups, uint32(g))
-				}
-			}
-		}
-		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}
+	c := &Cluster{opts: opts, bin: opts.BinDir, logf: opts.Logf, toolPGIDs: map[int]struct{}{}}
+	var err error
+	if c.cred, c.uid, c.gid, err = ServerUser(); err != nil {
+		return nil, fmt.Errorf("pgcluster: %w", err)
 	}
 	if opts.TempDir == "" {
 		opts.TempDir = defaultTempDir()
@@ -595,18 +581,18 @@ func (c *Cluster) Close() error {
 			if t.pgid == 0 {
 				return
 			}
-			if t.p != nil && !t.p.exited() {
-				resumeTree(t.pgid, childrenOf(t.p.pid)) // a hung node's children too
+			if t.p != nil && !t.p.Exited() {
+				resumeTree(t.pgid, childproc.ChildrenOf(t.p.PID)) // a hung node's children too
 			} else {
 				_ = syscall.Kill(-t.pgid, syscall.SIGCONT)
 			}
-			if t.p != nil && !t.p.exited() {
-				_ = syscall.Kill(t.p.pid, syscall.SIGQUIT)
-				if !t.p.wait(context.Background(), 3*time.Second) {
+			if t.p != nil && !t.p.Exited() {
+				_ = syscall.Kill(t.p.PID, syscall.SIGQUIT)
+				if !t.p.Wait(context.Background(), 3*time.Second) {
 					c.logf("pgcluster: %s did not stop on SIGQUIT; killing it", t.n.Name)
 					_ = syscall.Kill(-t.pgid, syscall.SIGKILL)
-					if !t.p.wait(context.Background(), 10*time.Second) {
-						errs[k] = fmt.Errorf("pgcluster: %s (pid %d) does not exit", t.n.Name, t.p.pid)
+					if !t.p.Wait(context.Background(), 10*time.Second) {
+						errs[k] = fmt.Errorf("pgcluster: %s (pid %d) does not exit", t.n.Name, t.p.PID)
 						return
 					}
 				}
@@ -681,10 +667,10 @@ func (c *Cluster) PID(i int) int {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if n.proc == nil || n.proc.exited() {
+	if n.proc == nil || n.proc.Exited() {
 		return 0
 	}
-	return n.proc.pid
+	return n.proc.PID
 }
 
 // Running reports whether node i's postmaster is running (hung or not).
@@ -698,7 +684,7 @@ func (c *Cluster) Hung(i int) bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return n.hung && n.proc != nil && !n.proc.exited()
+	return n.hung && n.proc != nil && !n.proc.Exited()
 }
 
 // LogTail returns the last lines of node i's server log.

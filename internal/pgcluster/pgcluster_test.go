@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/unifiedsql/unified/internal/childproc"
 )
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
@@ -200,7 +201,7 @@ func TestStopModes(t *testing.T) {
 		require.NoError(t, c.Stop(2, mode), mode)
 		assert.False(t, c.Running(2))
 		assert.Error(t, syscall.Kill(pid, 0), "%s: postmaster still exists", mode)
-		assert.Empty(t, groupMembers(pid), "%s: processes left", mode)
+		assert.Empty(t, childproc.GroupMembers(pid), "%s: processes left", mode)
 		require.NoError(t, c.Stop(2, mode), "stopping a stopped node")
 		require.NoError(t, c.Start(ctx, 2), mode)
 		require.NoError(t, c.waitStreaming(ctx, 2, 0, -1), mode)
@@ -473,7 +474,7 @@ func TestCloseLeavesNothing(t *testing.T) {
 	require.NoError(t, c.Close(), "second Close")
 	for _, pid := range pids {
 		assert.ErrorIs(t, syscall.Kill(pid, 0), syscall.ESRCH, "postmaster %d survived Close", pid)
-		assert.Empty(t, groupMembers(pid), "processes of group %d survived Close", pid)
+		assert.Empty(t, childproc.GroupMembers(pid), "processes of group %d survived Close", pid)
 	}
 	assert.NoDirExists(t, base)
 	assert.False(t, shmExists(shmKey), "Close left the killed node's SysV segment")

@@ -12,38 +12,12 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/unifiedsql/unified/internal/childproc"
 )
 
 // proc is one running postmaster.
-type proc struct {
-	cmd  *exec.Cmd
-	pid  int
-	done chan struct{} // closed when the postmaster has exited and been reaped
-	err  error         // exit status, valid after done is closed
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// wait waits up to d for the postmaster to exit.
-func (p *proc) wait(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return true
-	case <-t.C:
-		return false
-	case <-ctx.Done():
-		return false
-	}
-}
+type proc = childproc.Proc
 
 // sysProcAttr returns the attributes every child gets: its own process
 // group, SIGKILL when this process dies, and the postgres user when root.
@@ -112,7 +86,7 @@ func (c *Cluster) runTool(ctx context.Context, name string, args ...string) ([]b
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}
-		return out.Bytes(), fmt.Errorf("pgcluster: %s failed: %w\n%s", name, err, tail(out.String(), 20))
+		return out.Bytes(), fmt.Errorf("pgcluster: %s failed: %w\n%s", name, err, childproc.Tail(out.String(), 20))
 	}
 	return out.Bytes(), nil
 }
@@ -154,21 +128,17 @@ func (c *Cluster) startProcess(ctx context.Context, n *Node) error {
 	if c.closed {
 		return errClosed
 	}
-	if n.proc != nil && !n.proc.exited() {
-		return fmt.Errorf("pgcluster: %s is already running (pid %d)", n.Name, n.proc.pid)
+	if n.proc != nil && !n.proc.Exited() {
+		return fmt.Errorf("pgcluster: %s is already running (pid %d)", n.Name, n.proc.PID)
 	}
-	if err := cmd.Start(); err != nil {
+	p, err := childproc.Start(cmd)
+	if err != nil {
 		return fmt.Errorf("pgcluster: start %s: %w", n.Name, err)
 	}
-	p := &proc{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
 	n.proc = p
-	n.pgid = p.pid
+	n.pgid = p.PID
 	n.hung = false
-	c.logf("pgcluster: %s started, pid %d, port %d", n.Name, p.pid, n.Port)
+	c.logf("pgcluster: %s started, pid %d, port %d", n.Name, p.PID, n.Port)
 	return nil
 }
 
@@ -180,8 +150,8 @@ func (c *Cluster) reapNode(ctx context.Context, n *Node) error {
 	c.mu.Lock()
 	p, pgid := n.proc, n.pgid
 	c.mu.Unlock()
-	if p != nil && !p.exited() {
-		return fmt.Errorf("pgcluster: %s is still running (pid %d)", n.Name, p.pid)
+	if p != nil && !p.Exited() {
+		return fmt.Errorf("pgcluster: %s is still running (pid %d)", n.Name, p.PID)
 	}
 	if pgid == 0 {
 		return nil
@@ -189,56 +159,13 @@ func (c *Cluster) reapNode(ctx context.Context, n *Node) error {
 	return reapGroup(ctx, pgid, time.Second)
 }
 
-// reapGroup waits until process group pgid has no live (non-zombie)
-// member; after grace it sends SIGCONT and SIGKILL to the group. It gives
-// up after a few seconds more or when ctx ends.
+// reapGroup is childproc.ReapGroup with this package's prefix on its
+// error.
 func reapGroup(ctx context.Context, pgid int, grace time.Duration) error {
-	start := time.Now()
-	killed := false
-	for {
-		members := groupMembers(pgid)
-		if len(members) == 0 {
-			return nil
-		}
-		if !killed && time.Since(start) >= grace {
-			_ = syscall.Kill(-pgid, syscall.SIGCONT)
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			killed = true
-		}
-		if time.Since(start) > grace+10*time.Second {
-			return fmt.Errorf("pgcluster: processes %v of group %d do not exit", members, pgid)
-		}
-		select {
-		case <-ctx.Done():
-			if !killed {
-				_ = syscall.Kill(-pgid, syscall.SIGCONT)
-				_ = syscall.Kill(-pgid, syscall.SIGKILL)
-				killed = true
-				ctx = context.Background() // still wait for the kill to take effect
-				continue
-			}
-			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
+	if err := childproc.ReapGroup(ctx, pgid, grace); err != nil {
+		return fmt.Errorf("pgcluster: %w", err)
 	}
-}
-
-// groupMembers lists the live (not zombie) processes of process group pgid
-// by scanning /proc. Zombies are ignored: orphans are reaped by init, which
-// in some containers never happens.
-func groupMembers(pgid int) []int {
-	pids, ok := procsWhere(func(stat []string) bool {
-		g, _ := strconv.Atoi(stat[2])
-		return g == pgid
-	})
-	if !ok {
-		// No /proc: fall back to kill(-pgid, 0), which counts zombies.
-		if syscall.Kill(-pgid, 0) == nil {
-			return []int{pgid}
-		}
-		return nil
-	}
-	return pids
+	return nil
 }
 
 // signalNode sends sig to n's postmaster, or with group to its whole
@@ -247,12 +174,12 @@ func (c *Cluster) signalNode(n *Node, sig syscall.Signal, group bool) (*proc, er
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := n.proc
-	if p == nil || p.exited() {
+	if p == nil || p.Exited() {
 		return nil, fmt.Errorf("pgcluster: %s is not running", n.Name)
 	}
-	pid := p.pid
+	pid := p.PID
 	if group {
-		pid = -p.pid
+		pid = -p.PID
 	}
 	if err := syscall.Kill(pid, sig); err != nil {
 		return nil, fmt.Errorf("pgcluster: signal %v to %s: %w", sig, n.Name, err)
@@ -263,7 +190,7 @@ func (c *Cluster) signalNode(n *Node, sig syscall.Signal, group bool) (*proc, er
 		// postmaster's process group, so signal them one by one. The
 		// postmaster was signalled first, so it forks no new ones
 		// after a SIGSTOP.
-		for _, child := range childrenOf(p.pid) {
+		for _, child := range childproc.ChildrenOf(p.PID) {
 			_ = syscall.Kill(child, sig)
 		}
 	}
@@ -276,36 +203,8 @@ func (c *Cluster) signalNode(n *Node, sig syscall.Signal, group bool) (*proc, er
 	return p, nil
 }
 
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	s = strings.TrimRight(s, "\n")
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // logTail returns the last lines of a node's server log.
-func (n *Node) logTail(lines int) string {
-	f, err := os.Open(n.logPath)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	const max = 8 << 10
-	st, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	off := st.Size() - max
-	if off < 0 {
-		off = 0
-	}
-	b := make([]byte, st.Size()-off)
-	nr, _ := f.ReadAt(b, off)
-	return tail(string(b[:nr]), lines)
-}
+func (n *Node) logTail(lines int) string { return childproc.FileTail(n.logPath, lines) }
 
 // logSize returns the current size of n's log (an offset for logSince).
 func (n *Node) logSize() int64 {
@@ -376,52 +275,6 @@ func shmExists(key int64) bool {
 
 var errClosed = errors.New("pgcluster: cluster is closed")
 
-// childrenOf lists the live processes whose parent is ppid (none without
-// /proc).
-func childrenOf(ppid int) []int {
-	pids, _ := procsWhere(func(stat []string) bool {
-		pp, _ := strconv.Atoi(stat[1])
-		return pp == ppid
-	})
-	return pids
-}
-
-// procsWhere lists the live (not zombie) processes whose /proc/PID/stat
-// fields after the command name (state, ppid, pgrp, ...) satisfy match; ok
-// is false when /proc cannot be read.
-func procsWhere(match func(stat []string) bool) (pids []int, ok bool) {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, false
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...; comm may contain anything.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		if match(f) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids, true
-}
-
-// resumeTree sends SIGCONT to the process group pgid and to each of kids
-// (PostgreSQL's children are session leaders, outside that group), so that
-// no process of a hung node stays stopped.
 // waitGone waits until none of pids is alive, SIGKILLing those still
 // alive after grace, and gives up a few seconds later.
 func waitGone(pids []int, grace time.Duration) {
@@ -429,7 +282,7 @@ func waitGone(pids []int, grace time.Duration) {
 	for len(pids) > 0 && time.Since(start) < grace+5*time.Second {
 		live := pids[:0]
 		for _, pid := range pids {
-			if alive(pid) {
+			if childproc.Alive(pid) {
 				live = append(live, pid)
 			}
 		}
@@ -443,17 +296,9 @@ func waitGone(pids []int, grace time.Duration) {
 	}
 }
 
-// alive reports whether pid is a live (not zombie) process.
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
-}
-
+// resumeTree sends SIGCONT to the process group pgid and to each of kids
+// (PostgreSQL's children are session leaders, outside that group), so that
+// no process of a hung node stays stopped.
 func resumeTree(pgid int, kids []int) {
 	_ = syscall.Kill(-pgid, syscall.SIGCONT)
 	for _, k := range kids {

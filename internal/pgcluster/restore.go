@@ -16,7 +16,7 @@ import (
 // and it may discard writes made on a node that is no longer the primary.
 // Without a deadline in ctx it gives up after two minutes.
 func (c *Cluster) Restore(ctx context.Context) error {
-	ctx, cancel := withDefault(ctx)
+	ctx, cancel := WithDefault(ctx)
 	defer cancel()
 	t0 := time.Now()
 	N := len(c.nodes)

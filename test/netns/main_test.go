@@ -27,7 +27,15 @@ import (
 	_ "github.com/unifiedsql/unified" // the "unified" driver
 	"github.com/unifiedsql/unified/internal/netns"
 	"github.com/unifiedsql/unified/internal/patroni"
+	"github.com/unifiedsql/unified/internal/patroni/patronitest"
 	"github.com/unifiedsql/unified/internal/pgcluster"
+)
+
+var (
+	ctxT      = patronitest.CtxT
+	waitFor   = patronitest.WaitFor
+	ports     = patronitest.Ports
+	readShare = patronitest.ReadShare
 )
 
 var (
@@ -77,14 +85,8 @@ func TestMain(m *testing.M) {
 			nw.NodeHosts = append(nw.NodeHosts, h.Addr.String())
 			nw.NodeExec = append(nw.NodeExec, h.Exec())
 		}
-		code := patroni.Main(m, patroni.Options{Synchronous: true, Network: nw, Logf: logf}, &cluster)
-		if cluster != nil {
-			if left := patroni.ProcessesIn(cluster.BaseDir()); len(left) > 0 {
-				fmt.Fprintf(os.Stderr, "netns: processes left after Close: %v\n", left)
-				code = 1
-			}
-		}
-		return code
+		// Main also fails when Close leaves a process.
+		return patroni.Main(m, patroni.Options{Synchronous: true, Network: nw, Logf: logf}, &cluster)
 	}()
 	if left := netns.Own(); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "netns: namespaces left after Close: %v\n", left)
@@ -111,10 +113,18 @@ func host(i int) *netns.Host { return tnet.Hosts()[1+i] }
 
 const appName = "unified-netns"
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
+// begin starts a scenario: the cluster, healthy (and healed when the test
+// ends), a context of d, the leader, and the goroutines running before
+// the test's own (for closeAndCheck).
+func begin(t *testing.T, d time.Duration) (*patroni.Cluster, context.Context, int, goleak.Option) {
+	t.Helper()
+	c := need(t)
+	ctx := ctxT(t, d)
+	require.NoError(t, c.WaitHealthy(ctx))
+	healthyAfter(t, c)
+	leader, err := c.Leader(ctx)
+	require.NoError(t, err)
+	return c, ctx, leader, goleak.IgnoreCurrent()
 }
 
 // healthyAfter heals every link and the bridge when the test ends and
@@ -155,32 +165,6 @@ func openDB(t *testing.T, c *patroni.Cluster, params ...string) *sql.DB {
 	return db
 }
 
-func ports(c *patroni.Cluster) map[int]int {
-	m := map[int]int{}
-	for i := range c.Len() {
-		m[c.Node(i).Port] = i
-	}
-	return m
-}
-
-func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func readShare(ok, failed int) float64 {
-	if ok+failed == 0 {
-		return 100
-	}
-	return 100 * float64(ok) / float64(ok+failed)
-}
-
 // closeAndCheck closes db and checks that no node keeps a connection of it
 // and no goroutine started since leaks was taken runs.
 func closeAndCheck(t *testing.T, c *patroni.Cluster, db *sql.DB, leaks goleak.Option) {
@@ -190,26 +174,8 @@ func closeAndCheck(t *testing.T, c *patroni.Cluster, db *sql.DB, leaks goleak.Op
 	// socket then: the FIN was dropped, and the kernel retransmits it with
 	// a doubling timeout (the eighth try ~50 s after the close), so its
 	// server backend may outlive the heal by tens of seconds. Wait for it.
-	ctx := ctxT(t, 75*time.Second)
-	deadline := time.Now().Add(60 * time.Second)
-	for i := range c.Len() {
-		conn, err := c.Connect(ctx, i)
-		require.NoError(t, err)
-		for {
-			var n int
-			require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", appName).Scan(&n))
-			if n == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s: %d connections of the closed DB are still open", c.Node(i).Name, n)
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		conn.Close(ctx)
-	}
-	goleak.VerifyNone(t, leaks, goleak.IgnoreAnyFunction("github.com/unifiedsql/unified/internal/patroni.start.func1"))
+	patronitest.NoConnectionsLeft(t, c, appName, 60*time.Second)
+	patronitest.VerifyNoLeak(t, leaks)
 }
 
 func nodeByName(c *patroni.Cluster, name string) int {

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/unifiedsql/unified"
 	"github.com/unifiedsql/unified/internal/netns"
@@ -75,16 +74,10 @@ func startLoad(t *testing.T, db *sql.DB, table string, nodes map[int]int, writeT
 // ErrNoPrimary; when the link heals writes resume on the same primary and
 // nothing is stored twice.
 func TestClientCutFromPrimary(t *testing.T) {
-	c := need(t)
-	ctx := ctxT(t, 3*time.Minute)
-	require.NoError(t, c.WaitHealthy(ctx))
-	healthyAfter(t, c)
-	leader, err := c.Leader(ctx)
-	require.NoError(t, err)
-	leaks := goleak.IgnoreCurrent()
+	c, ctx, leader, leaks := begin(t, 3*time.Minute)
 	db := openDB(t, c, "unified_failover_timeout=20s")
 	conn, _ := unified.ConnectorOf(db)
-	_, err = db.ExecContext(ctx, "DROP TABLE IF EXISTS cut_probe; CREATE TABLE cut_probe (k int)")
+	_, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS cut_probe; CREATE TABLE cut_probe (k int)")
 	require.NoError(t, err)
 	loadAt := time.Now()
 	run := startLoad(t, db, "netns_cut", ports(c), 40*time.Second)
@@ -146,13 +139,7 @@ func TestClientCutFromPrimary(t *testing.T) {
 // (and the primary) without a failed read. The probes' timeout (2 s) keeps
 // the slow replica up and eligible: the policy alone must move the reads.
 func TestSlowLossyReplica(t *testing.T) {
-	c := need(t)
-	ctx := ctxT(t, 3*time.Minute)
-	require.NoError(t, c.WaitHealthy(ctx))
-	healthyAfter(t, c)
-	leader, err := c.Leader(ctx)
-	require.NoError(t, err)
-	leaks := goleak.IgnoreCurrent()
+	c, _, leader, leaks := begin(t, 3*time.Minute)
 	// Probes get 2 s: the slow replica stays up and eligible (a probe
 	// timeout would mark it down and move its reads for that reason),
 	// so only the policy can move the reads.
@@ -199,13 +186,7 @@ func TestSlowLossyReplica(t *testing.T) {
 // were all written before that moment, and no later write met a read-only
 // old primary (SQLSTATE 25006).
 func TestPrimaryIsolated(t *testing.T) {
-	c := need(t)
-	ctx := ctxT(t, 4*time.Minute)
-	require.NoError(t, c.WaitHealthy(ctx))
-	healthyAfter(t, c)
-	leader, err := c.Leader(ctx)
-	require.NoError(t, err)
-	leaks := goleak.IgnoreCurrent()
+	c, ctx, leader, leaks := begin(t, 4*time.Minute)
 	db := openDB(t, c, "unified_failover_timeout=40s")
 	conn, _ := unified.ConnectorOf(db)
 	startedAt := time.Now()

@@ -39,9 +39,18 @@ import (
 
 	_ "github.com/unifiedsql/unified" // the "unified" driver
 	"github.com/unifiedsql/unified/internal/patroni"
+	"github.com/unifiedsql/unified/internal/patroni/patronitest"
 )
 
 var cluster *patroni.Cluster
+
+var (
+	ctxT         = patronitest.CtxT
+	waitFor      = patronitest.WaitFor
+	ports        = patronitest.Ports
+	readShare    = patronitest.ReadShare
+	verifyNoLeak = patronitest.VerifyNoLeak
+)
 
 var (
 	soak  = flag.Int("soak", 3, "failovers in TestSoak, alternating crash, hang and switchover of the leader (CI: 3; the full soak: -soak=30)")
@@ -54,13 +63,7 @@ func TestMain(m *testing.M) {
 	if testing.Verbose() {
 		opts.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000 ")+f+"\n", a...) }
 	}
-	code := patroni.Main(m, opts, &cluster)
-	if cluster != nil {
-		if left := patroni.ProcessesIn(cluster.BaseDir()); len(left) > 0 {
-			fmt.Fprintf(os.Stderr, "patroni: processes left after Close: %v\n", left)
-			code = 1
-		}
-	}
+	code := patroni.Main(m, opts, &cluster) // also fails when Close leaves a process
 	if err := goleak.Find(); err != nil {
 		fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
 		code = 1
@@ -87,12 +90,6 @@ var dsnParams = []string{
 // unified's own errors.
 const writeTimeout = 40 * time.Second
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // healthyAfter brings the cluster back to health when the test ends:
 // resumes a hung node, starts a crashed one, waits for the rejoin.
 func healthyAfter(t *testing.T, c *patroni.Cluster) {
@@ -104,16 +101,8 @@ func healthyAfter(t *testing.T, c *patroni.Cluster) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		for i := range c.Len() {
-			if c.Hung(i) {
-				require.NoError(t, c.Resume(i))
-			}
-			if !c.Running(i) {
-				require.NoError(t, c.StartNode(ctx, i))
-			}
-		}
-		if err := c.WaitHealthy(ctx); err != nil {
-			t.Errorf("WaitHealthy after the test: %v", err)
+		if err := c.Heal(ctx); err != nil {
+			t.Errorf("healing the cluster after the test: %v", err)
 		}
 	})
 }
@@ -128,16 +117,6 @@ func openDB(t *testing.T, c *patroni.Cluster, extra ...string) *sql.DB {
 	db.SetMaxIdleConns(16)
 	t.Cleanup(func() { db.Close() })
 	return db
-}
-
-// ports maps each node's PostgreSQL port to its index, for the workload's
-// reads.
-func ports(c *patroni.Cluster) map[int]int {
-	m := map[int]int{}
-	for i := range c.Len() {
-		m[c.Node(i).Port] = i
-	}
-	return m
 }
 
 // syncStandby returns the synchronous standby of leader l, or -1.
@@ -194,37 +173,7 @@ func asyncWindow(ctx context.Context, c *patroni.Cluster, i int) time.Time {
 // physical and probe connection. Hung or stopped nodes are skipped.
 func noConnectionsLeft(t *testing.T, c *patroni.Cluster) {
 	t.Helper()
-	ctx := ctxT(t, 10*time.Second)
-	deadline := time.Now().Add(5 * time.Second)
-	for i := range c.Len() {
-		if !c.Running(i) || c.Hung(i) {
-			continue
-		}
-		conn, err := c.Connect(ctx, i)
-		require.NoError(t, err)
-		for {
-			var n int
-			require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", appName).Scan(&n))
-			if n == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s: %d connections of the closed DB are still open", c.Node(i).Name, n)
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		conn.Close(ctx)
-	}
-}
-
-// verifyNoLeak fails the test if a goroutine started since opts'
-// IgnoreCurrent is still running; the process waiters of nodes the test
-// restarted are the cluster's, not leaks.
-func verifyNoLeak(t *testing.T, opts ...goleak.Option) {
-	t.Helper()
-	opts = append(opts, goleak.IgnoreAnyFunction("github.com/unifiedsql/unified/internal/patroni.start.func1"))
-	goleak.VerifyNone(t, opts...)
+	patronitest.NoConnectionsLeft(t, c, appName, 5*time.Second)
 }
 
 // patchConfig changes Patroni's dynamic configuration through the

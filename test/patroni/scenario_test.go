@@ -105,30 +105,10 @@ func (o outcome) String() string {
 	return s
 }
 
-func readShare(ok, failed int) float64 {
-	if ok+failed == 0 {
-		return 100
-	}
-	return 100 * float64(ok) / float64(ok+failed)
-}
-
 // recoveryBound is the longest client recovery (first acknowledged write
 // minus the new leader's first writable moment) a scenario accepts: tens
 // of milliseconds are measured; the slack is for two loaded cores.
 const recoveryBound = 2 * time.Second
-
-// waitFor polls cond every 20 ms for up to d, and fails the test naming
-// what it waited for.
-func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // readsOn counts the successful reads node i served after t.
 func readsOn(run *workload.Run, i int, t time.Time) (int, time.Time) {
@@ -145,6 +125,23 @@ func readsOn(run *workload.Run, i int, t time.Time) (int, time.Time) {
 	return n, first
 }
 
+// startLoad creates table and starts 8 writers and 4 ReadOnly readers on
+// it through db (stopped at the latest when the test ends), and waits for
+// their first 200 acknowledged writes.
+func startLoad(ctx context.Context, t *testing.T, c *patroni.Cluster, db *sql.DB, table string) *workload.Run {
+	t.Helper()
+	require.NoError(t, workload.CreateTable(ctx, db, table))
+	run := workload.Start(context.Background(), db, db, workload.Config{
+		Table: table, Writers: 8, Readers: 4,
+		WriteTimeout: writeTimeout, ReadTimeout: 5 * time.Second,
+		WritePause: 2 * time.Millisecond, ReadPause: time.Millisecond,
+		Nodes: ports(c), ReadErrorTopology: true,
+	})
+	t.Cleanup(func() { run.Stop() })
+	waitFor(t, 30*time.Second, func() bool { return run.AckedSince(time.Time{}) >= 200 }, "200 writes before the fault")
+	return run
+}
+
 // faultUnderLoad runs 8 writers and 4 ReadOnly readers through db on
 // table, applies f, waits for Patroni's new leader (unless a replica was
 // faulted) and for writes to resume, brings the faulted node back
@@ -157,15 +154,8 @@ func faultUnderLoad(ctx context.Context, t *testing.T, c *patroni.Cluster, db *s
 	require.NoError(t, err)
 	sync := syncStandby(ctx, t, c, leader)
 	require.NotEqual(t, -1, sync, "the leader has a synchronous standby")
-	require.NoError(t, workload.CreateTable(ctx, db, table))
-	run := workload.Start(context.Background(), db, db, workload.Config{
-		Table: table, Writers: 8, Readers: 4,
-		WriteTimeout: writeTimeout, ReadTimeout: 5 * time.Second,
-		WritePause: 2 * time.Millisecond, ReadPause: time.Millisecond,
-		Nodes: ports(c), ReadErrorTopology: true,
-	})
+	run := startLoad(ctx, t, c, db, table)
 	defer run.Stop()
-	waitFor(t, 30*time.Second, func() bool { return run.AckedSince(time.Time{}) >= 200 }, "200 writes before the fault")
 
 	o := outcome{f: f, faulted: leader}
 	type promoted struct {
@@ -343,15 +333,8 @@ func TestCrashAsynchronous(t *testing.T) {
 	leaks := goleak.IgnoreCurrent()
 	db := openDB(t, c)
 	const table = "scen_crash_async"
-	require.NoError(t, workload.CreateTable(ctx, db, table))
-	run := workload.Start(context.Background(), db, db, workload.Config{
-		Table: table, Writers: 8, Readers: 4,
-		WriteTimeout: writeTimeout, ReadTimeout: 5 * time.Second,
-		WritePause: 2 * time.Millisecond, ReadPause: time.Millisecond,
-		Nodes: ports(c), ReadErrorTopology: true,
-	})
+	run := startLoad(ctx, t, c, db, table)
 	defer run.Stop()
-	waitFor(t, 30*time.Second, func() bool { return run.AckedSince(time.Time{}) >= 200 }, "200 writes before the crash")
 	faultAt := time.Now()
 	require.NoError(t, c.Crash(leader))
 	n, at, err := c.WaitLeaderWritable(ctx, leader)
