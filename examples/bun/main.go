@@ -80,6 +80,9 @@ func run(tb testing.TB, out io.Writer) (*result, error) {
 	if _, err := db.NewCreateTable().Model((*Item)(nil)).Exec(ctx); err != nil {
 		return nil, fmt.Errorf("create table: %w", err)
 	}
+	if err := scenario.AwaitReplayed(ctx, cl); err != nil { // before a ReadOnly read meets a replica without the table
+		return nil, err
+	}
 
 	res := &result{}
 	say("\nbefore the failover:")

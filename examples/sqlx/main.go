@@ -80,6 +80,9 @@ func run(tb testing.TB, out io.Writer) (*result, error) {
 	if _, err := db.ExecContext(ctx, `CREATE TABLE accounts (id bigserial PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL)`); err != nil {
 		return nil, err
 	}
+	if err := scenario.AwaitReplayed(ctx, cl); err != nil { // before a ReadOnly read meets a replica without the table
+		return nil, err
+	}
 	// A named statement prepared once and used on both sides of the
 	// failover: database/sql prepares it again on each connection.
 	rich, err := db.PrepareNamedContext(ctx, `SELECT id, owner, balance FROM accounts WHERE balance >= :min ORDER BY id`)

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver, to ask each node directly
+
 	"github.com/unifiedsql/unified"
 	"github.com/unifiedsql/unified/examples/internal/demo"
 	"github.com/unifiedsql/unified/pgtest"
@@ -218,6 +220,50 @@ func AwaitReplica(ctx context.Context, db *sql.DB, out io.Writer) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	fmt.Fprintf(out, "    no replica eligible within %v: ReadOnly reads fall back to the primary\n", time.Since(start).Round(time.Millisecond))
+}
+
+// AwaitReplayed waits, up to 10 s, until every replica of cl has replayed
+// what the primary had written when it was called, asking each node
+// directly. An example calls it after creating its schema, so that its
+// ReadOnly reads cannot meet a replica that has not seen the tables yet
+// (42P01): replicas trail the primary, and an application that must read
+// what it just wrote uses a session (unified.WithSession) instead.
+func AwaitReplayed(ctx context.Context, cl *pgtest.Cluster) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	p := cl.Primary()
+	at, err := scanOn[string](ctx, cl, p, "SELECT pg_current_wal_lsn()::text")
+	if err != nil {
+		return fmt.Errorf("the primary's WAL position: %w", err)
+	}
+	for i := range cl.Len() {
+		if i == p {
+			continue
+		}
+		for {
+			ok, err := scanOn[bool](ctx, cl, i, "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false)", at)
+			if err == nil && ok {
+				break
+			}
+			if !demo.Sleep(ctx, 10*time.Millisecond) {
+				return fmt.Errorf("%s has not replayed %s: %w (last error: %v)", cl.Node(i).Name(), at, ctx.Err(), err)
+			}
+		}
+	}
+	return nil
+}
+
+// scanOn runs query on node i of cl over its own connection and scans the
+// one value it returns.
+func scanOn[T any](ctx context.Context, cl *pgtest.Cluster, i int, query string, args ...any) (T, error) {
+	var v T
+	db, err := sql.Open("pgx", cl.Node(i).DSN())
+	if err != nil {
+		return v, err
+	}
+	defer db.Close()
+	err = db.QueryRowContext(ctx, query, args...).Scan(&v)
+	return v, err
 }
 
 // Served names the node that answered SELECT inet_server_port() with port,
