@@ -667,6 +667,8 @@ var errorCases = []errorCase{
 	{"dns refresh below its floor", "postgres://app:s3cr3t-pw@h1/app?unified_dns_refresh=10ms", []string{`unified_dns_refresh "10ms"`, "at least 1s"}, nil},
 	{"patroni URL without a scheme", "postgres://app:s3cr3t-pw@h1/app?unified_patroni=db1:8008", []string{`unified_patroni "db1:8008"`, "http://"}, nil},
 	{"patroni URL with credentials", "host=h1 password=s3cr3t-pw unified_patroni=http://u:pw@db1:8008", []string{`unified_patroni "http://xxxxx@db1:8008"`}, nil},
+	{"patroni URL with a comma in its password", "host=h1 unified_patroni=http://app:s3cr3t,pw@db1:8008", []string{`unified_patroni "http://xxxxx@db1:8008"`}, nil},
+	{"patroni URL with credentials and no scheme", "host=h1 unified_patroni=app:s3cr3t@db1:8008", []string{`unified_patroni "xxxxx@db1:8008"`}, nil},
 	{"unknown key url", "postgres://app:s3cr3t-pw@h1/app?unified_retry=5", []string{`unknown parameter "unified_retry"`}, nil},
 	{"unknown key keyword/value", "host=h1 password=s3cr3t-pw unified_bogus=1", []string{`"unified_bogus"`}, nil},
 	{"upper-case key", "host=h1 password=s3cr3t-pw UNIFIED_RETRY_MAX=5", []string{`unknown parameter "UNIFIED_RETRY_MAX" (keys are case-sensitive: unified_retry_max)`}, nil},

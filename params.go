@@ -319,18 +319,19 @@ var params = []param{
 	},
 }
 
-// redactURLs replaces the user information of any URL in a comma-separated
-// value by "xxxxx", so that an error never echoes a password.
+// redactURLs hides the user information of the URLs in a value: all from
+// the first scheme (or the start) to the last "@" becomes "xxxxx", so that
+// an error never echoes a password, also one with a comma in it or in a URL
+// written without a scheme. A value without "@" is returned as it is.
 func redactURLs(v string) string {
-	parts := strings.Split(v, ",")
-	for i, u := range parts {
-		if at := strings.LastIndexByte(u, '@'); at >= 0 {
-			if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
-				parts[i] = u[:scheme+3] + "xxxxx" + u[at:]
-			}
-		}
+	at := strings.LastIndexByte(v, '@')
+	if at < 0 {
+		return v
 	}
-	return strings.Join(parts, ",")
+	if scheme := strings.Index(v, "://"); scheme >= 0 && scheme < at {
+		return v[:scheme+3] + "xxxxx" + v[at:]
+	}
+	return "xxxxx" + v[at:]
 }
 
 // validRESTURL reports whether u is an absolute http or https URL with a
