@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -278,4 +279,26 @@ func TestBatchIsNeverRetried(t *testing.T) {
 		require.Error(t, err)
 		assert.Equal(t, 4, node.Dials(), "batch: one attempt, no retry")
 	})
+}
+
+// A node re-resolved from DNS or Patroni is a new *node with the same
+// server.address and server.port: its duration series is the old one, so
+// the cache of attribute sets does not grow with every new *node (it
+// would fill up with dead nodes and then build the set on every call).
+func TestOpSetsKeyedByAddressNotNode(t *testing.T) {
+	c, _ := staticFake(t, "")
+	tel := c.tel
+	key := func(n *node) opKey {
+		return opKey{reached: true, host: n.host, port: n.port, primary: true, mode: ReadWrite, name: "SELECT"}
+	}
+	first := &node{name: "db/10.0.0.1:5432", host: "db", port: 5432}
+	tel.initNode(first)
+	tel.opSet(key(first))
+	base := tel.opSets.Len()
+	for i := range 50 {
+		n := &node{name: "db/10.0.1." + strconv.Itoa(i) + ":5432", host: "db", port: 5432}
+		tel.initNode(n)
+		tel.opSet(key(n))
+	}
+	assert.Equal(t, base, tel.opSets.Len(), "50 re-resolved nodes of one host:port share one series")
 }

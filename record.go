@@ -11,7 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
-	semconv "go.opentelemetry.io/otel/semconv/v1.28.0"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -172,7 +172,10 @@ func (r *opRecord) end(ctx context.Context, n *node, sl slot, err error) {
 		errType, code = errorType(ctx, err)
 	}
 	if r.metrics {
-		k := opKey{node: n, primary: primary, mode: r.mode, name: r.name, errType: errType, code: code}
+		k := opKey{primary: primary, mode: r.mode, name: r.name, errType: errType, code: code}
+		if n != nil {
+			k.reached, k.host, k.port = true, n.host, n.port
+		}
 		t.duration.Record(r.contextOr(ctx), time.Since(r.start).Seconds(), t.opSet(k)...)
 	}
 	if r.span != nil {
@@ -248,7 +251,12 @@ func validSQLState(s string) bool {
 
 // opKey identifies one attribute set of db.client.operation.duration.
 type opKey struct {
-	node    *node // nil: no node reached
+	// The node's server.address and server.port, not the node itself: a
+	// node re-resolved from DNS or Patroni is a new *node with the same
+	// series, and a dead one must not stay pinned in the cache.
+	reached bool // a node was reached
+	host    string
+	port    int
 	primary bool
 	mode    Mode
 	name    string
@@ -272,10 +280,11 @@ func (t *telemetry) opAttrs(k opKey) []attribute.KeyValue {
 	if k.name != "" {
 		attrs = append(attrs, semconv.DBOperationNameKey.String(k.name))
 	}
-	if k.node != nil {
-		// server.address and server.port: unified.node would repeat them,
-		// and the SDK's cost per Record grows with the attribute count.
-		attrs = append(attrs, k.node.tel.attrs[:2]...)
+	if k.reached {
+		// server.address and server.port, as in the node's own attributes:
+		// unified.node would repeat them, and the SDK's cost per Record
+		// grows with the attribute count.
+		attrs = append(attrs, semconv.ServerAddressKey.String(k.host), semconv.ServerPortKey.Int(k.port))
 	}
 	if k.mode.valid() {
 		attrs = append(attrs, keyMode.String(k.mode.String()))
