@@ -275,18 +275,11 @@ func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 			release()
 		}
 	}()
-	rec := c.c.tel.begin(ctx, opBegin, "BEGIN", m)
-	a := attempt{rec: &rec, want: w}
 	var inner driver.Tx
-	pc, err := c.run(ctx, opBegin, m, slotFor(m), &a, func(pc *physConn) (err error) {
+	pc, err := c.doRouted(ctx, opBegin, "BEGIN", m, w, func(pc *physConn) (err error) {
 		inner, err = pc.begin(ctx, opts)
 		return err
 	})
-	var n *node
-	if pc != nil {
-		n = pc.node
-	}
-	rec.end(ctx, n, slotFor(m), err)
 	if err != nil {
 		return nil, err
 	}

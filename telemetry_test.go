@@ -404,6 +404,30 @@ func TestTelemetryCommitUnknownAndFallback(t *testing.T) {
 	assert.Len(t, sel, 1, "a read that fell back is recorded on the primary")
 }
 
+// A ReadOnly transaction with no replica runs on the primary's read-only
+// session: its BEGIN, like its statements, is recorded on the primary and
+// counted as a fallback (the BEGIN was labelled replica and not counted).
+func TestTelemetryFallbackTransaction(t *testing.T) {
+	f := newTelFixture(t, telSettings{replicas: 0})
+	ctx := unified.WithMode(t.Context(), unified.ReadOnly)
+	tx, err := f.db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, tx.QueryRowContext(ctx, "SELECT 1").Scan(&n))
+	require.NoError(t, tx.Commit())
+
+	m := f.collect(t)
+	for _, name := range []string{"BEGIN", "SELECT", "COMMIT"} {
+		got := telFind(m["db.client.operation.duration"], map[string]any{
+			"db.operation.name": name, "unified.role": "primary", "server.address": "primary",
+		})
+		assert.Len(t, got, 1, "%s recorded on the primary", name)
+	}
+	fb := telFind(m["unified.read.fallback"], map[string]any{"unified.node": "primary:5432"})
+	require.Len(t, fb, 1)
+	assert.EqualValues(t, 3, fb[0].value, "BEGIN, SELECT and COMMIT each served by the primary")
+}
+
 // TestTelemetryNoSecrets scans every attribute, name and description of
 // every metric and span for the password, the SQL text and a parameter.
 func TestTelemetryNoSecrets(t *testing.T) {
