@@ -24,6 +24,12 @@ type attempt struct {
 	// first time it waits, unified_failover_timeout later (each operation
 	// waits that long from when it started waiting, not from the loss).
 	waitUntil time.Time
+	// exclude and tries carry over to a read run again from its rows
+	// (rows.failed): the node that failed it, and the attempts made so far,
+	// which unified_retry_max bounds together. run leaves in tries the
+	// attempts it made.
+	exclude *node
+	tries   int
 }
 
 // waitDeadline returns waitUntil, setting it on the first call.
@@ -38,9 +44,10 @@ func (a *attempt) waitDeadline(c *Connector) time.Time {
 // decide; it returns the physical connection of the last attempt (nil if
 // none was reached) and the caller's error.
 func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, fn func(*physConn) error) (*physConn, error) {
-	var exclude *node
+	exclude := a.exclude
 	var bo *backoff.ExponentialBackOff
-	for n := 1; ; {
+	for n := a.tries + 1; ; {
+		a.tries = n
 		f := facts{op: op, slot: sl, mode: m, attempt: n, retryMax: c.c.cfg.RetryMax}
 		pc, err := c.physFor(ctx, sl, exclude, a)
 		var nd *node

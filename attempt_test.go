@@ -712,3 +712,66 @@ func TestAttemptRunTx(t *testing.T) {
 		})
 	}
 }
+
+// queriesOf counts how often node n was sent query q.
+func queriesOf(n *fakepg.Node, q string) int {
+	k := 0
+	for _, s := range n.Recorded() {
+		if s == "query "+q {
+			k++
+		}
+	}
+	return k
+}
+
+// A session read whose replica breaks before the first row runs again
+// only where the session's floor has been replayed (invariant 10): the
+// read run again from its rows asks what the first try asked.
+func TestAttemptRerunKeepsSessionFloor(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
+		for _, n := range nodes {
+			n.Set(func(s *fakepg.State) { s.LSN = 150 })
+		}
+		require.True(t, c.Health(t.Context()).Readable)
+		nodes[0].Set(func(s *fakepg.State) { s.LSN = 200 })
+		nodes[1].Set(func(s *fakepg.State) { s.LSN = 200 })
+		time.Sleep(1100 * time.Millisecond)
+		synctest.Wait()
+		require.True(t, replicaEligible(c.viewNow().s, 2), "n2 is eligible, below the floor")
+		sess := &Session{floor: floor{lsn: 200, timeline: 1}}
+		ctx := WithSession(WithMode(t.Context(), ReadOnly), sess)
+		for _, n := range nodes {
+			n.Record()
+		}
+		conn := logical(t, c)
+		nodes[1].On(fakepg.Query, fakepg.BreakRowsAfter(0))
+		rows, err := conn.QueryContext(ctx, "SELECT 1", nil)
+		require.NoError(t, err)
+		require.Equal(t, 1, queriesOf(nodes[1], "SELECT 1"), "the read went to n1, which replayed the floor")
+		_ = rows.Next(make([]driver.Value, 1)) // n1 breaks before the first row: run again
+		_ = rows.Close()
+		assert.Equal(t, 0, queriesOf(nodes[2], "SELECT 1"), "n2 has not replayed the floor: %q", nodes[2].Recorded())
+	})
+}
+
+// A read whose rows keep breaking before the first row is run again at
+// most unified_retry_max times in all.
+func TestAttemptRowsRerunBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_retry_max=3&unified_breaker_failures=100")
+		require.True(t, c.Health(t.Context()).Readable)
+		for range 10 {
+			nodes[1].On(fakepg.Query, fakepg.BreakRowsAfter(0))
+			nodes[2].On(fakepg.Query, fakepg.BreakRowsAfter(0))
+		}
+		conn := logical(t, c)
+		rows, err := conn.QueryContext(WithMode(t.Context(), ReadOnly), "SELECT 1", nil)
+		require.NoError(t, err)
+		_ = rows.Next(make([]driver.Value, 1))
+		_ = rows.Close()
+		sent := nodes[1].Sent(fakepg.Query) + nodes[2].Sent(fakepg.Query)
+		assert.LessOrEqual(t, sent, 3, "unified_retry_max=3")
+		assert.GreaterOrEqual(t, sent, 2, "the read ran again at least once")
+	})
+}

@@ -154,7 +154,8 @@ func (c *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 }
 
 func (c *Conn) exec(ctx context.Context, query string, run func(*physConn) (driver.Result, error)) (driver.Result, error) {
-	release, err := c.admit(ctx)
+	m, w := c.route(ctx)
+	release, err := c.admit(ctx, m)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +163,7 @@ func (c *Conn) exec(ctx context.Context, query string, run func(*physConn) (driv
 		defer release()
 	}
 	var res driver.Result
-	_, err = c.do(ctx, opExec, query, func(pc *physConn) (err error) {
+	_, err = c.doRouted(ctx, opExec, query, m, w, func(pc *physConn) (err error) {
 		res, err = run(pc)
 		return err
 	})
@@ -178,7 +179,8 @@ func (c *Conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 
 // query runs a query, through st when it is a prepared statement's.
 func (c *Conn) query(ctx context.Context, query string, args []driver.NamedValue, st *stmt) (driver.Rows, error) {
-	release, err := c.admit(ctx)
+	m, w := c.route(ctx)
+	release, err := c.admit(ctx, m)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +189,6 @@ func (c *Conn) query(ctx context.Context, query string, args []driver.NamedValue
 			release() // not handed to the rows: an error, or a panic in the node driver
 		}
 	}()
-	m, w := c.route(ctx)
 	var dr driver.Rows
 	pc, err := c.doRouted(ctx, opQuery, query, m, w, func(pc *physConn) (err error) {
 		dr, err = c.queryOn(ctx, pc, query, args, st)
@@ -196,11 +197,11 @@ func (c *Conn) query(ctx context.Context, query string, args []driver.NamedValue
 	if err != nil {
 		return nil, err
 	}
-	if c.tx != nil && release == nil {
+	if c.tx != nil {
 		return dr, nil // nothing to watch: returned as pgx made them
 	}
 	r := c.newRows(pc)
-	*r = rows{Rows: dr, c: c, pc: pc, ctx: ctx, query: query, args: args, st: st, release: release, inTx: c.tx != nil, inUse: true}
+	*r = rows{Rows: dr, c: c, pc: pc, ctx: ctx, query: query, args: args, st: st, release: release, want: w, tries: 1, inUse: true}
 	if pc.slot == slotPrimary && c.tx == nil {
 		r.sess = w.sess // an autocommit query may be a write: its floor is read at Close
 	}
@@ -228,11 +229,11 @@ func (c *Conn) queryOn(ctx context.Context, pc *physConn, query string, args []d
 
 // admit takes a Batch bulkhead token for a statement outside a transaction
 // (a Batch transaction holds one from BeginTx to its end).
-func (c *Conn) admit(ctx context.Context) (func(), error) {
+func (c *Conn) admit(ctx context.Context, m Mode) (func(), error) {
 	if c.tx != nil || c.c.batch == nil {
 		return nil, nil
 	}
-	return c.c.admitBatch(ctx, c.mode(ctx))
+	return c.c.admitBatch(ctx, m)
 }
 
 // PrepareContext prepares query on the connection the context routes to, so

@@ -9,8 +9,8 @@ import (
 	"reflect"
 )
 
-// rows are a node's rows watched by the driver, outside a transaction (or
-// holding a Batch bulkhead token):
+// rows are a node's rows watched by the driver, outside a transaction
+// (inside one they are pgx's own):
 //
 //   - on the primary session, an autocommit query may be a write (INSERT
 //     ... RETURNING): an error from Next or Close after its connection
@@ -32,7 +32,8 @@ type rows struct {
 	st    *stmt // the prepared statement, when run through one
 	// release gives back a Batch bulkhead token; nil without one.
 	release func()
-	inTx    bool     // run inside a transaction (a Batch one)
+	want    readWant // what the read asked of its replica: a read run again asks it again
+	tries   int      // attempts made so far, run again included (unified_retry_max)
 	sess    *Session // the session of an autocommit query on the primary: its floor is read at Close
 	seen    bool     // a row reached the caller
 	err     error    // the error Next returned, returned by Close again
@@ -78,13 +79,13 @@ func (r *rows) Next(dest []driver.Value) error {
 // reports whether the read was run again (r.Rows are then the new node's).
 func (r *rows) failed(err error) (rerun bool, _ error) {
 	c, pc := r.c, r.pc
-	f := facts{op: opQuery, slot: pc.slot, mode: c.mode(r.ctx), inTx: r.inTx, used: true, readOnly: pc.readOnly,
-		rowsSeen: r.seen, attempt: 1, retryMax: c.c.cfg.RetryMax,
+	f := facts{op: opQuery, slot: pc.slot, mode: c.mode(r.ctx), used: true, readOnly: pc.readOnly,
+		rowsSeen: r.seen, attempt: r.tries, retryMax: c.c.cfg.RetryMax,
 		class: classifyOf(r.ctx, err), sent: true, broke: pc.broken()}
 	v := decide(f)
 	c.apply(r.ctx, v, f, pc, pc.node, err)
 	if v.retry == retryReadFailover && !c.closed {
-		if next, npc, rerr := c.rerun(r.ctx, r.query, r.args, r.st, pc.node); rerr == nil {
+		if next, npc, rerr := c.rerun(r, pc.node); rerr == nil {
 			_ = r.Rows.Close()
 			r.pc.active.Add(-1)
 			npc.active.Add(1)
@@ -95,21 +96,26 @@ func (r *rows) failed(err error) (rerun bool, _ error) {
 	return false, c.shape(v.report, f, pc.node, err)
 }
 
-// rerun runs a read again on another node than exclude.
-func (c *Conn) rerun(ctx context.Context, query string, args []driver.NamedValue, st *stmt, exclude *node) (driver.Rows, *physConn, error) {
-	rec := c.c.tel.begin(ctx, opQuery, query, ReadOnly)
+// rerun runs r's read again on another node than exclude, through the
+// same loop as every statement (run): the session's floor and lag bound of
+// the first try, the attempts r made so far counted against
+// unified_retry_max.
+func (c *Conn) rerun(r *rows, exclude *node) (driver.Rows, *physConn, error) {
+	rec := c.c.tel.begin(r.ctx, opQuery, r.query, ReadOnly)
 	rec.retry(retryReadFailover)
-	a := attempt{rec: &rec}
-	pc, err := c.physFor(ctx, slotRead, exclude, &a)
+	a := attempt{rec: &rec, want: r.want, exclude: exclude, tries: r.tries}
 	var dr driver.Rows
-	if err == nil {
-		dr, err = c.queryOn(ctx, pc, query, args, st)
-	}
+	pc, err := c.run(r.ctx, opQuery, ReadOnly, slotRead, &a, func(pc *physConn) (err error) {
+		dr, err = c.queryOn(r.ctx, pc, r.query, r.args, r.st)
+		return err
+	})
+	r.tries = a.tries
 	var n *node
+	sl := slotRead
 	if pc != nil {
-		n = pc.node
+		n, sl = pc.node, pc.slot
 	}
-	rec.end(ctx, n, slotRead, err)
+	rec.end(r.ctx, n, sl, err)
 	return dr, pc, err
 }
 
