@@ -775,3 +775,49 @@ func TestAttemptRowsRerunBounded(t *testing.T) {
 		assert.GreaterOrEqual(t, sent, 2, "the read ran again at least once")
 	})
 }
+
+// A session token from a timeline this process has not seen yet (another
+// process follows the promoted node already) makes the read wait for the
+// monitor to see it, not run on the old timeline's primary, which cannot
+// hold the write (invariant 10).
+func TestAttemptFloorFromNewerTimeline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
+		require.True(t, c.Health(t.Context()).Readable)
+		time.Sleep(100 * time.Millisecond) // between probes
+		promote(nodes[1], 2)              // n0 still answers as the primary of timeline 1
+		nodes[1].Set(func(s *fakepg.State) { s.LSN = 300 })
+		sess := &Session{floor: floor{lsn: 250, timeline: 2}}
+		for _, n := range nodes {
+			n.Record()
+		}
+		conn := logical(t, c)
+		rows, err := conn.QueryContext(WithSession(WithMode(t.Context(), ReadOnly), sess), "SELECT 1", nil)
+		require.NoError(t, err)
+		_ = rows.Close()
+		assert.Equal(t, 0, queriesOf(nodes[0], "SELECT 1"), "n0 is on timeline 1: %q", nodes[0].Recorded())
+		assert.Equal(t, 1, queriesOf(nodes[1], "SELECT 1"), "n1, the primary of timeline 2, has the write")
+	})
+}
+
+// With no node of the session's timeline in sight, the read fails at the
+// failover deadline instead of running on the old timeline.
+func TestAttemptFloorFromUnseenTimelineFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_failover_timeout=2s")
+		require.True(t, c.Health(t.Context()).Readable)
+		sess := &Session{floor: floor{lsn: 250, timeline: 2}}
+		for _, n := range nodes {
+			n.Record()
+		}
+		conn := logical(t, c)
+		start := time.Now()
+		_, err := conn.QueryContext(WithSession(WithMode(t.Context(), ReadOnly), sess), "SELECT 1", nil)
+		require.ErrorIs(t, err, ErrNoPrimary)
+		assert.Contains(t, err.Error(), "timeline 2")
+		assert.Equal(t, 2*time.Second, time.Since(start).Round(time.Second), "it waited unified_failover_timeout")
+		for _, n := range nodes {
+			assert.Equal(t, 0, queriesOf(n, "SELECT 1"), "%s ran the read", n)
+		}
+	})
+}

@@ -177,6 +177,12 @@ func (c *Conn) readConn(ctx context.Context, exclude *node, a *attempt) (*physCo
 		}
 	}
 	w := a.want
+	if !w.floor.zero() && ahead(v, w.floor) {
+		var err error
+		if v, err = c.c.catchUp(ctx, v, w.floor, a); err != nil {
+			return nil, err
+		}
+	}
 	if !w.floor.zero() && !sameLineage(v, w.floor) {
 		return c.fallbackConn(ctx, a, sessionOtherTimeline)
 	}
@@ -311,11 +317,54 @@ func (c *Connector) idleFallback(pc *physConn, v *view) bool {
 // continues: the same cluster and timeline (with no primary, the highest
 // timeline seen).
 func sameLineage(v *view, f floor) bool {
-	tl, sys := v.s.MaxTimeline, uint64(0)
+	tl, sys := lineage(v)
+	return f.timeline == tl && sameSystem(f.system, sys)
+}
+
+// ahead reports whether floor f is of a later timeline of v's cluster than
+// v's primary (or, with none, its highest timeline): the session wrote on a
+// primary this process has not seen promoted yet.
+func ahead(v *view, f floor) bool {
+	tl, sys := lineage(v)
+	return f.timeline > tl && sameSystem(f.system, sys)
+}
+
+// lineage is v's timeline and system identifier: its primary's, or with
+// none its highest timeline (system unknown).
+func lineage(v *view) (uint32, uint64) {
 	if p, ok := v.s.PrimaryNode(); ok {
-		tl, sys = p.Timeline, p.SystemID
+		return p.Timeline, p.SystemID
 	}
-	return f.timeline == tl && (f.system == 0 || sys == 0 || f.system == sys)
+	return v.s.MaxTimeline, 0
+}
+
+// sameSystem: two system identifiers name the same cluster, or one is
+// unknown (0).
+func sameSystem(a, b uint64) bool { return a == 0 || b == 0 || a == b }
+
+// catchUp waits, within the operation's failover deadline, until the
+// monitor has seen the timeline of floor f (it probes at once): a session
+// read must not run on the old timeline's primary only because this
+// process has not probed the promotion yet (invariant 10). Still behind at
+// the deadline, the read fails.
+func (c *Connector) catchUp(ctx context.Context, v *view, f floor, a *attempt) (*view, error) {
+	if c.mon == nil {
+		return v, nil // a static topology: no other timeline to learn of
+	}
+	until := a.waitDeadline(c)
+	for ahead(v, f) {
+		ch := c.mon.publication()
+		c.mon.suspectPrimary()
+		if !time.Now().Before(until) {
+			tl, _ := lineage(v)
+			return nil, fmt.Errorf("%w: the session's writes are on timeline %d; the nodes this process knows are on timeline %d", ErrNoPrimary, f.timeline, tl)
+		}
+		if err := c.waitPublished(ctx, ch, until); err != nil {
+			return nil, err
+		}
+		v = c.viewNow()
+	}
+	return v, nil
 }
 
 // known is the highest replay position node i is known to have reached:
