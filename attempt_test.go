@@ -785,7 +785,7 @@ func TestAttemptFloorFromNewerTimeline(t *testing.T) {
 		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
 		require.True(t, c.Health(t.Context()).Readable)
 		time.Sleep(100 * time.Millisecond) // between probes
-		promote(nodes[1], 2)              // n0 still answers as the primary of timeline 1
+		promote(nodes[1], 2)               // n0 still answers as the primary of timeline 1
 		nodes[1].Set(func(s *fakepg.State) { s.LSN = 300 })
 		sess := &Session{floor: floor{lsn: 250, timeline: 2}}
 		for _, n := range nodes {
