@@ -821,3 +821,26 @@ func TestAttemptFloorFromUnseenTimelineFails(t *testing.T) {
 		}
 	})
 }
+
+// With a session, a transaction the caller began with a BEGIN statement
+// gets no statement of the driver's inside it (a SET TRANSACTION right
+// after BEGIN must stay the first statement); its COMMIT raises the floor.
+func TestAttemptCaptureNotInsideCallersBlock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, n := staticFake(t, "")
+		conn := logical(t, c)
+		sess := NewSession()
+		ctx := WithSession(t.Context(), sess)
+		n.Record()
+		for _, q := range []string{"BEGIN", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "INSERT INTO t VALUES (1)"} {
+			_, err := conn.ExecContext(ctx, q, nil)
+			require.NoError(t, err)
+		}
+		assert.Equal(t, []string{"exec BEGIN", "exec SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "exec INSERT INTO t VALUES (1)"}, n.Recorded())
+		assert.True(t, sess.get().zero(), "nothing committed yet")
+		_, err := conn.ExecContext(ctx, "COMMIT", nil)
+		require.NoError(t, err)
+		assert.Equal(t, "query "+insertLSNQuery, n.Recorded()[len(n.Recorded())-1], "after the COMMIT the floor is read")
+		assert.False(t, sess.get().zero(), "the COMMIT raised the floor")
+	})
+}

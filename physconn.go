@@ -129,6 +129,20 @@ func (pc *physConn) close() {
 // broken reports whether the driver says the connection is gone (pgx
 // closes a connection whose network failed or whose context was canceled
 // mid-query).
+// inTxBlock reports whether the session is inside a transaction block:
+// pgx's transaction status, or that of another driver's connection that
+// tells it (TxStatus, as pgconn's: 'I' idle). Outside a driver.Tx this is
+// a BEGIN statement the caller sent itself.
+func (pc *physConn) inTxBlock() bool {
+	if pc.sc != nil {
+		return pc.sc.Conn().PgConn().TxStatus() != 'I'
+	}
+	if t, ok := pc.dc.(interface{ TxStatus() byte }); ok {
+		return t.TxStatus() != 'I'
+	}
+	return false
+}
+
 func (pc *physConn) broken() bool {
 	switch {
 	case pc.closed:

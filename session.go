@@ -244,6 +244,12 @@ const unknownLSN = ^uint64(0)
 // pay this round trip; a COMMIT learns it in the same round trip, see
 // commitWithFloor).
 func (c *Conn) capture(ctx context.Context, pc *physConn, sess *Session) {
+	if pc.inTxBlock() {
+		// The caller sent BEGIN itself: nothing is committed yet, and a
+		// statement of ours would run inside its transaction (a SET
+		// TRANSACTION after it would fail). Its COMMIT raises the floor.
+		return
+	}
 	lsn, err := queryLSN(ctx, pc, insertLSNQuery)
 	if err != nil {
 		c.c.log.Warn("unified: the session's floor after a write is unknown; its reads go to the primary until its next write", "node", pc.node.name, "error", err)

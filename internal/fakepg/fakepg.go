@@ -27,6 +27,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -383,7 +384,8 @@ type conn struct {
 	gone      chan struct{}
 	breakOnce sync.Once
 	busy      bool // rows are open
-	inTx      bool
+	inTx      bool // a driver.Tx is open
+	block     bool // a transaction block begun by a BEGIN statement
 }
 
 // The interfaces pgx stdlib's Conn implements, and what pgx tells of a
@@ -400,6 +402,7 @@ var _ interface {
 	IsClosed() bool
 	IsBusy() bool
 	Interrupt()
+	TxStatus() byte
 } = (*conn)(nil)
 
 // breakConn closes the connection; safe from any goroutine.
@@ -416,6 +419,22 @@ func (c *conn) Interrupt() { c.breakConn() }
 
 // IsClosed reports whether the connection is closed or broken.
 func (c *conn) IsClosed() bool { return c.closed.Load() }
+
+// TxStatus is the session's transaction status as pgconn tells it: 'T'
+// inside a transaction (a driver.Tx, or a block an Exec of BEGIN or START
+// TRANSACTION opened and one of COMMIT, END, ROLLBACK or ABORT closes),
+// else 'I'.
+func (c *conn) TxStatus() byte {
+	if c.inTx || c.block {
+		return 'T'
+	}
+	return 'I'
+}
+
+// startsWith reports whether query begins with keyword, in any case.
+func startsWith(query, keyword string) bool {
+	return len(query) >= len(keyword) && strings.EqualFold(query[:len(keyword)], keyword)
+}
 
 // IsBusy reports whether rows of a query are still open on it.
 func (c *conn) IsBusy() bool { return c.busy }
@@ -513,6 +532,12 @@ var result driver.Result = driver.RowsAffected(1)
 func (c *conn) ExecContext(ctx context.Context, query string, _ []driver.NamedValue) (driver.Result, error) {
 	if _, err := c.send(ctx, Exec, query); err != nil {
 		return nil, err
+	}
+	switch {
+	case startsWith(query, "BEGIN"), startsWith(query, "START TRANSACTION"):
+		c.block = true
+	case startsWith(query, "COMMIT"), startsWith(query, "END"), startsWith(query, "ROLLBACK"), startsWith(query, "ABORT"):
+		c.block = false
 	}
 	return result, nil
 }
