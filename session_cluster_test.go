@@ -141,6 +141,35 @@ func TestSessionReadsGoToReplicasOnceReplayed(t *testing.T) {
 	assert.GreaterOrEqual(t, onReplicas, uint64(40), "at least 80 %% of them")
 }
 
+// A transaction begun with a plain BEGIN statement on a sql.Conn, with a
+// session in the context: the driver sends nothing inside it (SET
+// TRANSACTION must be its first statement, or PostgreSQL refuses it with
+// 25001), and its COMMIT raises the floor, so the session then reads the
+// row.
+func TestSessionCallersOwnBeginBlock(t *testing.T) {
+	c := pgcluster.Need(t, cluster)
+	const table = "session_own_begin"
+	newTable(t, c, table)
+	db := openUnified(t, c)
+	sess := unified.NewSession()
+	ctx := unified.WithSession(t.Context(), sess)
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	for _, q := range []string{"BEGIN", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "INSERT INTO " + table + " VALUES (1)"} {
+		_, err := conn.ExecContext(ctx, q)
+		require.NoError(t, err, q)
+	}
+	var iso string
+	require.NoError(t, conn.QueryRowContext(ctx, "SHOW transaction_isolation").Scan(&iso))
+	assert.Equal(t, "serializable", iso)
+	_, err = conn.ExecContext(ctx, "COMMIT")
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, db.QueryRowContext(unified.WithMode(ctx, unified.ReadOnly), "SELECT count(*) FROM "+table).Scan(&n))
+	assert.Equal(t, 1, n, "the session reads the committed row")
+}
+
 // A token carries the session to another *sql.DB (another process).
 func TestSessionTokenToAnotherDB(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
