@@ -69,6 +69,9 @@ func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, 
 				return pc, err
 			}
 			f.class, f.sent, f.broke = classifyOf(ctx, err), sentOf(err), pc.broken()
+			if pc.prepFailed {
+				f.op = opPrepare // a statement's lazy preparation failed: nothing ran
+			}
 		}
 		f.static = c.c.mon == nil
 		f.mayWait = !f.static && (a.waitUntil.IsZero() || time.Now().Before(a.waitUntil))
@@ -133,6 +136,10 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 		pc.active.Add(-1)
 	}
 	if err != nil {
+		pe, prep := err.(prepareError)
+		if pc.prepFailed = prep; prep {
+			err = pe.err
+		}
 		if cause := pc.interrupted.Load(); cause != nil {
 			err = fmt.Errorf("%w: %w", *cause, err) // the classes are the error's
 		}

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -843,4 +844,34 @@ func TestAttemptCaptureNotInsideCallersBlock(t *testing.T) {
 		assert.Equal(t, "query "+insertLSNQuery, n.Recorded()[len(n.Recorded())-1], "after the COMMIT the floor is read")
 		assert.False(t, sess.get().zero(), "the COMMIT raised the floor")
 	})
+}
+
+// A prepared statement executed on a connection it was not prepared on
+// prepares there first; when that PREPARE breaks the connection, nothing
+// that may write was sent: no ErrCommitUnknown, and the primary session,
+// which had served nothing, is dialed again and the statement runs.
+func TestAttemptStmtPrepareInsideExec(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, n := staticFake(t, "")
+		conn := logical(t, c)
+		st, err := conn.PrepareContext(WithMode(t.Context(), ReadOnly), "INSERT INTO t VALUES (1)")
+		require.NoError(t, err) // on the read-only fallback session
+		n.Record()
+		n.On(fakepg.Prepare, fakepg.BreakAfterSend())
+		_, err = st.(driver.StmtExecContext).ExecContext(t.Context(), nil)
+		require.NoError(t, err, "the PREPARE broke an unused session: dialed again")
+		assert.Equal(t, 1, countPrefix(n.Recorded(), "exec INSERT"), "the INSERT ran once: %q", n.Recorded())
+		assert.True(t, conn.IsValid())
+	})
+}
+
+// countPrefix counts the entries of rec that begin with p.
+func countPrefix(rec []string, p string) int {
+	k := 0
+	for _, s := range rec {
+		if strings.HasPrefix(s, p) {
+			k++
+		}
+	}
+	return k
 }

@@ -142,6 +142,9 @@ func (c *Conn) onTx(ctx context.Context, op opKind, m Mode, rec *opRecord, fn fu
 		return pc, err
 	}
 	f.class, f.sent, f.broke = classifyOf(ctx, err), sentOf(err), pc.broken()
+	if pc.prepFailed {
+		f.op = opPrepare // a statement's lazy preparation failed: nothing ran
+	}
 	v := decide(f)
 	c.apply(ctx, v, f, pc, pc.node, err)
 	return pc, c.shape(v.report, f, pc.node, err)

@@ -33,6 +33,9 @@ type physConn struct {
 	// sock looks at a pgx connection's socket before an idle session is
 	// used again (nil for other drivers): see fit.
 	sock *sockcheck.Checker
+	// prepFailed: the last call failed in a statement's lazy preparation
+	// (prepareError), not in what it then would have run.
+	prepFailed bool
 	// used: the connection has served a statement. For the primary slot
 	// the session is the user's from then on (DESIGN.md §2).
 	used bool

@@ -48,11 +48,20 @@ func (s *stmt) on(ctx context.Context, pc *physConn) (driver.Stmt, error) {
 	}
 	ps, err := pc.prepare(ctx, s.query)
 	if err != nil {
-		return nil, err
+		return nil, prepareError{err}
 	}
 	s.prepared = append(s.prepared, preparedOn{pc: pc, st: ps})
 	return ps, nil
 }
+
+// prepareError is an error of the preparation an execution makes first on
+// a connection the statement was not prepared on (on): what was sent is a
+// PREPARE, which writes nothing, so the attempt loop decides it as one
+// (Conn.call takes the mark off; the caller gets the driver's error).
+type prepareError struct{ err error }
+
+func (e prepareError) Error() string { return e.err.Error() }
+func (e prepareError) Unwrap() error { return e.err }
 
 func (s *stmt) Close() error {
 	if s.closed {
