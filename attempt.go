@@ -68,7 +68,7 @@ func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, 
 			if err = c.call(pc, a.rec, op, fn); err == nil || errors.Is(err, driver.ErrSkip) {
 				return pc, err
 			}
-			f.class, f.sent, f.broke = classifyOf(ctx, err), sentOf(err), pc.broken()
+			f.class, f.sent, f.broke = classOf(ctx, err), sentOf(err), pc.broken()
 			if pc.prepFailed {
 				f.op = opPrepare // a statement's lazy preparation failed: nothing ran
 			}
@@ -100,9 +100,6 @@ func (c *Conn) run(ctx context.Context, op opKind, m Mode, sl slot, a *attempt, 
 		return pc, c.shape(v.report, f, nd, err)
 	}
 }
-
-// classifyOf is the error's class against the caller's context.
-func classifyOf(ctx context.Context, err error) classify.Class { return classOf(ctx, err) }
 
 // sentOf reports whether a failed call may have reached the server: pgx
 // (v5.13 and later, jackc/pgx#2700) marks what provably did not as safe to

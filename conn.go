@@ -136,18 +136,26 @@ func (c *Conn) doRouted(ctx context.Context, op opKind, query string, m Mode, w 
 // failure is never "outcome unknown"; only COMMIT can be.
 func (c *Conn) onTx(ctx context.Context, op opKind, m Mode, rec *opRecord, fn func(*physConn) error) (*physConn, error) {
 	pc := c.tx.pc
-	f := facts{op: op, slot: pc.slot, mode: m, inTx: true, used: true, readOnly: pc.readOnly, busy: pc.busy()}
+	busy := pc.busy()
 	err := c.call(pc, rec, op, fn)
 	if err == nil || errors.Is(err, driver.ErrSkip) {
 		return pc, err
 	}
-	f.class, f.sent, f.broke = classifyOf(ctx, err), sentOf(err), pc.broken()
+	return pc, c.failedInTx(ctx, op, m, pc, busy, err)
+}
+
+// failedInTx decides a failure of op on the transaction's connection pc
+// (busy: with open rows when op was sent), applies the verdict and returns
+// the caller's error: a statement, or the COMMIT or ROLLBACK itself.
+func (c *Conn) failedInTx(ctx context.Context, op opKind, m Mode, pc *physConn, busy bool, err error) error {
+	f := facts{op: op, slot: pc.slot, mode: m, inTx: true, used: true, readOnly: pc.readOnly, busy: busy,
+		class: classOf(ctx, err), sent: sentOf(err), broke: pc.broken()}
 	if pc.prepFailed {
 		f.op = opPrepare // a statement's lazy preparation failed: nothing ran
 	}
 	v := decide(f)
 	c.apply(ctx, v, f, pc, pc.node, err)
-	return pc, c.shape(v.report, f, pc.node, err)
+	return c.shape(v.report, f, pc.node, err)
 }
 
 // ExecContext runs query on the node its mode routes to (on the
@@ -466,16 +474,13 @@ func (t *tx) Rollback() error { return t.finish(opRollback, t.inner.Rollback) }
 func (t *tx) finish(op opKind, do func() error) error {
 	ctx, c, pc := t.parent, t.c, t.pc
 	rec := c.c.tel.begin(ctx, op, "", t.mode)
-	f := facts{op: op, slot: pc.slot, mode: t.mode, inTx: true, used: true, readOnly: pc.readOnly, busy: pc.busy()}
+	busy := pc.busy()
 	// The connection stays in use until COMMIT returns (a drain does not
 	// close it under the COMMIT; a stall is seen: see node.stalled).
 	err := c.call(pc, &rec, op, func(*physConn) error { return do() })
 	t.end()
 	if err != nil {
-		f.class, f.sent, f.broke = classifyOf(ctx, err), sentOf(err), pc.broken()
-		v := decide(f)
-		c.apply(ctx, v, f, pc, pc.node, err)
-		err = c.shape(v.report, f, pc.node, err)
+		err = c.failedInTx(ctx, op, t.mode, pc, busy, err)
 	}
 	rec.end(ctx, pc.node, pc.slot, err)
 	return err

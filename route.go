@@ -26,7 +26,7 @@ var errFinished = driver.ErrBadConn
 
 // physFor returns the physical connection for slot sl, opening or replacing
 // it as the topology requires. exclude is a node that just failed this
-// statement (-1: none); reads avoid it.
+// statement (nil: none); reads avoid it.
 //
 // The primary slot: a session that has served a statement is never
 // replaced. While the snapshot names its node the primary it is returned

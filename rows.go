@@ -81,7 +81,7 @@ func (r *rows) failed(err error) (rerun bool, _ error) {
 	c, pc := r.c, r.pc
 	f := facts{op: opQuery, slot: pc.slot, mode: c.mode(r.ctx), used: true, readOnly: pc.readOnly,
 		rowsSeen: r.seen, attempt: r.tries, retryMax: c.c.cfg.RetryMax,
-		class: classifyOf(r.ctx, err), sent: true, broke: pc.broken()}
+		class: classOf(r.ctx, err), sent: true, broke: pc.broken()}
 	v := decide(f)
 	c.apply(r.ctx, v, f, pc, pc.node, err)
 	if v.retry == retryReadFailover && !c.closed {
