@@ -170,6 +170,8 @@ type NodeConfig struct {
 //	unified_max_idle_conns         integer >= 0, 0 = database/sql's default (0)
 //	unified_conn_max_lifetime      duration >= 0, 0 = database/sql's default (0)
 //	unified_conn_max_idle_time     duration >= 0, 0 = database/sql's default (0)
+//	unified_dns_refresh            duration, 0 = resolve once, else >= 1s (30s)
+//	unified_patroni                comma-separated http(s) Patroni REST base URLs, no credentials (none)
 //
 // Durations use Go syntax ([time.ParseDuration]: "500ms", "1m30s"); a plain
 // number other than 0 is not a duration. The floors of the health interval

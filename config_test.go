@@ -74,6 +74,8 @@ func allSet(c *Config) {
 	c.MaxIdleConns = 25
 	c.ConnMaxLifetime = time.Hour
 	c.ConnMaxIdleTime = 5 * time.Minute
+	c.DNSRefresh = 2 * time.Minute
+	c.Patroni = []string{"http://db1:8008", "https://db2:8008"}
 }
 
 var allSetPairs = []string{
@@ -95,6 +97,8 @@ var allSetPairs = []string{
 	"unified_max_idle_conns=25",
 	"unified_conn_max_lifetime=1h0m0s",
 	"unified_conn_max_idle_time=5m0s",
+	"unified_dns_refresh=2m0s",
+	"unified_patroni=http://db1:8008,https://db2:8008",
 }
 
 type configCase struct {
@@ -552,7 +556,9 @@ func TestFormatDSN(t *testing.T) {
 			name: "url: every setting",
 			dsn:  "postgres://app:s3cr3t-pw@h1",
 			edit: allSet,
-			want: "postgres://app:s3cr3t-pw@h1?" + strings.Join(allSetPairs, "&"),
+			// A URL's query escapes what the Patroni URLs hold.
+			want: "postgres://app:s3cr3t-pw@h1?" + strings.Replace(strings.Join(allSetPairs, "&"),
+				"http://db1:8008,https://db2:8008", "http%3A%2F%2Fdb1%3A8008%2Chttps%3A%2F%2Fdb2%3A8008", 1),
 		},
 		{
 			name: "keyword/value: every setting",

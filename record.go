@@ -151,20 +151,20 @@ func (r *opRecord) end(ctx context.Context, n *node, sl slot, err error) {
 	if t == nil {
 		return
 	}
+	if errors.Is(err, driver.ErrSkip) {
+		// Not an outcome: database/sql runs the statement again as
+		// Prepare + Exec, which are recorded (and counted) themselves.
+		if r.span != nil {
+			r.span.End()
+		}
+		return
+	}
 	primary := sl != slotRead
 	if n != nil && sl == slotFallback {
 		t.counts.readFallbacks.Add(1)
 		t.fallbacks.Add(r.contextOr(ctx), 1, n.tel.add...)
 	}
 	if r.start.IsZero() {
-		return
-	}
-	if errors.Is(err, driver.ErrSkip) {
-		// Not an outcome: database/sql runs the statement again as
-		// Prepare + Exec, which are recorded themselves.
-		if r.span != nil {
-			r.span.End()
-		}
 		return
 	}
 	var errType, code string

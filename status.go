@@ -155,8 +155,10 @@ type Stats struct {
 	// Failovers counts primary changes observed by the monitor (a new node
 	// became the primary after the previous one was lost).
 	Failovers uint64
-	// Retries counts statements re-sent after a failure that provably did
-	// not reach the server, or reads re-run on another node.
+	// Retries counts attempts made again: a statement re-sent after a
+	// failure that provably did not reach the server, a read re-run on
+	// another node, and each look again for a primary by a write that
+	// waits for one (the unified.retry.count metric).
 	Retries uint64
 	// CommitUnknown counts errors returned wrapping ErrCommitUnknown.
 	CommitUnknown uint64

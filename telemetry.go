@@ -199,7 +199,7 @@ func (t *telemetry) instruments(m metric.Meter) error {
 	}{
 		{&t.sessionReads, "unified.session.read", "{operation}", "ReadOnly operations with a session floor, by where they ran (unified.role) and why (unified.session.reason)."},
 		{&t.discoveryErrs, "unified.discovery.errors", "{error}", "Host names that did not resolve, and reads of Patroni's member list that failed; the last known members are kept."},
-		{&t.retries, "unified.retry.count", "{retry}", "Operations re-sent after a failure that provably did not reach the server, reads re-run on another node, and writes that waited for a new primary."},
+		{&t.retries, "unified.retry.count", "{retry}", "Attempts made again: operations re-sent after a failure that provably did not reach the server, reads re-run on another node, and each look again for a new primary by a waiting write."},
 		{&t.fallbacks, "unified.read.fallback", "{operation}", "Read-only operations served by the primary because no replica was eligible."},
 		{&t.commitUnknowns, "unified.commit_unknown.count", "{operation}", "Operations that returned ErrCommitUnknown: the connection broke after a COMMIT or an autocommit write was sent."},
 		{&t.failovers, "unified.failover.count", "{failover}", "Primary changes: a new node became the primary after the previous one was lost."},

@@ -3,8 +3,10 @@ package unified_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"strings"
 	"sync"
@@ -752,4 +754,63 @@ func TestTelemetryFailoverCluster(t *testing.T) {
 	})
 	require.Len(t, resumed, 1)
 	assert.GreaterOrEqual(t, resumed[0].count, uint64(5))
+}
+
+// legacyConnector's connections have neither ExecerContext nor
+// QueryerContext: database/sql falls back to Prepare + Query after
+// unified's QueryContext returns driver.ErrSkip.
+type legacyConnector struct{}
+
+func (legacyConnector) Connect(context.Context) (driver.Conn, error) { return legacyConn{}, nil }
+func (legacyConnector) ConnectReadOnly(context.Context) (driver.Conn, error) {
+	return legacyConn{}, nil
+}
+func (legacyConnector) Driver() driver.Driver { return nil }
+
+type legacyConn struct{}
+
+func (legacyConn) Prepare(string) (driver.Stmt, error) { return legacyStmt{}, nil }
+func (legacyConn) Close() error                        { return nil }
+func (legacyConn) Begin() (driver.Tx, error)           { return nil, io.EOF }
+
+type legacyStmt struct{}
+
+func (legacyStmt) Close() error                               { return nil }
+func (legacyStmt) NumInput() int                              { return -1 }
+func (legacyStmt) Exec([]driver.Value) (driver.Result, error) { return driver.RowsAffected(0), nil }
+func (legacyStmt) Query([]driver.Value) (driver.Rows, error)  { return &legacyRows{}, nil }
+
+func (legacyStmt) ExecContext(context.Context, []driver.NamedValue) (driver.Result, error) {
+	return driver.RowsAffected(0), nil
+}
+func (legacyStmt) QueryContext(context.Context, []driver.NamedValue) (driver.Rows, error) {
+	return &legacyRows{}, nil
+}
+
+type legacyRows struct{ done bool }
+
+func (*legacyRows) Columns() []string { return []string{"n"} }
+func (*legacyRows) Close() error      { return nil }
+func (r *legacyRows) Next(d []driver.Value) error {
+	if r.done {
+		return io.EOF
+	}
+	r.done = true
+	d[0] = int64(1)
+	return nil
+}
+
+func TestReadFallbackNotCountedForErrSkip(t *testing.T) {
+	cfg, err := unified.ParseConfig("postgres://app@legacy:5432/app")
+	require.NoError(t, err)
+	db, err := unified.OpenDB(cfg, unified.WithNodeConnector("legacy:5432", legacyConnector{}), unified.WithStaticPrimary("legacy:5432"))
+	require.NoError(t, err)
+	defer db.Close()
+	var n int
+	require.NoError(t, db.QueryRowContext(unified.WithMode(t.Context(), unified.ReadOnly), "SELECT 1").Scan(&n))
+	c, _ := unified.ConnectorOf(db)
+	// database/sql runs it as Prepare + Query after the ErrSkip: two
+	// operations served by the primary, the ErrSkip itself none (it was
+	// counted too: 3).
+	assert.EqualValues(t, 2, c.Stats().ReadFallbacks)
 }
