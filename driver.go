@@ -54,7 +54,7 @@ func (d *Driver) Open(name string) (driver.Conn, error) {
 // until the *sql.DB is closed.
 func (d *Driver) OpenConnector(name string) (driver.Connector, error) {
 	if r, ok := lookupRegistered(name); ok {
-		return NewConnector(r.cfg.Copy(), r.opts...)
+		return NewConnector(r.cfg, r.opts...) // NewConnector copies it
 	}
 	cfg, err := ParseConfig(name)
 	if err != nil {

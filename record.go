@@ -92,9 +92,6 @@ func (r *opRecord) retry(reason retryReason) {
 		return
 	}
 	r.t.counts.retries.Add(1)
-	if reason >= numRetryReasons {
-		reason = noRetry
-	}
 	r.t.retries.Add(r.context(), 1, r.t.retryOpts[reason]...)
 	if r.span != nil {
 		r.span.AddEvent("unified.retry", trace.WithAttributes(keyRetryReason.String(reason.String())))

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,7 +31,7 @@ const maxOpSets = 1024
 
 // otherValue is the semantic conventions' value for "none of the known
 // ones" (error.type, and db.operation.name beyond the cap).
-const otherValue = "_OTHER"
+const otherValue = sqlop.Other // the same string
 
 // Attribute keys of the project's own attributes.
 const (
@@ -139,9 +136,8 @@ func newTelemetry(c *Connector, o options) (*telemetry, error) {
 	t := &telemetry{c: c, traceSQL: o.traceSQL, names: sqlop.NewNames(),
 		opSets: cowmap.New[opKey, []metric.RecordOption](maxOpSets)}
 	t.common = []attribute.KeyValue{semconv.DBSystemNamePostgreSQL}
-	cfgNodes := c.cfg.Nodes()
-	if len(cfgNodes) > 0 && cfgNodes[0].ConnConfig != nil && cfgNodes[0].ConnConfig.Database != "" {
-		t.common = append(t.common, semconv.DBNamespaceKey.String(cfgNodes[0].ConnConfig.Database))
+	if c.cfg.pgx != nil && c.cfg.pgx.Database != "" {
+		t.common = append(t.common, semconv.DBNamespaceKey.String(c.cfg.pgx.Database))
 	}
 	for sl := range numSlots {
 		t.roleAttrs[sl] = []attribute.KeyValue{keyRole.String(sl.String())}
@@ -308,21 +304,6 @@ func breakerValue(s gobreaker.State) int64 {
 		return 1
 	}
 	return 2
-}
-
-// splitNodeName splits a node name ("host:port", "[::1]:5432",
-// "/socket/dir:5432") for server.address and server.port.
-func splitNodeName(name string) (string, int) {
-	host, p, err := net.SplitHostPort(name)
-	if err != nil {
-		i := strings.LastIndexByte(name, ':')
-		if i < 0 {
-			return name, 0
-		}
-		host, p = name[:i], name[i+1:]
-	}
-	port, _ := strconv.Atoi(p)
-	return host, port
 }
 
 // close unregisters the asynchronous instruments' callback. It is
