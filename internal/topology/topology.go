@@ -347,8 +347,13 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 			n.fenced, n.fencedBy = false, "" // reported recovery: released
 			// A replica's timeline may be unknown for a moment (its WAL
 			// receiver restarting): the last known one stands, since a
-			// replay timeline only grows.
-			n.Timeline = max(o.Timeline, replicaTimeline(prevByName[name]))
+			// replay timeline only grows, within one server instance. A
+			// replica restarted (rebuilt, say from a fenced old primary)
+			// may replay an older lineage: its timeline is what it says.
+			n.Timeline = o.Timeline
+			if p := prevByName[name]; sameInstance(p, o) {
+				n.Timeline = max(o.Timeline, replicaTimeline(p))
+			}
 		} else {
 			n.Role = RolePrimary
 			n.Timeline = o.Timeline
@@ -522,6 +527,19 @@ func replicaTimeline(p *Node) uint32 {
 		return 0
 	}
 	return p.Timeline
+}
+
+// sameInstance reports whether o may come from the server instance that p
+// last showed: the same system identifier and postmaster start time, or
+// either unknown.
+func sameInstance(p *Node, o *Observation) bool {
+	if p == nil {
+		return false
+	}
+	if p.SystemID != 0 && o.SystemID != 0 && p.SystemID != o.SystemID {
+		return false
+	}
+	return p.started == "" || o.Started == "" || p.started == o.Started
 }
 
 // newTimeline reports whether candidate i is on a timeline strictly higher

@@ -845,3 +845,35 @@ func TestIssueRules(t *testing.T) {
 		assert.Equal(t, uint64(990), s.Nodes[2].LagBytes)
 	})
 }
+
+// The replica db3 followed the new primary db2 (timeline 2), then was
+// rebuilt from the old primary db1, which came back on timeline 1 without
+// a rewind (fenced): it now replays timeline 1, and its postmaster start
+// time changed (another server instance). Its timeline is what it says,
+// not the timeline 2 it showed before the rebuild: it is diverged, not
+// shown on the primary's lineage and eligible for reads (the rule "a
+// replay timeline only grows" used to carry timeline 2 across the rebuild).
+func TestRebuiltReplicaOnOldLineageDiverged(t *testing.T) {
+	const sys = 42
+	rounds := [][]Observation{
+		{withID(prim(100, 1), sys, "a1"), withID(replTL(100, 1), sys, "b1"), withID(replTL(100, 1), sys, "c1")},
+		{down(), withID(prim(200, 2), sys, "b1"), withID(replTL(200, 2), sys, "c1")},
+		{withID(prim(900, 1), sys, "a2"), withID(prim(1000, 2), sys, "b1"), down()},
+		{withID(prim(950, 1), sys, "a2"), withID(prim(2000, 2), sys, "b1"), withID(replTL(950, 1), sys, "c2")},
+	}
+	snaps := run(t, names3, rounds, Bounds{})
+	s := snaps[len(snaps)-1]
+	assert.Equal(t, 1, s.Primary)
+	assert.Equal(t, uint32(1), s.Nodes[2].Timeline, "the rebuilt replica's own timeline")
+	assert.Equal(t, StateDiverged, s.Nodes[2].State, "a replica that reports timeline 1 replays the fenced node's lineage")
+
+	// Within one server instance the last known timeline still stands
+	// while the replica's WAL receiver restarts (timeline unknown).
+	rounds = [][]Observation{
+		{withID(prim(100, 2), sys, "a1"), withID(replTL(100, 2), sys, "b1"), withID(replTL(100, 2), sys, "c1")},
+		{withID(prim(200, 2), sys, "a1"), withID(replTL(200, 2), sys, "b1"), withID(replTL(200, 0), sys, "c1")},
+	}
+	s = run(t, names3, rounds, Bounds{})[1]
+	assert.Equal(t, uint32(2), s.Nodes[2].Timeline, "the same instance keeps its known timeline")
+	assert.Equal(t, StateUp, s.Nodes[2].State)
+}
