@@ -877,3 +877,23 @@ func TestRebuiltReplicaOnOldLineageDiverged(t *testing.T) {
 	assert.Equal(t, uint32(2), s.Nodes[2].Timeline, "the same instance keeps its known timeline")
 	assert.Equal(t, StateUp, s.Nodes[2].State)
 }
+
+// A new process (no prev) starts while the new primary (timeline 2) is
+// down and the old primary came back on timeline 1 without a rewind. The
+// only replica already replays timeline 2: timeline 2 exists, so the
+// timeline-1 candidate is stale and gets no writes, and stays fenced by
+// the guard when that replica goes down too; the timeline-2 primary wins
+// when it is back (it used to be elected: the guard counted only the
+// candidates' timelines).
+func TestStaleOnlyCandidateAtStartFencedByReplicaTimeline(t *testing.T) {
+	snaps := run(t, names3, [][]Observation{
+		{prim(900, 1), down(), replTL(200, 2)},
+		{prim(910, 1), down(), down()},
+		{prim(920, 1), prim(300, 2), replTL(300, 2)},
+	}, Bounds{})
+	assert.Equal(t, -1, snaps[0].Primary, "a primary on timeline 1 while a replica replays timeline 2")
+	assert.Equal(t, fenced, snaps[0].Nodes[0].State)
+	assert.Equal(t, -1, snaps[1].Primary, "the guard's fence sticks")
+	assert.Equal(t, 1, snaps[2].Primary, "the timeline-2 primary, back")
+	assert.Equal(t, []State{fenced, up, up}, states(snaps[2]))
+}
