@@ -118,6 +118,9 @@ func (m *monitor) lookupOnce(ctx context.Context, src *source) ([]string, error)
 	if err == nil && len(addrs) == 0 {
 		err = &net.DNSError{Err: "no addresses", Name: src.seed.ConnConfig.Host, IsNotFound: true}
 	}
+	if err != nil && m.ctx.Err() != nil {
+		return src.addrs, err // Close canceled it: no discovery error
+	}
 	if err != nil {
 		m.c.log.Warn("unified: host name did not resolve; keeping its last addresses", "host", src.seed.Name, "error", err)
 		m.c.tel.discoveryError()
@@ -145,7 +148,9 @@ func (m *monitor) discover(now time.Time) {
 			continue
 		}
 		src.busy = true
+		m.wg.Add(1) // stop waits for it: Close ends every goroutine
 		go func() {
+			defer m.wg.Done()
 			addrs, err := m.lookupOnce(m.ctx, src)
 			select {
 			case d.resolved <- resolved{src: src, addrs: addrs, err: err}:
@@ -155,7 +160,9 @@ func (m *monitor) discover(now time.Time) {
 	}
 	if len(m.c.cfg.Patroni) > 0 && !d.patroniBusy && !now.Before(d.patroniNext) {
 		d.patroniBusy = true
+		m.wg.Add(1)
 		go func() {
+			defer m.wg.Done()
 			c, err := m.fetchPatroni(m.ctx)
 			select {
 			case d.patroni <- patroniAnswer{c: c, err: err}:
@@ -193,6 +200,9 @@ func (m *monitor) fetchPatroni(ctx context.Context) (patronirest.Cluster, error)
 		errs = append(errs, err)
 	}
 	err := errors.Join(errs...)
+	if m.ctx.Err() != nil {
+		return patronirest.Cluster{}, err // Close canceled it: no discovery error
+	}
 	m.c.log.Warn("unified: Patroni's member list could not be read; keeping the last one", "error", err)
 	m.c.tel.discoveryError()
 	return patronirest.Cluster{}, err

@@ -1,0 +1,52 @@
+package unified
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/unifiedsql/unified/internal/fakepg"
+)
+
+// A DNS re-resolution in flight when Close is called ends before Close
+// returns, and its cancellation is not a discovery error: nothing is
+// logged or counted for it. (The lookup goroutine was not in the monitor's
+// WaitGroup: Close returned while it still ran, and it then logged "did
+// not resolve ... context canceled" and counted a discovery error.)
+func TestDNSLookupEndsWithClose(t *testing.T) {
+	cfg, err := ParseConfig("postgres://u@n0:5432,pool.test:1/db?unified_dns_refresh=1s&unified_health_interval=100ms")
+	require.NoError(t, err)
+	var calls, inFlight atomic.Int32
+	lookup := func(ctx context.Context, host string) ([]string, error) {
+		if calls.Add(1) == 1 {
+			return []string{"127.0.0.1"}, nil
+		}
+		inFlight.Add(1)
+		defer inFlight.Add(-1)
+		<-ctx.Done()
+		time.Sleep(50 * time.Millisecond) // a resolver that takes a moment to notice
+		return nil, ctx.Err()
+	}
+	var logs syncBuffer
+	n0 := fakepg.New(fakepg.State{LSN: 100, Timeline: 1})
+	c, err := NewConnector(cfg, WithNodeConnector("n0:5432", n0), WithLookupFunc(lookup),
+		WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	require.NoError(t, err)
+	require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
+	for inFlight.Load() == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.NoError(t, c.Close())
+	assert.Zero(t, inFlight.Load(), "Close waits for the lookup goroutine")
+	after := logs.String()
+	time.Sleep(200 * time.Millisecond)
+	assert.Empty(t, strings.TrimPrefix(logs.String(), after), "nothing logged after Close")
+	assert.NotContains(t, logs.String(), "did not resolve", "a lookup canceled by Close is no failure")
+	assert.Zero(t, c.Stats().DiscoveryErrors, "nor a discovery error")
+}
