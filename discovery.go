@@ -266,7 +266,12 @@ func (m *monitor) reconcile(now time.Time) bool {
 		}
 		for _, a := range addrs {
 			k := memberKey(src.seed, a)
-			if _, dup := wanted[k]; dup {
+			if w, dup := wanted[k]; dup {
+				// One node from two sources (the DSN names a Patroni
+				// member): the first gives its seed, but Patroni's
+				// noloadbalance tag holds whichever came first.
+				w.noLoadBl = w.noLoadBl || src.noLoadBl
+				wanted[k] = w
 				continue
 			}
 			origin := src.origin

@@ -2,7 +2,10 @@ package unified
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -49,4 +52,30 @@ func TestDNSLookupEndsWithClose(t *testing.T) {
 	assert.Empty(t, strings.TrimPrefix(logs.String(), after), "nothing logged after Close")
 	assert.NotContains(t, logs.String(), "did not resolve", "a lookup canceled by Close is no failure")
 	assert.Zero(t, c.Stats().DiscoveryErrors, "nor a discovery error")
+}
+
+// The DSN names n1 and Patroni lists it too, tagged noloadbalance: the two
+// sources give one node (the same key), and Patroni's tag holds for it
+// (the first source, the DSN's, used to win and the tag was lost: the
+// replica still got reads).
+func TestPatroniNoLoadBalanceOnDSNHost(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"members":[{"name":"n0","role":"leader","host":"n0","port":5432},{"name":"n1","role":"replica","host":"n1","port":5432,"tags":{"noloadbalance":true}}]}`))
+	}))
+	defer srv.Close()
+	cfg, err := ParseConfig("postgres://u@n0:5432,n1:5432/db?unified_patroni=" + srv.URL)
+	require.NoError(t, err)
+	n0 := fakepg.New(fakepg.State{LSN: 100, Timeline: 1})
+	n1 := fakepg.New(fakepg.State{InRecovery: true, LSN: 100})
+	lookup := func(ctx context.Context, host string) ([]string, error) { return nil, errors.New("no DNS here") }
+	c, err := NewConnector(cfg, WithNodeConnector("n0:5432", n0), WithNodeConnector("n1:5432", n1), WithLookupFunc(lookup))
+	require.NoError(t, err)
+	defer c.Close()
+	require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
+	n := c.viewNow().named("n1:5432")
+	require.NotNil(t, n)
+	assert.True(t, n.noLoadBalance.Load(), "Patroni's noloadbalance tag applies to the member the DSN names too")
+	n = c.viewNow().named("n0:5432")
+	require.NotNil(t, n)
+	assert.False(t, n.noLoadBalance.Load(), "an untagged member")
 }
