@@ -42,12 +42,15 @@ type source struct {
 	// resolve: the host is a name to resolve; addrs its last resolution
 	// (nil before the first, or when it never resolved: one node dialed by
 	// name).
-	resolve  bool
-	addrs    []string
-	next     time.Time // when to resolve again
-	busy     bool      // a lookup is in flight
-	patroni  string    // the Patroni member's name
-	noLoadBl bool      // Patroni's noloadbalance tag
+	resolve bool
+	addrs   []string
+	next    time.Time // when to resolve again
+	busy    bool      // a lookup is in flight
+	// pending: a new Patroni member whose first lookup is in flight: no
+	// node until it is done (then its addresses', or one dialed by name).
+	pending  bool
+	patroni  string // the Patroni member's name
+	noLoadBl bool   // Patroni's noloadbalance tag
 }
 
 // memberKey identifies a node across sources: its address and port, or the
@@ -103,7 +106,7 @@ func (m *monitor) initDiscovery() {
 	}
 	if len(m.c.cfg.Patroni) > 0 {
 		if c, err := m.fetchPatroni(m.ctx); err == nil {
-			m.applyPatroni(c)
+			m.applyPatroni(c, true)
 		}
 		d.patroniNext = time.Now().Add(patroniPoll)
 	}
@@ -147,16 +150,7 @@ func (m *monitor) discover(now time.Time) {
 		if !src.resolve || src.busy || src.next.IsZero() || now.Before(src.next) {
 			continue
 		}
-		src.busy = true
-		m.wg.Add(1) // stop waits for it: Close ends every goroutine
-		go func() {
-			defer m.wg.Done()
-			addrs, err := m.lookupOnce(m.ctx, src)
-			select {
-			case d.resolved <- resolved{src: src, addrs: addrs, err: err}:
-			case <-m.ctx.Done():
-			}
-		}()
+		m.lookupAsync(src)
 	}
 	if len(m.c.cfg.Patroni) > 0 && !d.patroniBusy && !now.Before(d.patroniNext) {
 		d.patroniBusy = true
@@ -170,6 +164,21 @@ func (m *monitor) discover(now time.Time) {
 			}
 		}()
 	}
+}
+
+// lookupAsync resolves src's host off the monitor's goroutine; the result
+// comes back on d.resolved.
+func (m *monitor) lookupAsync(src *source) {
+	src.busy = true
+	m.wg.Add(1) // stop waits for it: Close ends every goroutine
+	go func() {
+		defer m.wg.Done()
+		addrs, err := m.lookupOnce(m.ctx, src)
+		select {
+		case m.disc.resolved <- resolved{src: src, addrs: addrs, err: err}:
+		case <-m.ctx.Done():
+		}
+	}()
 }
 
 // refreshSoon asks for n's name to be resolved again within a second (its
@@ -210,8 +219,11 @@ func (m *monitor) fetchPatroni(ctx context.Context) (patronirest.Cluster, error)
 
 // applyPatroni makes Patroni's members the Patroni sources: new members
 // become sources with the DSN's credentials and TLS settings, members that
-// left are dropped (their nodes drain unless the DSN lists them too).
-func (m *monitor) applyPatroni(c patronirest.Cluster) {
+// left are dropped (their nodes drain unless the DSN lists them too). A new
+// member's name is resolved at once atStart (before the first election,
+// which needs every node), otherwise off the monitor's goroutine: a slow
+// resolver must not stop the probes and publications meanwhile.
+func (m *monitor) applyPatroni(c patronirest.Cluster, atStart bool) {
 	d := &m.disc
 	byKey := map[string]*source{}
 	var kept []*source
@@ -235,9 +247,13 @@ func (m *monitor) applyPatroni(c patronirest.Cluster) {
 		if src == nil {
 			sd := m.c.memberSeed(name, pm.Host, uint16(port))
 			src = &source{seed: sd, origin: "patroni", resolve: sd.resolvable()}
-			if src.resolve {
+			switch {
+			case src.resolve && atStart:
 				src.addrs, _ = m.lookupOnce(m.ctx, src)
 				src.next = m.refreshAfter(time.Now())
+			case src.resolve:
+				src.pending = true
+				m.lookupAsync(src)
 			}
 		}
 		src.patroni, src.noLoadBl = pm.Name, pm.NoLoadBalance
@@ -260,6 +276,9 @@ func (m *monitor) reconcile(now time.Time) bool {
 	var order []string
 	wanted := map[string]want{}
 	for _, src := range m.disc.sources {
+		if src.pending {
+			continue
+		}
 		addrs := src.addrs
 		if len(addrs) == 0 {
 			addrs = []string{""}

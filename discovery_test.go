@@ -79,3 +79,62 @@ func TestPatroniNoLoadBalanceOnDSNHost(t *testing.T) {
 	require.NotNil(t, n)
 	assert.False(t, n.noLoadBalance.Load(), "an untagged member")
 }
+
+// A member new to Patroni's list is resolved off the monitor's goroutine:
+// a resolver that does not answer stops no probe, result or publication
+// meanwhile (applyPatroni resolved it on the loop: up to twice
+// unified_health_timeout per new member without a probe).
+func TestPatroniNewMemberLookupKeepsMonitorProbing(t *testing.T) {
+	var members atomic.Value
+	members.Store(`{"members":[{"name":"n0","role":"leader","host":"n0","port":5432}]}`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(members.Load().(string)))
+	}))
+	defer srv.Close()
+	cfg, err := ParseConfig("postgres://u@n0:5432/db?unified_health_interval=100ms&unified_health_timeout=500ms&unified_patroni=" + srv.URL)
+	require.NoError(t, err)
+	slow := make(chan struct{}, 1)
+	lookup := func(ctx context.Context, host string) ([]string, error) {
+		if host == "slow.test" {
+			select {
+			case slow <- struct{}{}:
+			default:
+			}
+			<-ctx.Done() // a resolver that does not answer
+			return nil, ctx.Err()
+		}
+		return []string{"127.0.0.1"}, nil
+	}
+	n0 := fakepg.New(fakepg.State{LSN: 100, Timeline: 1})
+	c, err := NewConnector(cfg, WithNodeConnector("n0:5432", n0), WithLookupFunc(lookup))
+	require.NoError(t, err)
+	defer c.Close()
+	require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
+	members.Store(`{"members":[{"name":"n0","role":"leader","host":"n0","port":5432},{"name":"n9","role":"replica","host":"slow.test","port":5432}]}`)
+	select {
+	case <-slow: // at the next Patroni poll (5s)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new member was never looked up")
+	}
+	from := time.Now()
+	time.Sleep(1200 * time.Millisecond) // the lookup's bound (twice the health timeout), and then some
+	var gap time.Duration
+	var last time.Time
+	for _, at := range n0.ProbeTimes() {
+		if !at.Before(from) {
+			gap = max(gap, at.Sub(last))
+		}
+		last = at
+	}
+	t.Logf("largest gap between probes of the primary (interval 100ms) since the lookup began: %v", gap)
+	assert.Less(t, gap, 300*time.Millisecond, "the monitor keeps probing while a name resolves")
+	assert.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
+	assert.Eventually(t, func() bool {
+		for _, n := range c.Health(t.Context()).Nodes {
+			if n.Name == "slow.test:5432" {
+				return true
+			}
+		}
+		return false
+	}, 3*time.Second, 10*time.Millisecond, "the member joins, dialed by name, once its lookup gave up")
+}

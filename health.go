@@ -249,7 +249,7 @@ func (m *monitor) run() {
 			launch(false)
 			reset(min(m.nextInterval(), stallTick))
 		case r := <-m.disc.resolved:
-			r.src.busy = false
+			r.src.busy, r.src.pending = false, false
 			if r.err == nil {
 				r.src.addrs = r.addrs
 			}
@@ -260,7 +260,7 @@ func (m *monitor) run() {
 		case p := <-m.disc.patroni:
 			m.disc.patroniBusy, m.disc.patroniNext = false, time.Now().Add(patroniPoll)
 			if p.err == nil {
-				m.applyPatroni(p.c)
+				m.applyPatroni(p.c, false)
 				m.reconcile(time.Now())
 			}
 			m.publish()
