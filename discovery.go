@@ -42,12 +42,15 @@ type source struct {
 	// resolve: the host is a name to resolve; addrs its last resolution
 	// (nil before the first, or when it never resolved: one node dialed by
 	// name).
-	resolve  bool
-	addrs    []string
-	next     time.Time // when to resolve again
-	busy     bool      // a lookup is in flight
-	patroni  string    // the Patroni member's name
-	noLoadBl bool      // Patroni's noloadbalance tag
+	resolve bool
+	addrs   []string
+	next    time.Time // when to resolve again
+	busy    bool      // a lookup is in flight
+	// pending: a new Patroni member whose first lookup is in flight: no
+	// node until it is done (then its addresses', or one dialed by name).
+	pending  bool
+	patroni  string // the Patroni member's name
+	noLoadBl bool   // Patroni's noloadbalance tag
 }
 
 // memberKey identifies a node across sources: its address and port, or the
@@ -103,7 +106,7 @@ func (m *monitor) initDiscovery() {
 	}
 	if len(m.c.cfg.Patroni) > 0 {
 		if c, err := m.fetchPatroni(m.ctx); err == nil {
-			m.applyPatroni(c)
+			m.applyPatroni(c, true)
 		}
 		d.patroniNext = time.Now().Add(patroniPoll)
 	}
@@ -117,6 +120,9 @@ func (m *monitor) lookupOnce(ctx context.Context, src *source) ([]string, error)
 	addrs, err := m.c.lookup()(lctx, src.seed.ConnConfig.Host)
 	if err == nil && len(addrs) == 0 {
 		err = &net.DNSError{Err: "no addresses", Name: src.seed.ConnConfig.Host, IsNotFound: true}
+	}
+	if err != nil && m.ctx.Err() != nil {
+		return src.addrs, err // Close canceled it: no discovery error
 	}
 	if err != nil {
 		m.c.log.Warn("unified: host name did not resolve; keeping its last addresses", "host", src.seed.Name, "error", err)
@@ -144,18 +150,13 @@ func (m *monitor) discover(now time.Time) {
 		if !src.resolve || src.busy || src.next.IsZero() || now.Before(src.next) {
 			continue
 		}
-		src.busy = true
-		go func() {
-			addrs, err := m.lookupOnce(m.ctx, src)
-			select {
-			case d.resolved <- resolved{src: src, addrs: addrs, err: err}:
-			case <-m.ctx.Done():
-			}
-		}()
+		m.lookupAsync(src)
 	}
 	if len(m.c.cfg.Patroni) > 0 && !d.patroniBusy && !now.Before(d.patroniNext) {
 		d.patroniBusy = true
+		m.wg.Add(1)
 		go func() {
+			defer m.wg.Done()
 			c, err := m.fetchPatroni(m.ctx)
 			select {
 			case d.patroni <- patroniAnswer{c: c, err: err}:
@@ -163,6 +164,21 @@ func (m *monitor) discover(now time.Time) {
 			}
 		}()
 	}
+}
+
+// lookupAsync resolves src's host off the monitor's goroutine; the result
+// comes back on d.resolved.
+func (m *monitor) lookupAsync(src *source) {
+	src.busy = true
+	m.wg.Add(1) // stop waits for it: Close ends every goroutine
+	go func() {
+		defer m.wg.Done()
+		addrs, err := m.lookupOnce(m.ctx, src)
+		select {
+		case m.disc.resolved <- resolved{src: src, addrs: addrs, err: err}:
+		case <-m.ctx.Done():
+		}
+	}()
 }
 
 // refreshSoon asks for n's name to be resolved again within a second (its
@@ -193,6 +209,9 @@ func (m *monitor) fetchPatroni(ctx context.Context) (patronirest.Cluster, error)
 		errs = append(errs, err)
 	}
 	err := errors.Join(errs...)
+	if m.ctx.Err() != nil {
+		return patronirest.Cluster{}, err // Close canceled it: no discovery error
+	}
 	m.c.log.Warn("unified: Patroni's member list could not be read; keeping the last one", "error", err)
 	m.c.tel.discoveryError()
 	return patronirest.Cluster{}, err
@@ -200,8 +219,11 @@ func (m *monitor) fetchPatroni(ctx context.Context) (patronirest.Cluster, error)
 
 // applyPatroni makes Patroni's members the Patroni sources: new members
 // become sources with the DSN's credentials and TLS settings, members that
-// left are dropped (their nodes drain unless the DSN lists them too).
-func (m *monitor) applyPatroni(c patronirest.Cluster) {
+// left are dropped (their nodes drain unless the DSN lists them too). A new
+// member's name is resolved at once atStart (before the first election,
+// which needs every node), otherwise off the monitor's goroutine: a slow
+// resolver must not stop the probes and publications meanwhile.
+func (m *monitor) applyPatroni(c patronirest.Cluster, atStart bool) {
 	d := &m.disc
 	byKey := map[string]*source{}
 	var kept []*source
@@ -225,9 +247,13 @@ func (m *monitor) applyPatroni(c patronirest.Cluster) {
 		if src == nil {
 			sd := m.c.memberSeed(name, pm.Host, uint16(port))
 			src = &source{seed: sd, origin: "patroni", resolve: sd.resolvable()}
-			if src.resolve {
+			switch {
+			case src.resolve && atStart:
 				src.addrs, _ = m.lookupOnce(m.ctx, src)
 				src.next = m.refreshAfter(time.Now())
+			case src.resolve:
+				src.pending = true
+				m.lookupAsync(src)
 			}
 		}
 		src.patroni, src.noLoadBl = pm.Name, pm.NoLoadBalance
@@ -250,13 +276,21 @@ func (m *monitor) reconcile(now time.Time) bool {
 	var order []string
 	wanted := map[string]want{}
 	for _, src := range m.disc.sources {
+		if src.pending {
+			continue
+		}
 		addrs := src.addrs
 		if len(addrs) == 0 {
 			addrs = []string{""}
 		}
 		for _, a := range addrs {
 			k := memberKey(src.seed, a)
-			if _, dup := wanted[k]; dup {
+			if w, dup := wanted[k]; dup {
+				// One node from two sources (the DSN names a Patroni
+				// member): the first gives its seed, but Patroni's
+				// noloadbalance tag holds whichever came first.
+				w.noLoadBl = w.noLoadBl || src.noLoadBl
+				wanted[k] = w
 				continue
 			}
 			origin := src.origin

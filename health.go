@@ -199,12 +199,16 @@ func (m *monitor) run() {
 			// The query waits the node's usual deadline, the dial of a
 			// probe connection the full timeout; the confirmation of a
 			// timeout (the connection is gone with it) dials within the
-			// deadline too, and its last probe has the full timeout.
+			// deadline too, and its last probe has the full timeout. A
+			// node down by a timeout has the full timeout as well: its
+			// usual round trip (only successes update it) says nothing
+			// any more, and a node that became slower, not hung, would
+			// otherwise time out at the old deadline for good.
 			query, dial := probeDeadline(mb.rtt, m.c.cfg.HealthTimeout), m.c.cfg.HealthTimeout
-			switch mb.confirm {
-			case confirmPeers:
+			switch {
+			case mb.confirm == confirmPeers:
 				dial = query
-			case confirmFull:
+			case mb.confirm == confirmFull, timedOut(mb.obs.Err):
 				query = dial
 			}
 			mb.launched, mb.inflight = now, true
@@ -245,7 +249,7 @@ func (m *monitor) run() {
 			launch(false)
 			reset(min(m.nextInterval(), stallTick))
 		case r := <-m.disc.resolved:
-			r.src.busy = false
+			r.src.busy, r.src.pending = false, false
 			if r.err == nil {
 				r.src.addrs = r.addrs
 			}
@@ -256,7 +260,7 @@ func (m *monitor) run() {
 		case p := <-m.disc.patroni:
 			m.disc.patroniBusy, m.disc.patroniNext = false, time.Now().Add(patroniPoll)
 			if p.err == nil {
-				m.applyPatroni(p.c)
+				m.applyPatroni(p.c, false)
 				m.reconcile(time.Now())
 			}
 			m.publish()

@@ -118,3 +118,44 @@ func TestSlowClientMarksNoNodeDown(t *testing.T) {
 		require.NoError(t, c.Close())
 	})
 }
+
+// A primary that gets slower, not hung (a loaded server: every probe and
+// statement answered in 80ms, unified_health_timeout 500ms), may be marked
+// down once: its usual round trip was tiny, so its adaptive deadline is
+// the 50ms floor, and the replicas answered meanwhile. But a node down by
+// a timeout is probed again with the full timeout: it is the primary again
+// at its next probe, not down for good (a timeout never updates the round
+// trip, so the short deadline used to stay: ErrNoPrimary forever).
+func TestSlowerPrimaryNotDownForGood(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms&unified_failover_timeout=3s")
+		require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
+		time.Sleep(1100 * time.Millisecond) // round trips known: tiny
+		conn := logical(t, c)
+		_, err := conn.ExecContext(t.Context(), "SELECT 1", nil)
+		require.NoError(t, err)
+		synctest.Wait()
+		nodes[0].Set(func(s *fakepg.State) { s.Delay = 80 * time.Millisecond })
+		done := make(chan error, 1)
+		go func() {
+			_, err := conn.ExecContext(context.Background(), "INSERT", nil)
+			done <- err
+		}()
+		time.Sleep(5 * time.Second)
+		h := c.Health(t.Context())
+		t.Logf("after 5s of 80ms answers: n0 state=%s lastError=%q primary=%q", h.Nodes[0].State, h.Nodes[0].LastError, h.Primary)
+		select {
+		case err := <-done:
+			assert.NoError(t, err, "an 80ms write on a node that answers is not interrupted")
+		default:
+			t.Error("an 80ms write still runs after 5s")
+		}
+		assert.Equal(t, "n0:5432", h.Primary, "a node answering in 80ms (timeout 500ms) is the primary")
+		time.Sleep(60 * time.Second)
+		h = c.Health(t.Context())
+		assert.Equal(t, "n0:5432", h.Primary, "still the primary a minute later")
+		_, err = logical(t, c).ExecContext(context.Background(), "INSERT", nil)
+		assert.NoError(t, err, "a write a minute later")
+		require.NoError(t, c.Close())
+	})
+}

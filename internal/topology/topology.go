@@ -23,6 +23,9 @@
 //     primary candidate: prev's, raised by every candidate of this round. A
 //     candidate on a lower timeline is an old primary that came back without
 //     being rewound: it is [StateFenced], even when it is the only candidate.
+//     So is a candidate on a timeline lower than a replica of this round
+//     replays: that timeline exists (its primary may be down, as at a
+//     process's start while the new primary is down).
 //   - Incumbency. Among the candidates on MaxTimeline, prev's primary keeps
 //     the role: a newcomer on the same timeline (a standby started without
 //     standby.signal, which comes up as a second primary on the same
@@ -297,6 +300,10 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 
 	// Pass 1: per-node facts, aliases, and the candidates' highest timeline.
 	var candidates []int
+	// replicaMax is the highest timeline a replica replays: that timeline
+	// exists, so a candidate below it is stale, even when no candidate is
+	// on it (its primary down, say, at a process's start).
+	var replicaMax uint32
 	identities := map[string]string{} // server identity -> first node's name
 	for i, name := range names {
 		o := &obs[i]
@@ -347,8 +354,14 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 			n.fenced, n.fencedBy = false, "" // reported recovery: released
 			// A replica's timeline may be unknown for a moment (its WAL
 			// receiver restarting): the last known one stands, since a
-			// replay timeline only grows.
-			n.Timeline = max(o.Timeline, replicaTimeline(prevByName[name]))
+			// replay timeline only grows, within one server instance. A
+			// replica restarted (rebuilt, say from a fenced old primary)
+			// may replay an older lineage: its timeline is what it says.
+			n.Timeline = o.Timeline
+			if p := prevByName[name]; sameInstance(p, o) {
+				n.Timeline = max(o.Timeline, replicaTimeline(p))
+			}
+			replicaMax = max(replicaMax, n.Timeline)
 		} else {
 			n.Role = RolePrimary
 			n.Timeline = o.Timeline
@@ -368,10 +381,11 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 		}
 		return false // gone from the node set
 	}
+	stale := func(n *Node) bool { return n.Timeline < s.MaxTimeline || n.Timeline < replicaMax }
 	eligible := make([]int, 0, len(candidates))
 	for _, i := range candidates {
 		n := &s.Nodes[i]
-		if n.Timeline < s.MaxTimeline {
+		if stale(n) {
 			continue
 		}
 		if n.fenced {
@@ -405,8 +419,8 @@ func Build(prev *Snapshot, names []string, obs []Observation, hist *History, b B
 		}
 		n.State = StateFenced
 		switch {
-		case n.Timeline < s.MaxTimeline:
-			n.fenced, n.fencedBy = true, ""
+		case stale(n):
+			n.fenced, n.fencedBy = true, "" // the timeline guard
 		case !n.fenced && winner >= 0:
 			n.fenced, n.fencedBy = true, s.Nodes[winner].Name
 		case !n.fenced:
@@ -522,6 +536,19 @@ func replicaTimeline(p *Node) uint32 {
 		return 0
 	}
 	return p.Timeline
+}
+
+// sameInstance reports whether o may come from the server instance that p
+// last showed: the same system identifier and postmaster start time, or
+// either unknown.
+func sameInstance(p *Node, o *Observation) bool {
+	if p == nil {
+		return false
+	}
+	if p.SystemID != 0 && o.SystemID != 0 && p.SystemID != o.SystemID {
+		return false
+	}
+	return p.started == "" || o.Started == "" || p.started == o.Started
 }
 
 // newTimeline reports whether candidate i is on a timeline strictly higher

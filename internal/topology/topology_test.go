@@ -845,3 +845,55 @@ func TestIssueRules(t *testing.T) {
 		assert.Equal(t, uint64(990), s.Nodes[2].LagBytes)
 	})
 }
+
+// The replica db3 followed the new primary db2 (timeline 2), then was
+// rebuilt from the old primary db1, which came back on timeline 1 without
+// a rewind (fenced): it now replays timeline 1, and its postmaster start
+// time changed (another server instance). Its timeline is what it says,
+// not the timeline 2 it showed before the rebuild: it is diverged, not
+// shown on the primary's lineage and eligible for reads (the rule "a
+// replay timeline only grows" used to carry timeline 2 across the rebuild).
+func TestRebuiltReplicaOnOldLineageDiverged(t *testing.T) {
+	const sys = 42
+	rounds := [][]Observation{
+		{withID(prim(100, 1), sys, "a1"), withID(replTL(100, 1), sys, "b1"), withID(replTL(100, 1), sys, "c1")},
+		{down(), withID(prim(200, 2), sys, "b1"), withID(replTL(200, 2), sys, "c1")},
+		{withID(prim(900, 1), sys, "a2"), withID(prim(1000, 2), sys, "b1"), down()},
+		{withID(prim(950, 1), sys, "a2"), withID(prim(2000, 2), sys, "b1"), withID(replTL(950, 1), sys, "c2")},
+	}
+	snaps := run(t, names3, rounds, Bounds{})
+	s := snaps[len(snaps)-1]
+	assert.Equal(t, 1, s.Primary)
+	assert.Equal(t, uint32(1), s.Nodes[2].Timeline, "the rebuilt replica's own timeline")
+	assert.Equal(t, StateDiverged, s.Nodes[2].State, "a replica that reports timeline 1 replays the fenced node's lineage")
+
+	// Within one server instance the last known timeline still stands
+	// while the replica's WAL receiver restarts (timeline unknown).
+	rounds = [][]Observation{
+		{withID(prim(100, 2), sys, "a1"), withID(replTL(100, 2), sys, "b1"), withID(replTL(100, 2), sys, "c1")},
+		{withID(prim(200, 2), sys, "a1"), withID(replTL(200, 2), sys, "b1"), withID(replTL(200, 0), sys, "c1")},
+	}
+	s = run(t, names3, rounds, Bounds{})[1]
+	assert.Equal(t, uint32(2), s.Nodes[2].Timeline, "the same instance keeps its known timeline")
+	assert.Equal(t, StateUp, s.Nodes[2].State)
+}
+
+// A new process (no prev) starts while the new primary (timeline 2) is
+// down and the old primary came back on timeline 1 without a rewind. The
+// only replica already replays timeline 2: timeline 2 exists, so the
+// timeline-1 candidate is stale and gets no writes, and stays fenced by
+// the guard when that replica goes down too; the timeline-2 primary wins
+// when it is back (it used to be elected: the guard counted only the
+// candidates' timelines).
+func TestStaleOnlyCandidateAtStartFencedByReplicaTimeline(t *testing.T) {
+	snaps := run(t, names3, [][]Observation{
+		{prim(900, 1), down(), replTL(200, 2)},
+		{prim(910, 1), down(), down()},
+		{prim(920, 1), prim(300, 2), replTL(300, 2)},
+	}, Bounds{})
+	assert.Equal(t, -1, snaps[0].Primary, "a primary on timeline 1 while a replica replays timeline 2")
+	assert.Equal(t, fenced, snaps[0].Nodes[0].State)
+	assert.Equal(t, -1, snaps[1].Primary, "the guard's fence sticks")
+	assert.Equal(t, 1, snaps[2].Primary, "the timeline-2 primary, back")
+	assert.Equal(t, []State{fenced, up, up}, states(snaps[2]))
+}
