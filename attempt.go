@@ -147,7 +147,11 @@ func (c *Conn) call(pc *physConn, rec *opRecord, op opKind, fn func(*physConn) e
 	if pc.sock != nil || pc.slot == slotFallback {
 		pc.lastUsed = time.Now()
 	}
-	if err == nil && op != opPing {
+	// Used: the session may hold the user's state from now on. Also when
+	// the server ran the statement and answered an error: a statement of
+	// several may have run its first ones ("SELECT pg_advisory_lock(1);
+	// SELECT 1/0" holds the lock), so the session is never swapped later.
+	if op != opPing && (err == nil || sentOf(err) && !op.effectFree() && !pc.prepFailed) {
 		pc.used = true
 	}
 	if !pc.sawPromotion && pc.promoted() && c.c.mon != nil {

@@ -875,3 +875,22 @@ func countPrefix(rec []string, p string) int {
 	}
 	return k
 }
+
+// A statement the server ran and answered with an error may have left
+// state in the session (the first of several statements took a lock): the
+// session is the user's from then on, and losing it later finishes the
+// logical connection, as a pgx connection fails, instead of the next
+// statement running on a new session that holds no lock.
+func TestAttemptSessionUsedByAFailedStatement(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, n := staticFake(t, "")
+		conn := logical(t, c)
+		n.On(fakepg.Exec, fakepg.ServerError("22012"))
+		_, err := conn.ExecContext(t.Context(), "SELECT pg_advisory_lock(1); SELECT 1/0", nil)
+		require.Error(t, err)
+		n.On(fakepg.Exec, fakepg.BadConn()) // the session is lost while idle
+		_, err = conn.ExecContext(t.Context(), "SELECT pg_advisory_unlock(1)", nil)
+		assert.ErrorIs(t, err, driver.ErrBadConn)
+		assert.Equal(t, 1, n.Dials(), "no new session under the user's statements")
+	})
+}

@@ -460,3 +460,35 @@ func TestBatchSlotReleasedOnPanic(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, tx.Rollback())
 }
+
+// A multi-statement string whose first statement takes an advisory lock
+// and whose second fails leaves the lock held by the session: when the
+// server then terminates that session, the sql.Conn's next statement
+// fails, as pgx's does, instead of running on a new session that holds no
+// lock.
+func TestFailedStatementKeepsTheSession(t *testing.T) {
+	c := pgcluster.Need(t, cluster)
+	admin := primaryAdmin(t, c)
+	bothDrivers(t, func(t *testing.T, db *sql.DB, _ string) {
+		ctx := t.Context()
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		// The session's first statement: nothing else made it the user's.
+		_, err = conn.ExecContext(ctx, "SELECT pg_advisory_lock(770003); SELECT 1/0")
+		require.Error(t, err, "division by zero")
+		var pid int
+		require.NoError(t, admin.QueryRow(ctx, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 770003").Scan(&pid),
+			"the session holds the lock")
+		_, err = admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid)
+		require.NoError(t, err)
+		waitFor(t, 5*time.Second, func() bool {
+			var n int
+			_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n)
+			return n == 0
+		}, "backend %d to exit", pid)
+		var pidNow int
+		err = conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pidNow)
+		assert.Error(t, err, "no statement runs on a new session (it ran on backend %d)", pidNow)
+	})
+}
