@@ -61,13 +61,20 @@ const healthHandlerWait = 2 * time.Second
 //	  "primary": "db1:5432",                 // the primary node's name; null when none
 //	  "topology_at": "2025-01-02T15:04:05.123Z", // last snapshot (UTC); null before the first probe
 //	  "topology_age_seconds": 0.21,          // its age when served; null before the first probe
+//	  "leaving": null,                       // the primary a scheduled Patroni switchover is about to replace (Health.Leaving); null when none
 //	  "nodes": [{                            // in DSN order
-//	    "name": "db2:5432",                  // host:port as in the DSN
+//	    "name": "db2:5432",                  // host:port as in the DSN, or host/address:port for an address a name resolved to
+//	    "host": "db2",                       // NodeHealth.Host, Address and Source ("dsn", "dns" or "patroni")
+//	    "address": "",
+//	    "source": "dsn",
 //	    "role": "replica",                   // "primary", "replica" or "unknown"
-//	    "state": "up",                       // "up", "down", "lagging", "fenced" or "unknown"
+//	    "state": "up",                       // "up", "down", "lagging", "fenced", "diverged", "alias" or "unknown"
+//	    "alias_of": "",                      // for "alias": the node it is the same server as
 //	    "lag_bytes": 8192,                   // WAL bytes behind the primary; 0 for the primary
 //	    "lag_seconds": 0.012,                // the same in time
 //	    "lag": "12ms",                       // the same for humans
+//	    "lag_unknown": false,                // true: behind every sample of the primary's position; the lag is a lower bound
+//	    "lsn": "0/3000148",                  // the WAL position at the last probe (replay position on a replica)
 //	    "rtt_seconds": 0.00041,              // the last probe's round trip
 //	    "rtt": "410µs",
 //	    "timeline": 1,                       // 0 when never probed
@@ -139,16 +146,23 @@ type healthReport struct {
 	Primary            *string      `json:"primary"`
 	TopologyAt         *time.Time   `json:"topology_at"`
 	TopologyAgeSeconds *float64     `json:"topology_age_seconds"`
+	Leaving            *string      `json:"leaving"`
 	Nodes              []nodeReport `json:"nodes"`
 }
 
 type nodeReport struct {
 	Name       string     `json:"name"`
+	Host       string     `json:"host"`
+	Address    string     `json:"address"`
+	Source     string     `json:"source"`
 	Role       string     `json:"role"`
 	State      string     `json:"state"`
+	AliasOf    string     `json:"alias_of"`
 	LagBytes   uint64     `json:"lag_bytes"`
 	LagSeconds float64    `json:"lag_seconds"`
 	Lag        string     `json:"lag"`
+	LagUnknown bool       `json:"lag_unknown"`
+	LSN        string     `json:"lsn"`
 	RTTSeconds float64    `json:"rtt_seconds"`
 	RTT        string     `json:"rtt"`
 	Timeline   uint32     `json:"timeline"`
@@ -217,6 +231,9 @@ func newHealthReport(h Health, read bool) healthReport {
 	if h.Primary != "" {
 		rep.Primary = &h.Primary
 	}
+	if h.Leaving != "" {
+		rep.Leaving = &h.Leaving
+	}
 	if !h.At.IsZero() {
 		rep.TopologyAt = utcTime(h.At)
 		age := h.Age.Seconds()
@@ -225,11 +242,17 @@ func newHealthReport(h Health, read bool) healthReport {
 	for _, n := range h.Nodes {
 		rep.Nodes = append(rep.Nodes, nodeReport{
 			Name:       n.Name,
+			Host:       n.Host,
+			Address:    n.Address,
+			Source:     n.Source,
 			Role:       n.Role,
 			State:      n.State,
+			AliasOf:    n.AliasOf,
 			LagBytes:   n.LagBytes,
 			LagSeconds: n.Lag.Seconds(),
 			Lag:        n.Lag.Round(time.Millisecond).String(),
+			LagUnknown: n.LagUnknown,
+			LSN:        n.LSN,
 			RTTSeconds: n.RTT.Seconds(),
 			RTT:        n.RTT.Round(time.Microsecond).String(),
 			Timeline:   n.Timeline,

@@ -93,9 +93,13 @@ func TestHealthHandlerStaticRoles(t *testing.T) {
 	// The field names are the documented ones, no more, no less.
 	var raw map[string]any
 	require.NoError(t, json.Unmarshal([]byte(mustGetBody(t, h, "/healthz")), &raw))
-	assert.ElementsMatch(t, []string{"status", "mode", "writable", "readable", "primary", "topology_at", "topology_age_seconds", "nodes"}, keys(raw))
+	assert.ElementsMatch(t, []string{"status", "mode", "writable", "readable", "primary", "topology_at", "topology_age_seconds", "leaving", "nodes"}, keys(raw))
 	node := raw["nodes"].([]any)[0].(map[string]any)
-	assert.ElementsMatch(t, []string{"name", "role", "state", "lag_bytes", "lag_seconds", "lag", "rtt_seconds", "rtt", "timeline", "breaker", "last_error", "last_seen", "since"}, keys(node))
+	assert.ElementsMatch(t, []string{"name", "host", "address", "source", "role", "state", "alias_of", "lag_bytes", "lag_seconds", "lag",
+		"lag_unknown", "lsn", "rtt_seconds", "rtt", "timeline", "breaker", "last_error", "last_seen", "since"}, keys(node))
+	assert.Equal(t, "dsn", node["source"])
+	assert.Equal(t, "primary", node["host"])
+	assert.NotEmpty(t, node["lsn"], "probed: the WAL position is known")
 
 	rec, body = serveHealth(t, h, http.MethodGet, "/healthz?mode=read")
 	assert.Equal(t, http.StatusOK, rec.Code)
