@@ -63,31 +63,33 @@ func (n *node) takeSpare() *physConn {
 }
 
 // keepSpares applies the node's plan: it closes the spares it may not keep,
-// and the dead ones, and returns how many more it should dial.
+// and the dead ones, and returns how many more it should dial. The live
+// ones stay in the list while they are looked at (a socket poll each), so
+// that a write taking a spare at that moment, right after a promotion was
+// published, finds one.
 func (n *node) keepSpares(refill int, keep bool) int {
 	n.mu.Lock()
 	n.spareWant = refill
-	held := n.spares
-	n.spares = nil
-	n.mu.Unlock()
-	var alive, dead []*physConn
-	for _, pc := range held {
+	var dead []*physConn
+	alive := n.spares[:0]
+	for _, pc := range n.spares {
 		if keep && pc.fit() {
 			alive = append(alive, pc)
 		} else {
 			dead = append(dead, pc)
 		}
 	}
+	clear(n.spares[len(alive):])
+	n.spares = alive
+	more := 0
+	if !n.spareDialing && !time.Now().Before(n.spareNotBefore) {
+		more = max(refill-len(n.spares), 0)
+	}
+	n.mu.Unlock()
 	for _, pc := range dead {
 		pc.close()
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.spares = append(n.spares, alive...)
-	if n.spareDialing || time.Now().Before(n.spareNotBefore) {
-		return 0
-	}
-	return max(refill-len(n.spares), 0)
+	return more
 }
 
 // putSpare adds a dialed spare, or closes it when the node no longer wants
