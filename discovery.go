@@ -266,7 +266,7 @@ func (m *monitor) applyPatroni(c patronirest.Cluster, atStart bool) {
 // reconcile makes the member list what the sources say: new addresses
 // join (not probed yet), vanished ones drain, drained ones with nothing
 // open leave.
-func (m *monitor) reconcile(now time.Time) bool {
+func (m *monitor) reconcile(now time.Time) {
 	type want struct {
 		sd       *seed
 		addr     string
@@ -347,7 +347,6 @@ func (m *monitor) reconcile(now time.Time) bool {
 		}
 	}
 	m.members = kept
-	return true
 }
 
 // retireIdle closes the idle connections of nodes draining for more than

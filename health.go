@@ -243,7 +243,9 @@ func (m *monitor) run() {
 			now := time.Now()
 			m.discover(now)
 			m.retireIdle(now)
-			if before := len(m.members); m.reconcile(now) && len(m.members) != before {
+			before := len(m.members)
+			m.reconcile(now)
+			if len(m.members) != before {
 				m.publish()
 			}
 			launch(false)
