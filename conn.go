@@ -81,8 +81,8 @@ func (c *Conn) route(ctx context.Context) (Mode, readWant) {
 		m = c.c.cfg.DefaultMode
 	}
 	w := readWant{maxLag: h.maxLag, lagSet: h.lagSet, sess: h.session}
-	if h.session != nil {
-		w.floor = h.session.get()
+	if h.session != nil && slotFor(m).read() {
+		w.floor = h.session.get() // only a read compares it (a lock: not for writes)
 	}
 	return m, w
 }
