@@ -52,6 +52,16 @@ func lockedSession(t *testing.T, db *sql.DB, lock int) (*sql.Conn, int) {
 	return conn, pid
 }
 
+// waitBackendGone waits until the server backend pid has exited.
+func waitBackendGone(t *testing.T, admin *pgx.Conn, pid int) {
+	t.Helper()
+	waitFor(t, 5*time.Second, func() bool {
+		var n int
+		_ = admin.QueryRow(t.Context(), "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n)
+		return n == 0
+	}, "backend %d to exit", pid)
+}
+
 func countRows(t *testing.T, admin *pgx.Conn, table string) int {
 	t.Helper()
 	var n int
@@ -151,11 +161,7 @@ func TestTerminatedSessionFailsPing(t *testing.T) {
 		conn, pid := lockedSession(t, db, lock)
 		_, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid)
 		require.NoError(t, err)
-		waitFor(t, 5*time.Second, func() bool {
-			var n int
-			_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n)
-			return n == 0
-		}, "backend %d to exit", pid)
+		waitBackendGone(t, admin, pid)
 
 		err = conn.PingContext(ctx)
 		assert.ErrorIs(t, err, driver.ErrBadConn, "the first Ping reports the lost session")
@@ -482,11 +488,7 @@ func TestFailedStatementKeepsTheSession(t *testing.T) {
 			"the session holds the lock")
 		_, err = admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid)
 		require.NoError(t, err)
-		waitFor(t, 5*time.Second, func() bool {
-			var n int
-			_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n)
-			return n == 0
-		}, "backend %d to exit", pid)
+		waitBackendGone(t, admin, pid)
 		var pidNow int
 		err = conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pidNow)
 		assert.Error(t, err, "no statement runs on a new session (it ran on backend %d)", pidNow)
