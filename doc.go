@@ -94,9 +94,10 @@
 // dedicated connection, in one round trip (role, WAL position, timeline),
 // and publishes an immutable snapshot. A probe waits 20 times the node's
 // usual round trip (at least 50 ms, at most unified_health_timeout); a
-// timeout marks the node down once confirmed (another node answered
-// promptly meanwhile, or a last probe with the full timeout timed out too;
-// only the latter while the client's own CPUs are saturated), and a node
+// timeout marks the node down once confirmed (a probe with three times the
+// deadline timed out too while another node answered promptly, or a last
+// probe with the full timeout timed out too; only the latter while the
+// client's own CPUs are saturated), and a node
 // with a statement stalled on it is probed out of turn. Statements in
 // flight on a node that went down are interrupted. The
 // first snapshot is published once every node has answered its first probe

@@ -198,8 +198,9 @@ func (m *monitor) run() {
 			}
 			// The query waits the node's usual deadline, the dial of a
 			// probe connection the full timeout; the confirmation of a
-			// timeout (the connection is gone with it) dials within the
-			// deadline too, and its last probe has the full timeout. A
+			// timeout (the connection is gone with it) dials and queries
+			// within confirmDeadline, and its last probe has the full
+			// timeout. A
 			// node down by a timeout has the full timeout as well: its
 			// usual round trip (only successes update it) says nothing
 			// any more, and a node that became slower, not hung, would
@@ -207,6 +208,7 @@ func (m *monitor) run() {
 			query, dial := probeDeadline(mb.rtt, m.c.cfg.HealthTimeout), m.c.cfg.HealthTimeout
 			switch {
 			case mb.confirm == confirmPeers:
+				query = confirmDeadline(mb.rtt, m.c.cfg.HealthTimeout)
 				dial = query
 			case mb.confirm == confirmFull, timedOut(mb.obs.Err):
 				query = dial

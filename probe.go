@@ -19,12 +19,14 @@ import (
 // usual probe round trip (an EWMA of its successful probes), at least
 // minProbeTimeout, at most unified_health_timeout: a node that answers in a
 // millisecond is seen unresponsive in tens of milliseconds, not half a
-// second. A probe that times out marks the node down only when another
-// node answered normally meanwhile, so that the client itself is not the
-// slow one; otherwise the node is probed again at once with the same
-// deadline, together with every other node, and if no other node answers
-// normally then either, a last probe with the full unified_health_timeout
-// decides (see timedOutDown). A client whose CPU is saturated makes every
+// second. A probe that times out never marks the node down on its own: the
+// node is probed again at once, together with every other node, with
+// confirmFactor times the deadline (a node that only got slower, a loaded
+// server answering in 80 ms where it used to answer in 1, passes it and
+// keeps its sessions); it is down when that probe times out too while
+// another node answered normally meanwhile (the client itself is not the
+// slow one), and if no other node answered either, a last probe with the
+// full unified_health_timeout decides (see timedOutDown). A client whose CPU is saturated makes every
 // probe late and must not mark nodes down for it: when the monitor's own
 // timer has fired late recently (the scheduler is behind, see
 // monitor.clientSlow), another node's prompt answer proves nothing (its
@@ -34,6 +36,7 @@ import (
 // detection does not wait for the next health interval.
 const (
 	probeRTTFactor  = 20
+	confirmFactor   = 3
 	minProbeTimeout = 50 * time.Millisecond
 	minStall        = 100 * time.Millisecond
 	stallTick       = 50 * time.Millisecond
@@ -50,6 +53,13 @@ func probeDeadline(rtt, ceiling time.Duration) time.Duration {
 	return min(max(probeRTTFactor*rtt, minProbeTimeout), ceiling)
 }
 
+// confirmDeadline is the timeout of the probe that confirms a timed-out
+// one (dial and query): confirmFactor times the deadline, at most the
+// ceiling.
+func confirmDeadline(rtt, ceiling time.Duration) time.Duration {
+	return min(confirmFactor*probeDeadline(rtt, ceiling), ceiling)
+}
+
 // stallAfter is how long a statement on a node may run before the node is
 // probed out of turn.
 func stallAfter(rtt, ceiling time.Duration) time.Duration {
@@ -62,25 +72,27 @@ type confirmStage uint8
 
 const (
 	confirmNone  confirmStage = iota // the last probe did not time out
-	confirmPeers                     // re-probed with the same deadline, beside every other node
+	confirmPeers                     // re-probed with confirmDeadline, beside every other node
 	confirmFull                      // re-probed with the full unified_health_timeout
 )
 
-// timedOutDown says what a probe that timed out at stage st means: the node
-// is down when another node answered normally while it waited (peer) or
-// when even the full-timeout probe timed out; otherwise next is the stage
-// of the probe to send. While the client is slow (its scheduler behind)
-// only the full-timeout probe decides.
+// timedOutDown says what a probe that timed out at stage st means: the
+// first timeout is confirmed by a probe with a longer deadline
+// (confirmPeers); the node is down when that one timed out too while
+// another node answered normally (peer), or when even the full-timeout
+// probe timed out; otherwise next is the stage of the probe to send. While
+// the client is slow (its scheduler behind) only the full-timeout probe
+// decides.
 func timedOutDown(st confirmStage, peer, clientSlow bool) (down bool, next confirmStage) {
 	switch {
 	case st == confirmFull:
 		return true, confirmNone
 	case clientSlow:
 		return false, confirmFull
-	case peer:
-		return true, confirmNone
 	case st == confirmNone:
 		return false, confirmPeers
+	case peer:
+		return true, confirmNone
 	default:
 		return false, confirmFull
 	}

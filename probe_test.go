@@ -30,6 +30,8 @@ func TestProbeDeadline(t *testing.T) {
 			assert.Equal(t, tc.sta, stallAfter(tc.rtt, tc.ceiling))
 		})
 	}
+	assert.Equal(t, 150*ms, confirmDeadline(100*time.Microsecond, 500*ms), "a confirmation waits three deadlines")
+	assert.Equal(t, 500*ms, confirmDeadline(10*ms, 500*ms), "never above unified_health_timeout")
 	assert.Equal(t, 8*ms, ewma(10*ms, 0), "the EWMA moves a fifth of the way")
 	assert.Equal(t, 3*ms, ewma(0, 3*ms), "the first sample is the value")
 	for _, tc := range []struct {
@@ -39,7 +41,7 @@ func TestProbeDeadline(t *testing.T) {
 		down       bool
 		next       confirmStage
 	}{
-		{"first timeout, another node answered meanwhile: down", confirmNone, true, false, true, confirmNone},
+		{"first timeout, another node answered meanwhile: confirm it with a longer deadline", confirmNone, true, false, false, confirmPeers},
 		{"first timeout, no other answer: ask it again beside the others", confirmNone, false, false, false, confirmPeers},
 		{"second timeout, another node answered beside it: down", confirmPeers, true, false, true, confirmNone},
 		{"second timeout, no other node answered either: the client is slow, give it the full timeout", confirmPeers, false, false, false, confirmFull},
@@ -156,6 +158,33 @@ func TestSlowerPrimaryNotDownForGood(t *testing.T) {
 		assert.Equal(t, "n0:5432", h.Primary, "still the primary a minute later")
 		_, err = logical(t, c).ExecContext(context.Background(), "INSERT", nil)
 		assert.NoError(t, err, "a write a minute later")
+		require.NoError(t, c.Close())
+	})
+}
+
+// A primary that gets slower, not hung (every answer 120 ms where it used
+// to answer at once: a load spike on the server), is never shown down and
+// its sessions are not interrupted: the probe that timed out at the 50 ms
+// floor is confirmed with three deadlines, which it passes.
+func TestSlowPrimaryKeepsItsSessions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
+		require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
+		time.Sleep(1100 * time.Millisecond) // round trips known: tiny
+		conn := logical(t, c)
+		_, err := conn.ExecContext(t.Context(), "SELECT 1", nil)
+		require.NoError(t, err)
+		synctest.Wait()
+		nodes[0].Set(func(s *fakepg.State) { s.Delay = 120 * time.Millisecond })
+		downs := 0
+		for range 50 {
+			_, err := conn.ExecContext(context.Background(), "INSERT", nil)
+			require.NoError(t, err, "a write on a slower primary")
+			if c.Health(t.Context()).Nodes[0].State != "up" {
+				downs++
+			}
+		}
+		assert.Zero(t, downs, "the slower primary was never shown down")
 		require.NoError(t, c.Close())
 	})
 }
