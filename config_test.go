@@ -921,12 +921,12 @@ func TestNodes(t *testing.T) {
 
 func TestEnumStrings(t *testing.T) {
 	for _, f := range []ReadFallback{FallbackPrimary, FallbackError} {
-		got, ok := parseReadFallback(f.String())
+		got, ok := readFallbackNames.parse(f.String())
 		assert.True(t, ok)
 		assert.Equal(t, f, got)
 	}
 	for _, p := range []ReplicaPolicy{PolicyRoundRobin, PolicyRandom, PolicyLeastRTT} {
-		got, ok := parseReplicaPolicy(p.String())
+		got, ok := replicaPolicyNames.parse(p.String())
 		assert.True(t, ok)
 		assert.Equal(t, p, got)
 	}
@@ -936,15 +936,24 @@ func TestEnumStrings(t *testing.T) {
 	assert.Equal(t, "random", PolicyRandom.String())
 	assert.Equal(t, "least-rtt", PolicyLeastRTT.String())
 	assert.Equal(t, "least-loaded", PolicyLeastLoaded.String())
-	ll, llok := parseReplicaPolicy("least-loaded")
+	ll, llok := replicaPolicyNames.parse("least-loaded")
 	assert.True(t, llok)
 	assert.Equal(t, PolicyLeastLoaded, ll)
 	assert.Equal(t, "ReadFallback(0)", ReadFallback(0).String())
 	assert.Equal(t, "ReplicaPolicy(7)", ReplicaPolicy(7).String())
-	_, ok := parseReadFallback("ReadFallback(0)")
+	_, ok := readFallbackNames.parse("ReadFallback(0)")
 	assert.False(t, ok)
-	_, ok = parseReplicaPolicy("")
+	_, ok = replicaPolicyNames.parse("")
 	assert.False(t, ok)
+	_, ok = modeNames.parse("Mode(0)")
+	assert.False(t, ok)
+	m, ok := modeNames.parse("transactional")
+	assert.True(t, ok)
+	assert.Equal(t, Transactional, m)
+	// The rules in ParseConfig's errors, made from the spellings.
+	assert.Equal(t, "must be read-write, read-only, batch or transactional", modeNames.rule())
+	assert.Equal(t, "must be primary or error", readFallbackNames.rule())
+	assert.Equal(t, "must be round-robin, random, least-rtt or least-loaded", replicaPolicyNames.rule())
 }
 
 func TestString(t *testing.T) {

@@ -35,7 +35,7 @@ const (
 	Transactional
 )
 
-var modeNames = [...]string{
+var modeNames = spellings[Mode]{
 	ReadWrite:     "read-write",
 	ReadOnly:      "read-only",
 	Batch:         "batch",
@@ -44,25 +44,10 @@ var modeNames = [...]string{
 
 // String returns the mode's DSN spelling ("read-write", "read-only", "batch",
 // "transactional"), or "Mode(n)" for a value outside the enum.
-func (m Mode) String() string {
-	if m > 0 && int(m) < len(modeNames) {
-		return modeNames[m]
-	}
-	return fmt.Sprintf("Mode(%d)", int(m))
-}
+func (m Mode) String() string { return modeNames.format(m, "Mode") }
 
 // valid reports whether m is one of the declared modes.
-func (m Mode) valid() bool { return m > 0 && int(m) < len(modeNames) }
-
-// parseMode is the inverse of Mode.String.
-func parseMode(s string) (Mode, bool) {
-	for m := ReadWrite; int(m) < len(modeNames); m++ {
-		if modeNames[m] == s {
-			return m, true
-		}
-	}
-	return 0, false
-}
+func (m Mode) valid() bool { return modeNames.valid(m) }
 
 // hints are what a context tells the router: the mode ([WithMode]), the
 // session ([WithSession]) and the lag bound ([WithMaxLag]). They travel

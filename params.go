@@ -28,31 +28,16 @@ const (
 	FallbackError
 )
 
-var readFallbackNames = [...]string{
+var readFallbackNames = spellings[ReadFallback]{
 	FallbackPrimary: "primary",
 	FallbackError:   "error",
 }
 
 // String returns the DSN spelling ("primary", "error"), or
 // "ReadFallback(n)" for a value outside the enum.
-func (f ReadFallback) String() string {
-	if f.valid() {
-		return readFallbackNames[f]
-	}
-	return fmt.Sprintf("ReadFallback(%d)", int(f))
-}
+func (f ReadFallback) String() string { return readFallbackNames.format(f, "ReadFallback") }
 
-func (f ReadFallback) valid() bool { return f > 0 && int(f) < len(readFallbackNames) }
-
-// parseReadFallback is the inverse of ReadFallback.String.
-func parseReadFallback(s string) (ReadFallback, bool) {
-	for f := FallbackPrimary; int(f) < len(readFallbackNames); f++ {
-		if readFallbackNames[f] == s {
-			return f, true
-		}
-	}
-	return 0, false
-}
+func (f ReadFallback) valid() bool { return readFallbackNames.valid(f) }
 
 // ReplicaPolicy chooses among eligible replicas (DSN: unified_replica_policy).
 // The zero value is not a valid setting: [ParseConfig] sets PolicyRoundRobin
@@ -79,7 +64,7 @@ const (
 	PolicyLeastLoaded
 )
 
-var replicaPolicyNames = [...]string{
+var replicaPolicyNames = spellings[ReplicaPolicy]{
 	PolicyRoundRobin:  "round-robin",
 	PolicyRandom:      "random",
 	PolicyLeastRTT:    "least-rtt",
@@ -89,23 +74,42 @@ var replicaPolicyNames = [...]string{
 // String returns the DSN spelling ("round-robin", "random", "least-rtt",
 // "least-loaded"),
 // or "ReplicaPolicy(n)" for a value outside the enum.
-func (p ReplicaPolicy) String() string {
-	if p.valid() {
-		return replicaPolicyNames[p]
+func (p ReplicaPolicy) String() string { return replicaPolicyNames.format(p, "ReplicaPolicy") }
+
+func (p ReplicaPolicy) valid() bool { return replicaPolicyNames.valid(p) }
+
+// spellings is the DSN spelling of each value of an enum whose values
+// start at 1 (the zero value is "not set"): Mode, ReadFallback and
+// ReplicaPolicy.
+type spellings[E ~int] []string
+
+func (s spellings[E]) valid(e E) bool { return e > 0 && int(e) < len(s) }
+
+// format returns e's spelling, or "typ(n)" for a value outside the enum.
+func (s spellings[E]) format(e E, typ string) string {
+	if s.valid(e) {
+		return s[e]
 	}
-	return fmt.Sprintf("ReplicaPolicy(%d)", int(p))
+	return fmt.Sprintf("%s(%d)", typ, int(e))
 }
 
-func (p ReplicaPolicy) valid() bool { return p > 0 && int(p) < len(replicaPolicyNames) }
-
-// parseReplicaPolicy is the inverse of ReplicaPolicy.String.
-func parseReplicaPolicy(s string) (ReplicaPolicy, bool) {
-	for p := PolicyRoundRobin; int(p) < len(replicaPolicyNames); p++ {
-		if replicaPolicyNames[p] == s {
-			return p, true
+// parse is the inverse of format.
+func (s spellings[E]) parse(word string) (E, bool) {
+	for e := E(1); int(e) < len(s); e++ {
+		if s[e] == word {
+			return e, true
 		}
 	}
 	return 0, false
+}
+
+// rule is what a valid value is: "must be a, b or c".
+func (s spellings[E]) rule() string {
+	words := s[1:]
+	if len(words) == 1 {
+		return "must be " + words[0]
+	}
+	return "must be " + strings.Join(words[:len(words)-1], ", ") + " or " + words[len(words)-1]
 }
 
 // defaultConfig returns the settings a DSN without unified_* parameters
@@ -176,6 +180,23 @@ func durationParam(key, field string, p func(*Config) *time.Duration, minimum ti
 	}
 }
 
+// enumParam is the param of an enum field spelled by names.
+func enumParam[E interface {
+	~int
+	fmt.Stringer
+}](key, field string, names spellings[E], p func(*Config) *E) param {
+	return param{
+		key: key, field: field, rule: names.rule(),
+		set: func(c *Config, v string) bool {
+			e, ok := names.parse(v)
+			*p(c) = e
+			return ok
+		},
+		get: func(c *Config) string { return (*p(c)).String() },
+		ok:  func(c *Config) bool { return names.valid(*p(c)) },
+	}
+}
+
 func intParam(key, field string, p func(*Config) *int, minimum int) param {
 	return param{
 		key: key, field: field, rule: fmt.Sprintf("must be an integer >= %d", minimum),
@@ -190,39 +211,9 @@ func intParam(key, field string, p func(*Config) *int, minimum int) param {
 }
 
 var params = []param{
-	{
-		key: "unified_default_mode", field: "DefaultMode",
-		rule: "must be read-write, read-only, batch or transactional",
-		set: func(c *Config, v string) bool {
-			m, ok := parseMode(v)
-			c.DefaultMode = m
-			return ok
-		},
-		get: func(c *Config) string { return c.DefaultMode.String() },
-		ok:  func(c *Config) bool { return c.DefaultMode.valid() },
-	},
-	{
-		key: "unified_read_fallback", field: "ReadFallback",
-		rule: "must be primary or error",
-		set: func(c *Config, v string) bool {
-			f, ok := parseReadFallback(v)
-			c.ReadFallback = f
-			return ok
-		},
-		get: func(c *Config) string { return c.ReadFallback.String() },
-		ok:  func(c *Config) bool { return c.ReadFallback.valid() },
-	},
-	{
-		key: "unified_replica_policy", field: "ReplicaPolicy",
-		rule: "must be round-robin, random, least-rtt or least-loaded",
-		set: func(c *Config, v string) bool {
-			p, ok := parseReplicaPolicy(v)
-			c.ReplicaPolicy = p
-			return ok
-		},
-		get: func(c *Config) string { return c.ReplicaPolicy.String() },
-		ok:  func(c *Config) bool { return c.ReplicaPolicy.valid() },
-	},
+	enumParam("unified_default_mode", "DefaultMode", modeNames, func(c *Config) *Mode { return &c.DefaultMode }),
+	enumParam("unified_read_fallback", "ReadFallback", readFallbackNames, func(c *Config) *ReadFallback { return &c.ReadFallback }),
+	enumParam("unified_replica_policy", "ReplicaPolicy", replicaPolicyNames, func(c *Config) *ReplicaPolicy { return &c.ReplicaPolicy }),
 	durationParam("unified_max_replica_lag", "MaxReplicaLag",
 		func(c *Config) *time.Duration { return &c.MaxReplicaLag }, 0),
 	{
