@@ -241,15 +241,5 @@ func (c *Connector) pause(ctx context.Context, d time.Duration) error {
 	if c.mon != nil {
 		published = c.mon.publication()
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-published:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-c.closed:
-		return ErrClosed
-	}
-	return nil
+	return c.waitPublished(ctx, published, time.Now().Add(d))
 }

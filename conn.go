@@ -227,13 +227,9 @@ func (c *Conn) queryOn(ctx context.Context, pc *physConn, query string, args []d
 	if st == nil {
 		return pc.query(ctx, query, args)
 	}
-	ps, err := st.on(ctx, pc)
+	q, err := onAs[driver.StmtQueryContext](ctx, st, pc)
 	if err != nil {
 		return nil, err
-	}
-	q, ok := ps.(driver.StmtQueryContext)
-	if !ok {
-		return nil, errStmtNoContext(ps)
 	}
 	return q.QueryContext(ctx, args)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
-	"fmt"
 	"io"
 	"reflect"
 )
@@ -165,8 +164,4 @@ func (r *rows) ColumnTypeScanType(i int) reflect.Type {
 		return x.ColumnTypeScanType(i)
 	}
 	return reflect.TypeFor[any]()
-}
-
-func errStmtNoContext(ps driver.Stmt) error {
-	return fmt.Errorf("unified: node statement %T does not implement the context methods", ps)
 }

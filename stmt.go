@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 )
 
 // stmt is a logical prepared statement: it remembers the query and prepares
@@ -26,6 +27,22 @@ var (
 	_ driver.StmtExecContext  = (*stmt)(nil)
 	_ driver.StmtQueryContext = (*stmt)(nil)
 )
+
+// onAs is s.on as the context method the call needs (I is
+// driver.StmtExecContext or driver.StmtQueryContext): pgx's statements
+// have both.
+func onAs[I any](ctx context.Context, s *stmt, pc *physConn) (I, error) {
+	var zero I
+	ps, err := s.on(ctx, pc)
+	if err != nil {
+		return zero, err
+	}
+	i, ok := ps.(I)
+	if !ok {
+		return zero, fmt.Errorf("unified: node statement %T does not implement the context methods", ps)
+	}
+	return i, nil
+}
 
 // on returns the statement prepared on pc, preparing it there if needed and
 // forgetting the ones on closed connections.
@@ -94,13 +111,9 @@ func (s *stmt) Query([]driver.Value) (driver.Rows, error) {
 
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
 	return s.conn.exec(ctx, s.query, func(pc *physConn) (driver.Result, error) {
-		ps, err := s.on(ctx, pc)
+		e, err := onAs[driver.StmtExecContext](ctx, s, pc)
 		if err != nil {
 			return nil, err
-		}
-		e, ok := ps.(driver.StmtExecContext)
-		if !ok {
-			return nil, errStmtNoContext(ps)
 		}
 		return e.ExecContext(ctx, args)
 	})
