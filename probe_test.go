@@ -121,6 +121,26 @@ func TestSlowClientMarksNoNodeDown(t *testing.T) {
 	})
 }
 
+// slowerPrimary starts a fake cluster probed each second with a 500ms
+// health timeout (and params), waits until every round trip is known to be
+// tiny, opens a session on the primary n0 and uses it, then makes n0 answer
+// everything delay late: a primary that got slower, not hung.
+func slowerPrimary(t *testing.T, params string, delay time.Duration) (*Connector, *Conn) {
+	t.Helper()
+	if params != "" {
+		params = "&" + params
+	}
+	c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms"+params)
+	require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
+	time.Sleep(1100 * time.Millisecond) // round trips known: tiny
+	conn := logical(t, c)
+	_, err := conn.ExecContext(t.Context(), "SELECT 1", nil)
+	require.NoError(t, err)
+	synctest.Wait()
+	nodes[0].Set(func(s *fakepg.State) { s.Delay = delay })
+	return c, conn
+}
+
 // A primary that gets slower, not hung (a loaded server: every probe and
 // statement answered in 80ms, unified_health_timeout 500ms), may be marked
 // down once: its usual round trip was tiny, so its adaptive deadline is
@@ -130,14 +150,7 @@ func TestSlowClientMarksNoNodeDown(t *testing.T) {
 // trip, so the short deadline used to stay: ErrNoPrimary forever).
 func TestSlowerPrimaryNotDownForGood(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms&unified_failover_timeout=3s")
-		require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
-		time.Sleep(1100 * time.Millisecond) // round trips known: tiny
-		conn := logical(t, c)
-		_, err := conn.ExecContext(t.Context(), "SELECT 1", nil)
-		require.NoError(t, err)
-		synctest.Wait()
-		nodes[0].Set(func(s *fakepg.State) { s.Delay = 80 * time.Millisecond })
+		c, conn := slowerPrimary(t, "unified_failover_timeout=3s", 80*time.Millisecond)
 		done := make(chan error, 1)
 		go func() {
 			_, err := conn.ExecContext(context.Background(), "INSERT", nil)
@@ -156,7 +169,7 @@ func TestSlowerPrimaryNotDownForGood(t *testing.T) {
 		time.Sleep(60 * time.Second)
 		h = c.Health(t.Context())
 		assert.Equal(t, "n0:5432", h.Primary, "still the primary a minute later")
-		_, err = logical(t, c).ExecContext(context.Background(), "INSERT", nil)
+		_, err := logical(t, c).ExecContext(context.Background(), "INSERT", nil)
 		assert.NoError(t, err, "a write a minute later")
 		require.NoError(t, c.Close())
 	})
@@ -168,14 +181,7 @@ func TestSlowerPrimaryNotDownForGood(t *testing.T) {
 // floor is confirmed with three deadlines, which it passes.
 func TestSlowPrimaryKeepsItsSessions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
-		require.Equal(t, "n0:5432", c.Health(t.Context()).Primary)
-		time.Sleep(1100 * time.Millisecond) // round trips known: tiny
-		conn := logical(t, c)
-		_, err := conn.ExecContext(t.Context(), "SELECT 1", nil)
-		require.NoError(t, err)
-		synctest.Wait()
-		nodes[0].Set(func(s *fakepg.State) { s.Delay = 120 * time.Millisecond })
+		c, conn := slowerPrimary(t, "", 120*time.Millisecond)
 		downs := 0
 		for range 50 {
 			_, err := conn.ExecContext(context.Background(), "INSERT", nil)
