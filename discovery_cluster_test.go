@@ -199,13 +199,9 @@ func patroniMember(name string, n *pgcluster.Node, role string, tags map[string]
 // a noloadbalance member gets no reads; a scheduled switchover makes writes
 // wait for the new leader instead of going to the old one.
 func TestPatroniMembersJoinTheDSN(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "patroni_members"
-	newTable(t, c, table)
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
+	c, primary := faultable(t, table)
+	ctx := t.Context()
 	reps := c.Others(primary)
 	fake := &patroniFake{}
 	fake.set(map[string]any{"members": []any{
@@ -249,7 +245,7 @@ func TestPatroniMembersJoinTheDSN(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool { return conn.Health(ctx).Leaving == c.Node(primary).Addr() },
 		"the scheduled switchover to be seen")
 	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-	_, err = db.ExecContext(wctx, "INSERT INTO "+table+" VALUES (-1)")
+	_, err := db.ExecContext(wctx, "INSERT INTO "+table+" VALUES (-1)")
 	cancel()
 	require.ErrorIs(t, err, context.DeadlineExceeded, "writes wait while the switchover is due")
 	done := make(chan error, 1)
@@ -276,11 +272,8 @@ func openUnifiedDSN(t *testing.T, dsn string) *sql.DB {
 // A promotion is seen on a read connection's next reply (in_hot_standby
 // goes off), long before the next health probe.
 func TestPromotionSeenOnTheNextReply(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
+	c, primary := faultable(t, "")
 	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
 	target := c.Others(primary)[0]
 	// Only the promoted replica serves reads, so the reads are on it.
 	var hosts []string
@@ -292,7 +285,7 @@ func TestPromotionSeenOnTheNextReply(t *testing.T) {
 	ro := unified.WithMode(ctx, unified.ReadOnly)
 	require.Equal(t, c.Node(target).Port, serverPort(t, ro, db))
 	require.NoError(t, c.Stop(primary, "fast")) // the old primary leaves; a probe would take 30 s to notice
-	_, err = c.Promote(ctx, target)
+	_, err := c.Promote(ctx, target)
 	require.NoError(t, err)
 	start := time.Now()
 	waitFor(t, 10*time.Second, func() bool {

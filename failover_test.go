@@ -47,11 +47,8 @@ func killAndPromote(t *testing.T, c *pgcluster.Cluster, primary int) (int, time.
 }
 
 func runKillScenario(t *testing.T, synchronous bool) verdict {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
+	c, primary := faultable(t, "")
 	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
 	if synchronous {
 		require.NoError(t, c.SetSynchronous(ctx, primary, true))
 	}
@@ -90,11 +87,7 @@ func TestFailoverKillAsynchronous(t *testing.T) {
 }
 
 func TestSwitchover(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
+	c, primary := faultable(t, "")
 	db := openUnified(t, c, haParams...)
 	w := newWorkload(t, db, c, "failover_switchover")
 	w.start(8, 4, 10*time.Second)
@@ -115,15 +108,12 @@ func TestSwitchover(t *testing.T) {
 }
 
 func TestHungPrimary(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
+	c, primary := faultable(t, "")
 	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
 	const interval, timeout = 200 * time.Millisecond, 300 * time.Millisecond
 	db := openUnified(t, c, "unified_health_interval=200ms", "unified_health_timeout=300ms")
 	conn, _ := unified.ConnectorOf(db)
-	_, err = db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS hung_writes (id int)")
+	_, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS hung_writes (id int)")
 	require.NoError(t, err)
 	before := runtime.NumGoroutine()
 
@@ -291,16 +281,13 @@ func TestCommitUnknownAfterCut(t *testing.T) {
 }
 
 func TestOldPrimaryOnOldTimelineIsFenced(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
+	c, primary := faultable(t, "")
 	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
 	// A short open time: the killed node's breaker must turn half-open
 	// within the test to see it come back.
 	db := openUnified(t, c, append(haParams, "unified_breaker_open=500ms")...)
 	conn, _ := unified.ConnectorOf(db)
-	_, err = db.ExecContext(ctx, "DROP TABLE IF EXISTS fenced_writes; CREATE TABLE fenced_writes (id int)")
+	_, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS fenced_writes; CREATE TABLE fenced_writes (id int)")
 	require.NoError(t, err)
 	require.NoError(t, c.WaitCatchUp(ctx, others(c, primary)[0], primary))
 	require.NoError(t, c.WaitCatchUp(ctx, others(c, primary)[1], primary))
@@ -333,15 +320,12 @@ func TestOldPrimaryOnOldTimelineIsFenced(t *testing.T) {
 }
 
 func TestAllNodesDown(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
+	c, primary := faultable(t, "")
 	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
 	db := openUnified(t, c, "unified_health_interval=100ms", "unified_health_timeout=300ms",
 		"unified_failover_timeout=1s", "unified_breaker_failures=3", "unified_breaker_open=500ms")
 	conn, _ := unified.ConnectorOf(db)
-	_, err = db.ExecContext(ctx, "SELECT 1")
+	_, err := db.ExecContext(ctx, "SELECT 1")
 	require.NoError(t, err)
 
 	require.NoError(t, c.Stop(primary, "immediate"))
@@ -400,11 +384,8 @@ func TestAllNodesDown(t *testing.T) {
 }
 
 func TestAuthFailureOnReplica(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
+	c, primary := faultable(t, "")
 	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
 	rest := others(c, primary)
 	bad, good := rest[0], rest[1]
 	require.NoError(t, c.Exec(ctx, primary, "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'unified_app') THEN CREATE ROLE unified_app LOGIN; END IF; END$$"))

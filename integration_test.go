@@ -36,8 +36,9 @@ func openUnified(t *testing.T, c *pgcluster.Cluster, params ...string) *sql.DB {
 
 // bothDrivers runs fn against pgx stdlib straight to the primary (the
 // reference) and against unified over the whole cluster: the same
-// assertions must hold for both.
-func bothDrivers(t *testing.T, fn func(t *testing.T, db *sql.DB, table string)) {
+// assertions must hold for both. With columns, each run starts on a new
+// table of those columns named table; with "", table is only a name.
+func bothDrivers(t *testing.T, columns string, fn func(t *testing.T, db *sql.DB, table string)) {
 	c := pgcluster.Need(t, cluster)
 	primary, err := c.Primary(t.Context())
 	require.NoError(t, err)
@@ -57,9 +58,22 @@ func bothDrivers(t *testing.T, fn func(t *testing.T, db *sql.DB, table string)) 
 			t.Cleanup(func() {
 				_, _ = db.ExecContext(context.Background(), "DROP TABLE IF EXISTS "+table)
 			})
+			if columns != "" {
+				_, err := db.ExecContext(t.Context(), "CREATE TABLE "+table+" ("+columns+")")
+				require.NoError(t, err)
+			}
 			fn(t, db, table)
 		})
 	}
+}
+
+// sqlConn takes one session of db, closed at the end of the test.
+func sqlConn(t *testing.T, ctx context.Context, db *sql.DB) *sql.Conn {
+	t.Helper()
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
 }
 
 func serverPort(t *testing.T, ctx context.Context, q interface {
@@ -111,10 +125,8 @@ func TestKeywordValueMultiHostDSN(t *testing.T) {
 }
 
 func TestCRUD(t *testing.T) {
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "id int PRIMARY KEY, name text", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id int PRIMARY KEY, name text)")
-		require.NoError(t, err)
 		res, err := db.ExecContext(ctx, "INSERT INTO "+table+" VALUES ($1, $2), ($3, $4)", 1, "one", 2, "two")
 		require.NoError(t, err)
 		n, err := res.RowsAffected()
@@ -147,10 +159,8 @@ func TestCRUD(t *testing.T) {
 }
 
 func TestTransactions(t *testing.T) {
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "id int", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id int)")
-		require.NoError(t, err)
 
 		tx, err := db.BeginTx(ctx, nil)
 		require.NoError(t, err)
@@ -207,10 +217,8 @@ func TestTransactions(t *testing.T) {
 }
 
 func TestPreparedStatementReuse(t *testing.T) {
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "id int, v text", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id int, v text)")
-		require.NoError(t, err)
 		ins, err := db.PrepareContext(ctx, "INSERT INTO "+table+" VALUES ($1, $2)")
 		require.NoError(t, err)
 		defer ins.Close()
@@ -244,12 +252,10 @@ func TestPreparedStatementReuse(t *testing.T) {
 }
 
 func TestSessionStateOnSQLConn(t *testing.T) {
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		conn, err := db.Conn(ctx)
-		require.NoError(t, err)
-		defer conn.Close()
-		_, err = conn.ExecContext(ctx, "SET application_name = 'unified-session-test'")
+		conn := sqlConn(t, ctx, db)
+		_, err := conn.ExecContext(ctx, "SET application_name = 'unified-session-test'")
 		require.NoError(t, err)
 		_, err = conn.ExecContext(ctx, "CREATE TEMP TABLE "+table+"_tmp (id int)")
 		require.NoError(t, err)
@@ -270,10 +276,8 @@ func TestSessionStateOnSQLConn(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "g int, i int", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (g int, i int)")
-		require.NoError(t, err)
 		var wg sync.WaitGroup
 		errs := make(chan error, 16)
 		for g := 0; g < 16; g++ {
@@ -309,7 +313,7 @@ func TestConcurrentUse(t *testing.T) {
 }
 
 func TestContextCancellationMidQuery(t *testing.T) {
-	bothDrivers(t, func(t *testing.T, db *sql.DB, _ string) {
+	bothDrivers(t, "", func(t *testing.T, db *sql.DB, _ string) {
 		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 		defer cancel()
 		start := time.Now()
@@ -325,7 +329,7 @@ func TestContextCancellationMidQuery(t *testing.T) {
 }
 
 func TestLargeResultsAndNulls(t *testing.T) {
-	bothDrivers(t, func(t *testing.T, db *sql.DB, _ string) {
+	bothDrivers(t, "", func(t *testing.T, db *sql.DB, _ string) {
 		ctx := t.Context()
 		rows, err := db.QueryContext(ctx, "SELECT g, CASE WHEN g % 2 = 0 THEN NULL ELSE g::text END FROM generate_series(1, 100000) g")
 		require.NoError(t, err)
@@ -352,7 +356,7 @@ func TestLargeResultsAndNulls(t *testing.T) {
 }
 
 func TestPgxTypes(t *testing.T) {
-	bothDrivers(t, func(t *testing.T, db *sql.DB, _ string) {
+	bothDrivers(t, "", func(t *testing.T, db *sql.DB, _ string) {
 		ctx := t.Context()
 		m := pgtype.NewMap()
 
@@ -423,14 +427,10 @@ func TestColumnMetadata(t *testing.T) {
 }
 
 func TestRawCopyFrom(t *testing.T) {
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "id int, v text", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id int, v text)")
-		require.NoError(t, err)
-		conn, err := db.Conn(ctx)
-		require.NoError(t, err)
-		defer conn.Close()
-		err = conn.Raw(func(dc any) error {
+		conn := sqlConn(t, ctx, db)
+		err := conn.Raw(func(dc any) error {
 			var pc *pgx.Conn
 			switch c := dc.(type) {
 			case *stdlib.Conn:

@@ -42,12 +42,10 @@ func primaryAdmin(t *testing.T, c *pgcluster.Cluster) *pgx.Conn {
 func lockedSession(t *testing.T, db *sql.DB, lock int) (*sql.Conn, int) {
 	t.Helper()
 	ctx := t.Context()
-	conn, err := db.Conn(ctx)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
+	conn := sqlConn(t, ctx, db)
 	var pid int
 	require.NoError(t, conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
-	_, err = conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", lock)
+	_, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", lock)
 	require.NoError(t, err)
 	return conn, pid
 }
@@ -91,14 +89,10 @@ func proxiedPrimary(t *testing.T, c *pgcluster.Cluster, params ...string) (*faul
 func TestPlainBeginOnKilledSessionFails(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
 	admin := primaryAdmin(t, c)
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "id int", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id int)")
-		require.NoError(t, err)
-		conn, err := db.Conn(ctx)
-		require.NoError(t, err)
-		defer conn.Close()
-		_, err = conn.ExecContext(ctx, "SET idle_in_transaction_session_timeout = '200ms'")
+		conn := sqlConn(t, ctx, db)
+		_, err := conn.ExecContext(ctx, "SET idle_in_transaction_session_timeout = '200ms'")
 		require.NoError(t, err)
 		_, err = conn.ExecContext(ctx, "BEGIN")
 		require.NoError(t, err)
@@ -120,7 +114,7 @@ func TestPlainBeginOnKilledSessionFails(t *testing.T) {
 func TestNotifyOnIdleSessionKeepsTheSession(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
 	admin := primaryAdmin(t, c)
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
 		const lock = 770001
 		conn, pid := lockedSession(t, db, lock)
@@ -155,7 +149,7 @@ func TestNotifyOnIdleSessionKeepsTheSession(t *testing.T) {
 func TestTerminatedSessionFailsPing(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
 	admin := primaryAdmin(t, c)
-	bothDrivers(t, func(t *testing.T, db *sql.DB, _ string) {
+	bothDrivers(t, "", func(t *testing.T, db *sql.DB, _ string) {
 		ctx := t.Context()
 		const lock = 770002
 		conn, pid := lockedSession(t, db, lock)
@@ -255,10 +249,8 @@ func TestInsertReturningCutWhileReadingRows(t *testing.T) {
 func TestConnBusyFailsOnlyThatStatement(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
 	admin := primaryAdmin(t, c)
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "id int", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id int)")
-		require.NoError(t, err)
 		tx, err := db.BeginTx(ctx, nil)
 		require.NoError(t, err)
 		rows, err := tx.QueryContext(ctx, "SELECT g FROM generate_series(1, 5) g")
@@ -329,13 +321,9 @@ func TestReadOnlyTxOptionsWithoutModeStayOnTheSession(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
 	primary, err := c.Primary(t.Context())
 	require.NoError(t, err)
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "id int", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
-		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id int)")
-		require.NoError(t, err)
-		conn, err := db.Conn(ctx)
-		require.NoError(t, err)
-		defer conn.Close()
+		conn := sqlConn(t, ctx, db)
 		_, err = conn.ExecContext(ctx, "CREATE TEMP TABLE "+table+"_tmp (id int)")
 		require.NoError(t, err)
 		_, err = conn.ExecContext(ctx, "INSERT INTO "+table+"_tmp VALUES (1)")
@@ -393,12 +381,10 @@ func TestBegunOnBrokenConnectionIsSentAgain(t *testing.T) {
 // works.
 func TestServerErrorIsPgxValue(t *testing.T) {
 	types := map[string][]string{}
-	bothDrivers(t, func(t *testing.T, db *sql.DB, table string) {
+	bothDrivers(t, "id int PRIMARY KEY", func(t *testing.T, db *sql.DB, table string) {
 		ctx := t.Context()
 		driverName := t.Name()[strings.LastIndex(t.Name(), "/")+1:]
-		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id int PRIMARY KEY)")
-		require.NoError(t, err)
-		_, err = db.ExecContext(ctx, "INSERT INTO "+table+" VALUES (1)")
+		_, err := db.ExecContext(ctx, "INSERT INTO "+table+" VALUES (1)")
 		require.NoError(t, err)
 		_, err = db.ExecContext(ctx, "INSERT INTO "+table+" VALUES (1)")
 		pgErr, ok := err.(*pgconn.PgError)
@@ -475,13 +461,11 @@ func TestBatchSlotReleasedOnPanic(t *testing.T) {
 func TestFailedStatementKeepsTheSession(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
 	admin := primaryAdmin(t, c)
-	bothDrivers(t, func(t *testing.T, db *sql.DB, _ string) {
+	bothDrivers(t, "", func(t *testing.T, db *sql.DB, _ string) {
 		ctx := t.Context()
-		conn, err := db.Conn(ctx)
-		require.NoError(t, err)
-		defer conn.Close()
+		conn := sqlConn(t, ctx, db)
 		// The session's first statement: nothing else made it the user's.
-		_, err = conn.ExecContext(ctx, "SELECT pg_advisory_lock(770003); SELECT 1/0")
+		_, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock(770003); SELECT 1/0")
 		require.Error(t, err, "division by zero")
 		var pid int
 		require.NoError(t, admin.QueryRow(ctx, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 770003").Scan(&pid),

@@ -30,6 +30,22 @@ func restoreAfter(t *testing.T, c *pgcluster.Cluster) {
 	})
 }
 
+// faultable is the package's cluster for a test that faults it: restored
+// after the test. With a table name, a new table of that name, (id int),
+// is on the primary and replayed by every replica first. It returns the
+// cluster and its primary's index.
+func faultable(t *testing.T, table string) (*pgcluster.Cluster, int) {
+	t.Helper()
+	c := pgcluster.Need(t, cluster)
+	restoreAfter(t, c)
+	if table != "" {
+		newTable(t, c, table)
+	}
+	primary, err := c.Primary(t.Context())
+	require.NoError(t, err)
+	return c, primary
+}
+
 // portsOf maps each node's port to its index.
 func portsOf(c *pgcluster.Cluster) map[int]int {
 	m := map[int]int{}
@@ -144,15 +160,12 @@ func TestWriteInReadOnlyModeFails(t *testing.T) {
 }
 
 func TestReadsAvoidLaggingReplica(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
+	c, primary := faultable(t, "")
 	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
 	lagging, other := (primary+1)%3, (primary+2)%3
 	db := openUnified(t, c, "unified_health_interval=50ms", "unified_max_replica_lag=300ms")
 	conn, _ := unified.ConnectorOf(db)
-	_, err = db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS lag_writes (id serial, at timestamptz default now())")
+	_, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS lag_writes (id serial, at timestamptz default now())")
 	require.NoError(t, err)
 	t.Cleanup(func() { _, _ = db.ExecContext(context.Background(), "DROP TABLE lag_writes") })
 
@@ -177,11 +190,8 @@ func TestReadsAvoidLaggingReplica(t *testing.T) {
 }
 
 func TestReadFallbackWhenReplicasDown(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
+	c, primary := faultable(t, "")
 	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
 	fallback := openUnified(t, c, "unified_health_interval=50ms")
 	strict := openUnified(t, c, "unified_health_interval=50ms", "unified_read_fallback=error")
 	ro := unified.WithMode(ctx, unified.ReadOnly)
@@ -204,7 +214,7 @@ func TestReadFallbackWhenReplicasDown(t *testing.T) {
 		assert.Equal(t, c.Node(primary).Port, serverPort(t, ro, fallback))
 	}
 	// The fallback stays read-only: a write in ReadOnly mode still fails.
-	_, err = fallback.ExecContext(ro, "CREATE TABLE fallback_write (id int)")
+	_, err := fallback.ExecContext(ro, "CREATE TABLE fallback_write (id int)")
 	var pgErr *pgconn.PgError
 	require.ErrorAs(t, err, &pgErr)
 	assert.Equal(t, "25006", pgErr.Code)

@@ -93,10 +93,8 @@ func writeThenRead(t *testing.T, db *sql.DB, table string, withSession bool, wor
 // session never misses its write; without a session it does (the replicas
 // apply commits 30 ms late here), so the test can fail.
 func TestSessionReadsItsOwnWrites(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
 	const table = "session_own_writes"
-	newTable(t, c, table)
+	c, _ := faultable(t, table)
 	delayReplay(t, c, 30*time.Millisecond)
 	db := openUnified(t, c, haParams...)
 	conn, _ := unified.ConnectorOf(db)
@@ -153,9 +151,7 @@ func TestSessionCallersOwnBeginBlock(t *testing.T) {
 	db := openUnified(t, c)
 	sess := unified.NewSession()
 	ctx := unified.WithSession(t.Context(), sess)
-	conn, err := db.Conn(ctx)
-	require.NoError(t, err)
-	defer conn.Close()
+	conn := sqlConn(t, ctx, db)
 	for _, q := range []string{"BEGIN", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "INSERT INTO " + table + " VALUES (1)"} {
 		_, err := conn.ExecContext(ctx, q)
 		require.NoError(t, err, q)
@@ -163,7 +159,7 @@ func TestSessionCallersOwnBeginBlock(t *testing.T) {
 	var iso string
 	require.NoError(t, conn.QueryRowContext(ctx, "SHOW transaction_isolation").Scan(&iso))
 	assert.Equal(t, "serializable", iso)
-	_, err = conn.ExecContext(ctx, "COMMIT")
+	_, err := conn.ExecContext(ctx, "COMMIT")
 	require.NoError(t, err)
 	var n int
 	require.NoError(t, db.QueryRowContext(unified.WithMode(ctx, unified.ReadOnly), "SELECT count(*) FROM "+table).Scan(&n))
@@ -172,11 +168,9 @@ func TestSessionCallersOwnBeginBlock(t *testing.T) {
 
 // A token carries the session to another *sql.DB (another process).
 func TestSessionTokenToAnotherDB(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "session_token"
-	newTable(t, c, table)
+	c, _ := faultable(t, table)
+	ctx := t.Context()
 	delayReplay(t, c, 200*time.Millisecond)
 	writer := openUnified(t, c)
 	reader := openUnified(t, c)
@@ -212,18 +206,14 @@ func TestSessionTokenToAnotherDB(t *testing.T) {
 // timeline, so the read goes to the new primary, which has the write
 // (synchronous replication).
 func TestSessionAcrossFailover(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "session_failover"
-	newTable(t, c, table)
-	old, err := c.Primary(ctx)
-	require.NoError(t, err)
+	c, old := faultable(t, table)
+	ctx := t.Context()
 	require.NoError(t, c.SetSynchronous(ctx, old, true))
 	db := openUnified(t, c, haParams...)
 	conn, _ := unified.ConnectorOf(db)
 	sess := unified.NewSession()
-	_, err = db.ExecContext(unified.WithSession(ctx, sess), "INSERT INTO "+table+" VALUES (1)")
+	_, err := db.ExecContext(unified.WithSession(ctx, sess), "INSERT INTO "+table+" VALUES (1)")
 	require.NoError(t, err)
 	tok := sess.Token()
 
@@ -243,10 +233,8 @@ func TestSessionAcrossFailover(t *testing.T) {
 // SessionHandler in a real HTTP round trip: the token comes back in the
 // response header and a follow-up request reads its write.
 func TestSessionHandlerRoundTrip(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
 	const table = "session_http"
-	newTable(t, c, table)
+	c, _ := faultable(t, table)
 	delayReplay(t, c, 200*time.Millisecond)
 	db := openUnified(t, c)
 	mux := http.NewServeMux()
@@ -297,13 +285,9 @@ func TestSessionHandlerRoundTrip(t *testing.T) {
 // WithMaxLag bounds a statement's replica lag tighter or looser than
 // unified_max_replica_lag.
 func TestWithMaxLag(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "with_max_lag"
-	newTable(t, c, table)
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
+	c, primary := faultable(t, table)
+	ctx := t.Context()
 	paused := c.Others(primary)[0]
 	db := openUnified(t, c, "unified_health_interval=100ms", "unified_max_replica_lag=1s")
 	db.SetMaxIdleConns(0)

@@ -677,11 +677,8 @@ func telOpenCluster(b *testing.B, opts ...unified.Option) *sql.DB {
 // TestTelemetryFailoverCluster runs reads and writes on the real cluster,
 // kills the primary, promotes a replica and checks what the metrics say.
 func TestTelemetryFailoverCluster(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
+	c, primary := faultable(t, "")
 	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
 	var other int
 
 	reader := sdkmetric.NewManualReader()

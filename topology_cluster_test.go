@@ -79,11 +79,9 @@ func twoPrimaries(t *testing.T, c *pgcluster.Cluster) (old, cur int) {
 // 1. A process started while two nodes claim primary writes to the one on
 // the higher timeline, even when that one answers 150 ms slower.
 func TestFreshProcessesDoNotWriteToStalePrimary(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "stale_primary_writes"
-	newTable(t, c, table)
+	c, _ := faultable(t, table)
+	ctx := t.Context()
 	old, cur := twoPrimaries(t, c)
 
 	slow, err := faultproxy.New(c.Node(cur).Addr())
@@ -134,13 +132,9 @@ func TestFreshProcessesDoNotWriteToStalePrimary(t *testing.T) {
 // on the same timeline; with more WAL it still does not take the role, and
 // when it is a standby again the healthy primary was never fenced.
 func TestSameTimelineNewcomerDoesNotTakeOver(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "same_timeline_newcomer"
-	newTable(t, c, table)
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
+	c, primary := faultable(t, table)
+	ctx := t.Context()
 	newcomer := c.Others(primary)[0]
 	running := openUnified(t, c, haParams...)
 	require.NoError(t, running.PingContext(ctx))
@@ -197,17 +191,13 @@ func TestSameTimelineNewcomerDoesNotTakeOver(t *testing.T) {
 // 3. In a split brain, a replica streaming from the fenced old primary is
 // "ahead" with no lag, on the old timeline: it serves no reads.
 func TestReplicaOfFencedLineageServesNoReads(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "fenced_lineage"
-	newTable(t, c, table)
-	old, err := c.Primary(ctx)
-	require.NoError(t, err)
+	c, old := faultable(t, table)
+	ctx := t.Context()
 	rest := c.Others(old)
 	require.NoError(t, c.Kill(old))
 	cur, follower := rest[0], rest[1]
-	_, err = c.Promote(ctx, cur) // the other replica is not re-pointed
+	_, err := c.Promote(ctx, cur) // the other replica is not re-pointed
 	require.NoError(t, err)
 	// The old primary comes back as it was, and the other replica, which
 	// still follows it, streams from it again: a lineage of its own.
@@ -245,13 +235,9 @@ func TestReplicaOfFencedLineageServesNoReads(t *testing.T) {
 // that can never catch up (an old primary made a standby without rewind),
 // or one whose replay was paused before the process started.
 func TestNewProcessAvoidsStaleReplica(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "new_process_stale"
-	newTable(t, c, table)
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
+	c, primary := faultable(t, table)
+	ctx := t.Context()
 	paused := c.Others(primary)[0]
 	require.NoError(t, c.PauseReplay(ctx, paused))
 	require.NoError(t, c.Exec(ctx, primary, "INSERT INTO "+table+" VALUES (42)"))
@@ -287,11 +273,7 @@ func TestNewProcessAvoidsStaleReplica(t *testing.T) {
 // the probe timeout marks it down, and go to another node; without a
 // deadline they would wait forever.
 func TestReadsOnHungReplicaAreInterrupted(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
+	c, primary := faultable(t, "")
 	db := openUnified(t, c, haParams...)
 	db.SetMaxOpenConns(8)
 	ro := unified.WithMode(context.Background(), unified.ReadOnly) // no deadline
@@ -398,11 +380,9 @@ func TestDialOverlappingFailoverAvoidsOldPrimary(t *testing.T) {
 // write began waiting: writes that start late in a long outage still wait
 // for the new primary, and probing stays fast while they wait.
 func TestWritesWaitInALongOutage(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "long_outage"
-	newTable(t, c, table)
+	c, _ := faultable(t, table)
+	ctx := t.Context()
 	db := openUnified(t, c, "unified_health_interval=100ms", "unified_health_timeout=300ms", "unified_failover_timeout=2s")
 	require.NoError(t, db.PingContext(ctx))
 	old, err := c.Primary(ctx)
@@ -509,13 +489,9 @@ func TestHostNameAddressesAreNodes(t *testing.T) {
 // sessions within a couple of health intervals, at statement boundaries,
 // without a failed read.
 func TestReadsRebalanceToReadmittedReplica(t *testing.T) {
-	c := pgcluster.Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := t.Context()
 	const table = "rebalance_writes"
-	newTable(t, c, table)
-	primary, err := c.Primary(ctx)
-	require.NoError(t, err)
+	c, primary := faultable(t, table)
+	ctx := t.Context()
 	db := openUnified(t, c, "unified_health_interval=200ms", "unified_max_replica_lag=500ms")
 	db.SetMaxOpenConns(8)
 	db.SetMaxIdleConns(8)
