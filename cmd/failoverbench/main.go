@@ -72,6 +72,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
@@ -131,8 +133,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer cl.Close()
-	var pgVersion string
-	if err := cl.QueryRow(ctx, 0, "SHOW server_version").Scan(&pgVersion); err != nil {
+	pgVersion, err := serverVersion(ctx, cl)
+	if err != nil {
 		fmt.Fprintln(stderr, "failoverbench:", err)
 		return 1
 	}
@@ -324,4 +326,19 @@ func restore(ctx context.Context, cl *pgcluster.Cluster, sync bool) error {
 		return cl.SetSynchronous(ctx, 0, true)
 	}
 	return nil
+}
+
+// serverVersion is what node 0 of cl (a pgcluster or a patroni Cluster)
+// says SHOW server_version is, asked over a connection of its own.
+func serverVersion(ctx context.Context, cl interface {
+	Connect(ctx context.Context, i int) (*pgx.Conn, error)
+}) (string, error) {
+	conn, err := cl.Connect(ctx, 0)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	var v string
+	err = conn.QueryRow(ctx, "SHOW server_version").Scan(&v)
+	return v, err
 }

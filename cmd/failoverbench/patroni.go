@@ -51,15 +51,8 @@ func runPatroni(ctx context.Context, cfg config, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer cl.Close()
-	var pgVersion string
-	if conn, err := cl.Connect(ctx, 0); err == nil {
-		err = conn.QueryRow(ctx, "SHOW server_version").Scan(&pgVersion)
-		conn.Close(ctx)
-		if err != nil {
-			fmt.Fprintln(stderr, "failoverbench:", err)
-			return 1
-		}
-	} else {
+	pgVersion, err := serverVersion(ctx, cl)
+	if err != nil {
 		fmt.Fprintln(stderr, "failoverbench:", err)
 		return 1
 	}

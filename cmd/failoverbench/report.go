@@ -21,24 +21,24 @@ type row struct {
 	NoRecovery int `json:"no_recovery"`
 	// RecoveryMedianMS and RecoveryMaxMS are nil when that trial (the
 	// median one, or any) did not recover.
-	RecoveryMedianMS *float64       `json:"recovery_median_ms"`
-	RecoveryMaxMS    *float64       `json:"recovery_max_ms"`
-	OutageMedianMS   float64        `json:"longest_outage_median_ms"`
-	ReadsOK          int            `json:"outage_reads_ok"`
-	ReadsFailed      int            `json:"outage_reads_failed"`
-	ReadsByNode      map[string]int `json:"outage_reads_by_node"`
-	Lost             int            `json:"lost"`
-	Dup              int            `json:"dup"`
-	Unflagged        int            `json:"unflagged"`
-	Flagged          int            `json:"flagged"`
-	FlaggedStored    int            `json:"flagged_stored"`
+	RecoveryMedianMS *float64 `json:"recovery_median_ms"`
+	RecoveryMaxMS    *float64 `json:"recovery_max_ms"`
+	OutageMedianMS   float64  `json:"longest_outage_median_ms"`
+
+	outageReads // summed over the trials
+
+	Lost          int `json:"lost"`
+	Dup           int `json:"dup"`
+	Unflagged     int `json:"unflagged"`
+	Flagged       int `json:"flagged"`
+	FlaggedStored int `json:"flagged_stored"`
 }
 
 func aggregate(trials []trialResult, scenarios, drivers []string) []row {
 	var rows []row
 	for _, s := range scenarios {
 		for _, d := range drivers {
-			r := row{Scenario: s, Driver: d, ReadsByNode: map[string]int{}}
+			r := row{Scenario: s, Driver: d}
 			var rec []*float64
 			var outage []float64
 			for _, t := range trials {
@@ -51,11 +51,7 @@ func aggregate(trials []trialResult, scenarios, drivers []string) []row {
 				}
 				rec = append(rec, t.RecoveryMS)
 				outage = append(outage, t.LongestOutageMS)
-				r.ReadsOK += t.ReadsOK
-				r.ReadsFailed += t.ReadsFailed
-				for n, c := range t.ReadsByNode {
-					r.ReadsByNode[n] += c
-				}
+				r.outageReads.add(t.outageReads)
 				r.Lost += t.Lost
 				r.Dup += t.Dup
 				r.Unflagged += t.Unflagged

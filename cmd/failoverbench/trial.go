@@ -31,9 +31,7 @@ type trialResult struct {
 	// writes (to the end of the trial when writes never resumed).
 	LongestOutageMS float64 `json:"longest_outage_ms"`
 
-	ReadsOK     int            `json:"outage_reads_ok"`
-	ReadsFailed int            `json:"outage_reads_failed"`
-	ReadsByNode map[string]int `json:"outage_reads_by_node"`
+	outageReads
 
 	Acked         int      `json:"acked"`
 	Flagged       int      `json:"flagged"`        // returned ErrCommitUnknown
@@ -46,6 +44,27 @@ type trialResult struct {
 	Notes         []string `json:"notes,omitempty"` // what went differently
 
 	timeline *workload.Timeline // with -timeline (timeline.go)
+}
+
+// outageReads are the reads from the fault to the first write after the
+// promotion (or the end of the trial): a trial's, or a row's summed over
+// its trials.
+type outageReads struct {
+	ReadsOK     int            `json:"outage_reads_ok"`
+	ReadsFailed int            `json:"outage_reads_failed"`
+	ReadsByNode map[string]int `json:"outage_reads_by_node"` // successful reads by node name
+}
+
+// add counts o's reads in r as well.
+func (r *outageReads) add(o outageReads) {
+	r.ReadsOK += o.ReadsOK
+	r.ReadsFailed += o.ReadsFailed
+	if r.ReadsByNode == nil {
+		r.ReadsByNode = map[string]int{}
+	}
+	for n, c := range o.ReadsByNode {
+		r.ReadsByNode[n] += c
+	}
 }
 
 func (r trialResult) String() string {

@@ -112,9 +112,7 @@ func run(tb testing.TB, out io.Writer, o options) *summary {
 	cl := pgtest.Start(tb, opts...)
 	firstPrimary := cl.Primary()
 	nodes := newNodeNames(cl)
-	for i := range cl.Len() {
-		con.say("  %s  %s  %s", cl.Node(i).Name(), cl.Node(i).Addr(), demo.Role(cl, i))
-	}
+	demo.PrintNodes(out, cl)
 
 	// The application's side: one *sql.DB over all three hosts.
 	dsn := cl.DSN() + "&unified_health_interval=200ms"

@@ -126,9 +126,7 @@ func run(tb testing.TB, out io.Writer, o options) (*result, error) {
 
 	say("starting a local PostgreSQL primary + 2 streaming replicas ...")
 	cl := pgtest.Start(tb, pgtest.Replicas(2))
-	for i := range cl.Len() {
-		say("  %s  %s  %s", cl.Node(i).Name(), cl.Node(i).Addr(), demo.Role(cl, i))
-	}
+	demo.PrintNodes(out, cl)
 
 	// OpenTelemetry: the SDK MeterProvider, read by the Prometheus exporter
 	// into a registry of our own (not prometheus.DefaultRegisterer).

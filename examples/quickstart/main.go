@@ -37,9 +37,7 @@ func run(tb testing.TB) error {
 	start := time.Now()
 	cl := pgtest.Start(tb, pgtest.Replicas(2))
 	fmt.Printf("cluster up in %v\n", time.Since(start).Round(time.Millisecond))
-	for i := range cl.Len() {
-		fmt.Printf("  %s  %-15s %s\n", cl.Node(i).Name(), cl.Node(i).Addr(), demo.Role(cl, i))
-	}
+	demo.PrintNodes(os.Stdout, cl)
 
 	dsn := cl.DSN() + "&unified_health_interval=200ms"
 	fmt.Printf("\nsql.Open(\"unified\", %q)\n\n", dsn)

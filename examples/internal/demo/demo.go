@@ -1,10 +1,11 @@
 // Package demo holds the small pieces the example programs share that are
 // not what they show: running an example's run function as a program,
-// pausing on a context, and a node's role.
+// pausing on a context, a node's role, and the list of a cluster's nodes.
 package demo
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"testing"
@@ -47,4 +48,12 @@ func Role(cl *pgtest.Cluster, i int) string {
 		return "primary"
 	}
 	return "replica"
+}
+
+// PrintNodes writes a line per node of cl to w: its name, address and
+// role.
+func PrintNodes(w io.Writer, cl *pgtest.Cluster) {
+	for i := range cl.Len() {
+		fmt.Fprintf(w, "  %s  %s  %s\n", cl.Node(i).Name(), cl.Node(i).Addr(), Role(cl, i))
+	}
 }
