@@ -33,14 +33,22 @@ func TestSparePlan(t *testing.T) {
 	}
 }
 
+// sparesDialed starts a fake cluster probed every 100ms (and params) and
+// lets a second pass: its replicas' warm spares are dialed.
+func sparesDialed(t *testing.T, params string) (*Connector, []*fakepg.Node) {
+	t.Helper()
+	c, nodes := fakeCluster(t, "unified_health_interval=100ms&"+params)
+	require.True(t, c.Health(t.Context()).Writable)
+	time.Sleep(time.Second)
+	synctest.Wait()
+	return c, nodes
+}
+
 // The first write after a promotion goes out on the new primary's warm
 // spare: no dial between the publication and the statement.
 func TestSpareTakenAtPromotion(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c, nodes := fakeCluster(t, "unified_health_interval=100ms&unified_failover_timeout=10s")
-		require.True(t, c.Health(t.Context()).Writable)
-		time.Sleep(time.Second)
-		synctest.Wait()
+		c, nodes := sparesDialed(t, "unified_failover_timeout=10s")
 		for _, i := range []int{1, 2} {
 			assert.Equal(t, 2, nodes[i].Open(), "replica %d: the probe connection and one spare", i)
 		}
@@ -70,17 +78,11 @@ func TestSpareTakenAtPromotion(t *testing.T) {
 // spares, and gets them back once it is up again.
 func TestSparesFollowTheReplica(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c, nodes := fakeCluster(t, "unified_health_interval=100ms&unified_warm_spares=0")
-		require.True(t, c.Health(t.Context()).Writable)
-		time.Sleep(time.Second)
-		synctest.Wait()
+		c, nodes := sparesDialed(t, "unified_warm_spares=0")
 		assert.Equal(t, 1, nodes[1].Open(), "unified_warm_spares=0: the probe connection only")
 		require.NoError(t, c.Close())
 
-		c, nodes = fakeCluster(t, "unified_health_interval=100ms&unified_warm_spares=3")
-		require.True(t, c.Health(t.Context()).Writable)
-		time.Sleep(time.Second)
-		synctest.Wait()
+		c, nodes = sparesDialed(t, "unified_warm_spares=3")
 		assert.Equal(t, 4, nodes[1].Open(), "three spares and the probe connection")
 		down(nodes[1])
 		time.Sleep(time.Second)
