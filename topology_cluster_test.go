@@ -41,6 +41,17 @@ func newTable(t *testing.T, c *pgcluster.Cluster, table string) {
 	}
 }
 
+// hostsVia is the DSN host list of every node of c, node i reached at
+// address via instead (a fault proxy in front of it).
+func hostsVia(c *pgcluster.Cluster, i int, via string) string {
+	hosts := make([]string, c.Len())
+	for j := range hosts {
+		hosts[j] = c.Node(j).Addr()
+	}
+	hosts[i] = via
+	return strings.Join(hosts, ",")
+}
+
 func countOn(t *testing.T, c *pgcluster.Cluster, i int, query string, args ...any) int {
 	t.Helper()
 	var n int
@@ -88,15 +99,7 @@ func TestFreshProcessesDoNotWriteToStalePrimary(t *testing.T) {
 	require.NoError(t, err)
 	defer slow.Close()
 	slow.SetLatency(75 * time.Millisecond) // each way: 150 ms a round trip
-	var hosts []string
-	for i := 0; i < c.Len(); i++ {
-		if i == cur {
-			hosts = append(hosts, slow.Addr())
-		} else {
-			hosts = append(hosts, c.Node(i).Addr())
-		}
-	}
-	dsn := "postgres://postgres@" + strings.Join(hosts, ",") + "/postgres?sslmode=disable&unified_health_timeout=3s"
+	dsn := "postgres://postgres@" + hostsVia(c, cur, slow.Addr()) + "/postgres?sslmode=disable&unified_health_timeout=3s"
 	const processes = 10
 	var wg sync.WaitGroup
 	for i := range processes { // fresh processes, started together
@@ -324,15 +327,7 @@ func TestDialOverlappingFailoverAvoidsOldPrimary(t *testing.T) {
 			px, err := faultproxy.New(c.Node(old).Addr())
 			require.NoError(t, err)
 			defer px.Close()
-			var hosts []string
-			for i := 0; i < c.Len(); i++ {
-				if i == old {
-					hosts = append(hosts, px.Addr())
-				} else {
-					hosts = append(hosts, c.Node(i).Addr())
-				}
-			}
-			db, err := sql.Open("unified", "postgres://postgres@"+strings.Join(hosts, ",")+
+			db, err := sql.Open("unified", "postgres://postgres@"+hostsVia(c, old, px.Addr())+
 				"/postgres?sslmode=disable&unified_health_interval=200ms&unified_health_timeout=2s")
 			require.NoError(t, err)
 			defer db.Close()
