@@ -30,6 +30,14 @@ func restoreAfter(t *testing.T, c *pgcluster.Cluster) {
 	})
 }
 
+// setUp runs setup on db, and teardown once the test is over.
+func setUp(t *testing.T, db *sql.DB, setup, teardown string) {
+	t.Helper()
+	_, err := db.ExecContext(t.Context(), setup)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = db.ExecContext(context.Background(), teardown) })
+}
+
 // faultable is the package's cluster for a test that faults it: restored
 // after the test. With a table name, a new table of that name, (id int),
 // is on the primary and replayed by every replica first. It returns the
@@ -142,9 +150,7 @@ func TestWriteInReadOnlyModeFails(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
 	db := openUnified(t, c)
 	ctx := t.Context()
-	_, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS ro_writes (id int)")
-	require.NoError(t, err)
-	t.Cleanup(func() { _, _ = db.ExecContext(context.Background(), "DROP TABLE ro_writes") })
+	setUp(t, db, "CREATE TABLE IF NOT EXISTS ro_writes (id int)", "DROP TABLE ro_writes")
 	primary, err := c.Primary(ctx)
 	require.NoError(t, err)
 	require.NoError(t, c.WaitCatchUp(ctx, (primary+1)%3, primary))
@@ -165,12 +171,10 @@ func TestReadsAvoidLaggingReplica(t *testing.T) {
 	lagging, other := (primary+1)%3, (primary+2)%3
 	db := openUnified(t, c, "unified_health_interval=50ms", "unified_max_replica_lag=300ms")
 	conn, _ := unified.ConnectorOf(db)
-	_, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS lag_writes (id serial, at timestamptz default now())")
-	require.NoError(t, err)
-	t.Cleanup(func() { _, _ = db.ExecContext(context.Background(), "DROP TABLE lag_writes") })
+	setUp(t, db, "CREATE TABLE IF NOT EXISTS lag_writes (id serial, at timestamptz default now())", "DROP TABLE lag_writes")
 
 	require.NoError(t, c.PauseReplay(ctx, lagging))
-	_, err = db.ExecContext(ctx, "INSERT INTO lag_writes DEFAULT VALUES")
+	_, err := db.ExecContext(ctx, "INSERT INTO lag_writes DEFAULT VALUES")
 	require.NoError(t, err)
 	waitFor(t, 10*time.Second, func() bool {
 		return conn.Health(ctx).Nodes[lagging].State == "lagging"
@@ -311,12 +315,10 @@ func TestRunTxRetriesSerializationFailure(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
 	db := openUnified(t, c)
 	ctx := t.Context()
-	_, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS runtx_acct, runtx_log; CREATE TABLE runtx_acct (id int PRIMARY KEY, v int); CREATE TABLE runtx_log (attempt int); INSERT INTO runtx_acct VALUES (1, 0)")
-	require.NoError(t, err)
-	t.Cleanup(func() { _, _ = db.ExecContext(context.Background(), "DROP TABLE runtx_acct, runtx_log") })
+	setUp(t, db, "DROP TABLE IF EXISTS runtx_acct, runtx_log; CREATE TABLE runtx_acct (id int PRIMARY KEY, v int); CREATE TABLE runtx_log (attempt int); INSERT INTO runtx_acct VALUES (1, 0)", "DROP TABLE runtx_acct, runtx_log")
 
 	attempts := 0
-	err = unified.RunTx(ctx, db, &sql.TxOptions{Isolation: sql.LevelRepeatableRead}, func(tx *sql.Tx) error {
+	err := unified.RunTx(ctx, db, &sql.TxOptions{Isolation: sql.LevelRepeatableRead}, func(tx *sql.Tx) error {
 		attempts++
 		var v int
 		if err := tx.QueryRowContext(ctx, "SELECT v FROM runtx_acct WHERE id = 1").Scan(&v); err != nil {
