@@ -290,6 +290,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if cfg.manager != "" && cfg.manager != "patroni" {
 		return bad("unknown manager %q (want patroni, or none)", cfg.manager)
 	}
+	if cfg.manager == "patroni" && (cfg.timeline != "" || cfg.saturate > 0) {
+		return bad("-timeline and -saturate run only on the command's own cluster, not with -manager patroni")
+	}
 	for _, s := range cfg.scenarios {
 		if !slices.Contains(known, s) {
 			return bad("unknown scenario %q (want %s)", s, strings.Join(known, ", "))
