@@ -4,12 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/unifiedsql/unified/internal/childproc"
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
@@ -60,31 +59,19 @@ func Main(m *testing.M, opts Options, c **Cluster) int {
 		cur         *Cluster
 		interrupted bool
 	)
-	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		select {
-		case s := <-sigc:
-			mu.Lock()
-			interrupted = true
-			cl := cur
-			mu.Unlock()
-			cancel() // a Start in progress cleans up and Main returns
-			if cl != nil {
-				fmt.Fprintf(os.Stderr, "patroni: %v: stopping the cluster\n", s)
-				_ = cl.Close()
-				os.Exit(1)
-			}
-		case <-stop:
+	stopSignals := childproc.OnInterrupt(func(s os.Signal) {
+		mu.Lock()
+		interrupted = true
+		cl := cur
+		mu.Unlock()
+		cancel() // a Start in progress cleans up and Main returns
+		if cl != nil {
+			fmt.Fprintf(os.Stderr, "patroni: %v: stopping the cluster\n", s)
+			_ = cl.Close()
+			os.Exit(1)
 		}
 	})
-	defer func() {
-		signal.Stop(sigc)
-		close(stop)
-		wg.Wait()
-	}()
+	defer stopSignals()
 
 	cl, err := Start(ctx, opts)
 	mu.Lock()

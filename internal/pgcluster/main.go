@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/unifiedsql/unified/internal/childproc"
 )
 
 // Env is the environment variable that says what a test does when it needs
@@ -84,24 +84,13 @@ func Main(m *testing.M, opts Options, c **Cluster) int {
 	setCurrent(s)
 	defer setCurrent(nil)
 
-	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		select {
-		case sig := <-sigc:
-			fmt.Fprintf(os.Stderr, "pgcluster: %v: stopping the cluster\n", sig)
-			_ = s.close()
-			os.Exit(1)
-		case <-stop:
-		}
+	stopSignals := childproc.OnInterrupt(func(sig os.Signal) {
+		fmt.Fprintf(os.Stderr, "pgcluster: %v: stopping the cluster\n", sig)
+		_ = s.close()
+		os.Exit(1)
 	})
-
 	code := m.Run()
-	signal.Stop(sigc)
-	close(stop)
-	wg.Wait()
+	stopSignals()
 	if n, reason := s.skipped(); n > 0 {
 		fmt.Fprintf(os.Stderr, "pgcluster: %d tests that need the cluster were skipped (%s=skip): %s\n", n, Env, reason)
 	}
