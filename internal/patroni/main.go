@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/unifiedsql/unified/internal/childproc"
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
@@ -31,10 +33,18 @@ var (
 // $UNIFIED_TEST_CLUSTER is "require": then it prints the reason and
 // returns 1 without running them. After the tests it closes the cluster
 // (*c keeps pointing to the closed cluster) and returns the exit code,
-// 1 if Close failed or left a process of the cluster running. While it
+// 1 if Close failed or left a process of the cluster running, or if the
+// tests passed (with a cluster or skipped) and a goroutine that leaks do
+// not ignore is still running (see [pgcluster.CheckLeaks]). While it
 // runs, SIGINT and SIGTERM close the cluster and exit, so Ctrl-C leaves
 // nothing running.
-func Main(m *testing.M, opts Options, c **Cluster) int {
+func Main(m *testing.M, opts Options, c **Cluster, leaks ...goleak.Option) int {
+	return pgcluster.CheckLeaks(runTests(m, opts, c), leaks...)
+}
+
+// runTests is Main but for the goroutine check, which comes after its
+// signal handler has stopped.
+func runTests(m *testing.M, opts Options, c **Cluster) int {
 	required := os.Getenv(pgcluster.Env) == "require"
 	skip := func(reason string) int {
 		if required {

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 )
 
 // One cluster for the test binary: starting one takes seconds, its
@@ -34,12 +33,7 @@ func TestMain(m *testing.M) {
 	if testing.Verbose() {
 		opts.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000 ")+f+"\n", a...) }
 	}
-	code := Main(m, opts, &cluster) // also fails when Close leaves a process
-	if err := goleak.Find(); err != nil {
-		fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-		code = 1
-	}
-	os.Exit(code)
+	os.Exit(Main(m, opts, &cluster)) // also fails when Close leaves a process or a goroutine
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
