@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
 // One cluster for the test binary: starting one takes seconds, its
@@ -36,18 +38,12 @@ func TestMain(m *testing.M) {
 	os.Exit(Main(m, opts, &cluster)) // also fails when Close leaves a process or a goroutine
 }
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // healthyLeader starts a failover test: the shared cluster, healthy (and
 // healed when the test ends), a context of d and the current leader.
 func healthyLeader(t *testing.T, d time.Duration) (*Cluster, context.Context, int) {
 	t.Helper()
 	c := Need(t, cluster)
-	ctx := ctxT(t, d)
+	ctx := pgcluster.CtxT(t, d)
 	require.NoError(t, c.WaitHealthy(ctx))
 	healthyAfter(t, c)
 	leader, err := c.Leader(ctx)

@@ -65,6 +65,14 @@ func NeedBinaries(tb testing.TB) string {
 	return dir
 }
 
+// CtxT returns a context that ends after d or with the test, for a test's
+// calls into its cluster.
+func CtxT(tb testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
 // Main runs a test package's tests with a cluster shared by the tests that
 // need one; call it from TestMain:
 //

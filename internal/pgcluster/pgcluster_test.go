@@ -19,12 +19,6 @@ import (
 	"github.com/unifiedsql/unified/internal/childproc"
 )
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // restoreAfter restores the topology when the test ends.
 func restoreAfter(t *testing.T, c *Cluster) {
 	t.Cleanup(func() {
@@ -50,14 +44,14 @@ func dumpLogs(t *testing.T, c *Cluster) {
 // table makes a fresh table on the primary named after the test.
 func table(t *testing.T, c *Cluster, primary int) string {
 	name := strings.ToLower(strings.NewReplacer("/", "_", "-", "_").Replace(t.Name()))
-	require.NoError(t, c.Exec(ctxT(t, 10*time.Second), primary,
+	require.NoError(t, c.Exec(CtxT(t, 10*time.Second), primary,
 		fmt.Sprintf("DROP TABLE IF EXISTS %s; CREATE TABLE %s (id int PRIMARY KEY, v text)", name, name)))
 	return name
 }
 
 func count(t *testing.T, c *Cluster, i int, tbl string, id int) int {
 	var n int
-	require.NoError(t, c.QueryRow(ctxT(t, 5*time.Second), i, "SELECT count(*) FROM "+tbl+" WHERE id = $1", id).Scan(&n))
+	require.NoError(t, c.QueryRow(CtxT(t, 5*time.Second), i, "SELECT count(*) FROM "+tbl+" WHERE id = $1", id).Scan(&n))
 	return n
 }
 
@@ -82,7 +76,7 @@ func TestDSN(t *testing.T) {
 	// pgx understands the multi-host URL and lands on the primary.
 	cfg, err := pgx.ParseConfig(c.DSNOrder([]int{2, 1, 0}, "target_session_attrs=read-write"))
 	require.NoError(t, err)
-	conn, err := pgx.ConnectConfig(ctxT(t, 10*time.Second), cfg)
+	conn, err := pgx.ConnectConfig(CtxT(t, 10*time.Second), cfg)
 	require.NoError(t, err)
 	defer conn.Close(context.Background())
 	var rec bool
@@ -93,7 +87,7 @@ func TestDSN(t *testing.T) {
 
 func TestReplication(t *testing.T) {
 	c := Need(t, cluster)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	p, err := c.Primary(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 0, p)
@@ -131,7 +125,7 @@ func TestReplication(t *testing.T) {
 func TestKillAndStart(t *testing.T) {
 	c := Need(t, cluster)
 	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	tbl := table(t, c, 0)
 	pid := c.PID(0)
 	require.NotZero(t, pid)
@@ -161,7 +155,7 @@ func TestKillAndStart(t *testing.T) {
 func TestHangContinue(t *testing.T) {
 	c := Need(t, cluster)
 	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	// A session opened before the hang must hang too: backends are not in
 	// the postmaster's process group.
 	before, err := c.Connect(ctx, 1)
@@ -194,7 +188,7 @@ func TestHangContinue(t *testing.T) {
 func TestStopModes(t *testing.T) {
 	c := Need(t, cluster)
 	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	assert.Error(t, c.Stop(2, "nicely"))
 	for _, mode := range []string{"smart", "fast", "immediate"} {
 		pid := c.PID(2)
@@ -214,7 +208,7 @@ func TestStopModes(t *testing.T) {
 func TestFailover(t *testing.T) {
 	c := Need(t, cluster)
 	restoreAfter(t, c)
-	ctx := ctxT(t, 60*time.Second)
+	ctx := CtxT(t, 60*time.Second)
 	tbl := table(t, c, 0)
 	require.NoError(t, c.WaitCatchUp(ctx, 1, 0))
 	require.NoError(t, c.WaitCatchUp(ctx, 2, 0))
@@ -254,7 +248,7 @@ func TestFailover(t *testing.T) {
 func TestPauseResumeReplay(t *testing.T) {
 	c := Need(t, cluster)
 	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	tbl := table(t, c, 0)
 	require.NoError(t, c.WaitCatchUp(ctx, 1, 0))
 	require.NoError(t, c.PauseReplay(ctx, 1))
@@ -292,7 +286,7 @@ func TestPauseResumeReplay(t *testing.T) {
 func TestSetSynchronous(t *testing.T) {
 	c := Need(t, cluster)
 	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	states := func() []string {
 		var s []string
 		require.NoError(t, c.QueryRow(ctx, 0, "SELECT array_agg(sync_state::text ORDER BY application_name) FROM pg_stat_replication").Scan(&s))
@@ -314,7 +308,7 @@ func TestSetSynchronous(t *testing.T) {
 
 func TestWriteHBA(t *testing.T) {
 	c := Need(t, cluster)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	t.Cleanup(func() { assert.NoError(t, c.WriteHBA(context.Background(), 0, nil)) })
 	require.NoError(t, c.Exec(ctx, 0, "DROP ROLE IF EXISTS app; CREATE ROLE app LOGIN"))
 	connectAs := func(user string) error {
@@ -348,7 +342,7 @@ func TestRestore(t *testing.T) {
 			dumpLogs(t, c)
 		}
 	})
-	ctx := ctxT(t, 60*time.Second)
+	ctx := CtxT(t, 60*time.Second)
 	tbl := table(t, c, 0)
 	// Split brain: node2 promoted while node0 is still primary; node1
 	// stopped; node0 synchronous with a pg_hba rejecting nobody useful.
@@ -396,7 +390,7 @@ func TestStartFailure(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(stale, "node0"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(stale, ownerFile), []byte("999999999 1\n"), 0o644))
 
-	c, err := Start(ctxT(t, 30*time.Second), Options{BinDir: c0.bin, TempDir: tmp, ExtraConf: []string{"no_such_setting = 1"}})
+	c, err := Start(CtxT(t, 30*time.Second), Options{BinDir: c0.bin, TempDir: tmp, ExtraConf: []string{"no_such_setting = 1"}})
 	require.Error(t, err)
 	assert.Nil(t, c)
 	assert.Contains(t, err.Error(), "no_such_setting")
@@ -406,7 +400,7 @@ func TestStartFailure(t *testing.T) {
 	if os.Geteuid() == 0 {
 		// As root, a TempDir the postgres user cannot reach is refused
 		// with a clear error.
-		_, err := Start(ctxT(t, 30*time.Second), Options{BinDir: c0.bin, TempDir: t.TempDir()})
+		_, err := Start(CtxT(t, 30*time.Second), Options{BinDir: c0.bin, TempDir: t.TempDir()})
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "not searchable")
 	}
@@ -416,7 +410,7 @@ func TestStartFailure(t *testing.T) {
 // replaying, synchronous off, default pg_hba.
 func checkInitialShape(t *testing.T, c *Cluster) {
 	t.Helper()
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	p, err := c.Primary(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 0, p)
@@ -442,7 +436,7 @@ func checkInitialShape(t *testing.T, c *Cluster) {
 // and checks Close cleans up.
 func TestCloseLeavesNothing(t *testing.T) {
 	c0 := Need(t, cluster)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	c, err := Start(ctx, Options{Replicas: 1, BinDir: c0.bin, Synchronous: true, ExtraConf: []string{"work_mem = '8MB'"}})
 	require.NoError(t, err)
 	defer c.Close()

@@ -32,7 +32,7 @@ import (
 )
 
 var (
-	ctxT      = patronitest.CtxT
+	ctxT      = pgcluster.CtxT
 	waitFor   = patronitest.WaitFor
 	ports     = patronitest.Ports
 	readShare = patronitest.ReadShare

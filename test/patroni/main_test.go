@@ -39,12 +39,13 @@ import (
 	_ "github.com/unifiedsql/unified" // the "unified" driver
 	"github.com/unifiedsql/unified/internal/patroni"
 	"github.com/unifiedsql/unified/internal/patroni/patronitest"
+	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
 var cluster *patroni.Cluster
 
 var (
-	ctxT         = patronitest.CtxT
+	ctxT         = pgcluster.CtxT
 	waitFor      = patronitest.WaitFor
 	ports        = patronitest.Ports
 	readShare    = patronitest.ReadShare
