@@ -645,16 +645,9 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 // pg_stat_wal_receiver shows it streaming from primary. A standby that
 // has replayed past the new primary's fork point never streams: use Rejoin.
 func (c *Cluster) Repoint(ctx context.Context, i, primary int) error {
-	n, err := c.node(i)
+	n, p, err := c.standbyAndPrimary("repoint", i, primary)
 	if err != nil {
 		return err
-	}
-	p, err := c.node(primary)
-	if err != nil {
-		return err
-	}
-	if i == primary {
-		return fmt.Errorf("pgcluster: cannot repoint %s to itself", n.Name)
 	}
 	conn, err := c.Connect(ctx, i)
 	if err != nil {
@@ -682,6 +675,22 @@ func (c *Cluster) Repoint(ctx context.Context, i, primary int) error {
 	return nil
 }
 
+// standbyAndPrimary returns nodes i and primary for op (Repoint,
+// Rejoin), which makes i a standby of primary: an error when either does
+// not exist or both are the same node.
+func (c *Cluster) standbyAndPrimary(op string, i, primary int) (n, p *Node, err error) {
+	if n, err = c.node(i); err != nil {
+		return nil, nil, err
+	}
+	if p, err = c.node(primary); err != nil {
+		return nil, nil, err
+	}
+	if i == primary {
+		return nil, nil, fmt.Errorf("pgcluster: cannot %s %s to itself", op, n.Name)
+	}
+	return n, p, nil
+}
+
 // Rejoin turns node i (an old primary, or any node, running or not) into
 // a standby of node primary: it stops the node (fast), runs pg_rewind
 // against primary (after a CHECKPOINT there, so a fresh promotion is
@@ -691,16 +700,9 @@ func (c *Cluster) Repoint(ctx context.Context, i, primary int) error {
 // rebuilt with pg_basebackup instead. Rejoin drops the node's
 // synchronous_standby_names and primary_slot_name ALTER SYSTEM settings.
 func (c *Cluster) Rejoin(ctx context.Context, i, primary int) error {
-	n, err := c.node(i)
+	n, p, err := c.standbyAndPrimary("rejoin", i, primary)
 	if err != nil {
 		return err
-	}
-	p, err := c.node(primary)
-	if err != nil {
-		return err
-	}
-	if i == primary {
-		return fmt.Errorf("pgcluster: cannot rejoin %s to itself", n.Name)
 	}
 	ctx, cancel := WithDefault(ctx)
 	defer cancel()
