@@ -19,6 +19,15 @@ import (
 	"github.com/unifiedsql/unified/internal/childproc"
 )
 
+// faultable starts a test that faults the shared cluster: the cluster,
+// restored when the test ends, and a context of d.
+func faultable(t *testing.T, d time.Duration) (*Cluster, context.Context) {
+	t.Helper()
+	c := Need(t, cluster)
+	restoreAfter(t, c)
+	return c, CtxT(t, d)
+}
+
 // restoreAfter restores the topology when the test ends.
 func restoreAfter(t *testing.T, c *Cluster) {
 	t.Cleanup(func() {
@@ -123,9 +132,7 @@ func TestReplication(t *testing.T) {
 }
 
 func TestKillAndStart(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := CtxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	tbl := table(t, c, 0)
 	pid := c.PID(0)
 	require.NotZero(t, pid)
@@ -153,9 +160,7 @@ func TestKillAndStart(t *testing.T) {
 }
 
 func TestHangContinue(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := CtxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	// A session opened before the hang must hang too: backends are not in
 	// the postmaster's process group.
 	before, err := c.Connect(ctx, 1)
@@ -186,9 +191,7 @@ func TestHangContinue(t *testing.T) {
 }
 
 func TestStopModes(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := CtxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	assert.Error(t, c.Stop(2, "nicely"))
 	for _, mode := range []string{"smart", "fast", "immediate"} {
 		pid := c.PID(2)
@@ -206,9 +209,7 @@ func TestStopModes(t *testing.T) {
 // TestFailover: primary crash, promote, re-point, rejoin; Restore (in
 // cleanup) then switches back to node 0.
 func TestFailover(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := CtxT(t, 60*time.Second)
+	c, ctx := faultable(t, 60*time.Second)
 	tbl := table(t, c, 0)
 	require.NoError(t, c.WaitCatchUp(ctx, 1, 0))
 	require.NoError(t, c.WaitCatchUp(ctx, 2, 0))
@@ -246,9 +247,7 @@ func TestFailover(t *testing.T) {
 }
 
 func TestPauseResumeReplay(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := CtxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	tbl := table(t, c, 0)
 	require.NoError(t, c.WaitCatchUp(ctx, 1, 0))
 	require.NoError(t, c.PauseReplay(ctx, 1))
@@ -284,9 +283,7 @@ func TestPauseResumeReplay(t *testing.T) {
 }
 
 func TestSetSynchronous(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := CtxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	states := func() []string {
 		var s []string
 		require.NoError(t, c.QueryRow(ctx, 0, "SELECT array_agg(sync_state::text ORDER BY application_name) FROM pg_stat_replication").Scan(&s))
@@ -488,4 +485,30 @@ func TestFindBinDirFromEnv(t *testing.T) {
 	dir, err := FindBinDir()
 	require.NoError(t, err)
 	assert.Equal(t, bin, dir)
+}
+
+func TestStandbyAndPrimary(t *testing.T) {
+	c := &Cluster{nodes: []*Node{{Name: "node0"}, {Name: "node1"}}}
+	tests := []struct {
+		name       string
+		i, primary int
+		err        string
+	}{
+		{name: "ok", i: 1, primary: 0},
+		{name: "no standby", i: 2, primary: 0, err: "pgcluster: no node 2 (cluster has 2)"},
+		{name: "no primary", i: 1, primary: -1, err: "pgcluster: no node -1 (cluster has 2)"},
+		{name: "itself", i: 1, primary: 1, err: "pgcluster: cannot rejoin node1 to itself"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, p, err := c.standbyAndPrimary("rejoin", tt.i, tt.primary)
+			if tt.err != "" {
+				require.EqualError(t, err, tt.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Same(t, c.nodes[tt.i], n)
+			assert.Same(t, c.nodes[tt.primary], p)
+		})
+	}
 }
