@@ -1,11 +1,8 @@
 package unified_test
 
 import (
-	"fmt"
 	"os"
 	"testing"
-
-	"go.uber.org/goleak"
 
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
@@ -18,12 +15,5 @@ import (
 var cluster *pgcluster.Cluster
 
 func TestMain(m *testing.M) {
-	code := pgcluster.Main(m, pgcluster.Options{Replicas: 2}, &cluster)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(pgcluster.Main(m, pgcluster.Options{Replicas: 2}, &cluster))
 }

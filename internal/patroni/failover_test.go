@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
 // logOffsets returns the current size of each node's log.
@@ -85,7 +87,7 @@ func TestCrashFailsOver(t *testing.T) {
 	offs := logOffsets(c)
 	t0 := time.Now()
 	require.NoError(t, c.Crash(old))
-	n, at, err := c.WaitLeaderWritable(ctxT(t, time.Minute), old)
+	n, at, err := c.WaitLeaderWritable(pgcluster.CtxT(t, time.Minute), old)
 	require.NoError(t, err)
 	failover := at.Sub(t0)
 	t.Logf("crash of %s: %s writable after %v", c.Node(old).Name, c.Node(n).Name, failover.Round(time.Millisecond))
@@ -158,7 +160,7 @@ func TestHangResumeKeepsNewLeader(t *testing.T) {
 	waitLeaderLoop(t, c, old)
 	t0 := time.Now()
 	require.NoError(t, c.Hang(old))
-	n, at, err := c.WaitLeaderWritable(ctxT(t, time.Minute), old)
+	n, at, err := c.WaitLeaderWritable(pgcluster.CtxT(t, time.Minute), old)
 	require.NoError(t, err)
 	t.Logf("hang of %s: %s writable after %v", c.Node(old).Name, c.Node(n).Name, at.Sub(t0).Round(time.Millisecond))
 	ttl := time.Duration(seconds(c.opts.TTL, 20)) * time.Second

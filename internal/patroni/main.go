@@ -4,12 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/internal/childproc"
 	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
@@ -32,10 +33,18 @@ var (
 // $UNIFIED_TEST_CLUSTER is "require": then it prints the reason and
 // returns 1 without running them. After the tests it closes the cluster
 // (*c keeps pointing to the closed cluster) and returns the exit code,
-// 1 if Close failed or left a process of the cluster running. While it
+// 1 if Close failed or left a process of the cluster running, or if the
+// tests passed (with a cluster or skipped) and a goroutine that leaks do
+// not ignore is still running (see [pgcluster.CheckLeaks]). While it
 // runs, SIGINT and SIGTERM close the cluster and exit, so Ctrl-C leaves
 // nothing running.
-func Main(m *testing.M, opts Options, c **Cluster) int {
+func Main(m *testing.M, opts Options, c **Cluster, leaks ...goleak.Option) int {
+	return pgcluster.CheckLeaks(runTests(m, opts, c), leaks...)
+}
+
+// runTests is Main but for the goroutine check, which comes after its
+// signal handler has stopped.
+func runTests(m *testing.M, opts Options, c **Cluster) int {
 	required := os.Getenv(pgcluster.Env) == "require"
 	skip := func(reason string) int {
 		if required {
@@ -60,31 +69,19 @@ func Main(m *testing.M, opts Options, c **Cluster) int {
 		cur         *Cluster
 		interrupted bool
 	)
-	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		select {
-		case s := <-sigc:
-			mu.Lock()
-			interrupted = true
-			cl := cur
-			mu.Unlock()
-			cancel() // a Start in progress cleans up and Main returns
-			if cl != nil {
-				fmt.Fprintf(os.Stderr, "patroni: %v: stopping the cluster\n", s)
-				_ = cl.Close()
-				os.Exit(1)
-			}
-		case <-stop:
+	stopSignals := childproc.OnInterrupt(func(s os.Signal) {
+		mu.Lock()
+		interrupted = true
+		cl := cur
+		mu.Unlock()
+		cancel() // a Start in progress cleans up and Main returns
+		if cl != nil {
+			fmt.Fprintf(os.Stderr, "patroni: %v: stopping the cluster\n", s)
+			_ = cl.Close()
+			os.Exit(1)
 		}
 	})
-	defer func() {
-		signal.Stop(sigc)
-		close(stop)
-		wg.Wait()
-	}()
+	defer stopSignals()
 
 	cl, err := Start(ctx, opts)
 	mu.Lock()

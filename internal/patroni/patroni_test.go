@@ -15,7 +15,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
 // One cluster for the test binary: starting one takes seconds, its
@@ -34,18 +35,7 @@ func TestMain(m *testing.M) {
 	if testing.Verbose() {
 		opts.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000 ")+f+"\n", a...) }
 	}
-	code := Main(m, opts, &cluster) // also fails when Close leaves a process
-	if err := goleak.Find(); err != nil {
-		fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-		code = 1
-	}
-	os.Exit(code)
-}
-
-func ctxT(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
+	os.Exit(Main(m, opts, &cluster)) // also fails when Close leaves a process or a goroutine
 }
 
 // healthyLeader starts a failover test: the shared cluster, healthy (and
@@ -53,7 +43,7 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 func healthyLeader(t *testing.T, d time.Duration) (*Cluster, context.Context, int) {
 	t.Helper()
 	c := Need(t, cluster)
-	ctx := ctxT(t, d)
+	ctx := pgcluster.CtxT(t, d)
 	require.NoError(t, c.WaitHealthy(ctx))
 	healthyAfter(t, c)
 	leader, err := c.Leader(ctx)

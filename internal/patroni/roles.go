@@ -108,32 +108,15 @@ func (c *Cluster) restGet(ctx context.Context, n *Node, path string) (int, []byt
 // failover under way), several (an old primary not yet demoted), or one
 // that Patroni does not back.
 func (c *Cluster) Leader(ctx context.Context) (int, error) {
-	rec := make([]bool, len(c.nodes))
-	errs := make([]error, len(c.nodes))
-	var wg sync.WaitGroup
-	for i, n := range c.nodes {
-		switch {
-		case !c.Running(i):
-			rec[i], errs[i] = true, fmt.Errorf("%s is not running", n.Name)
-			continue
-		case c.Hung(i):
-			rec[i], errs[i] = true, fmt.Errorf("%s is hung", n.Name)
-			continue
-		}
-		wg.Go(func() {
-			var err error
-			if rec[i], err = c.inRecovery(ctx, n); err != nil {
-				errs[i] = fmt.Errorf("%s: %w", n.Name, err)
+	prim, errs := pgcluster.OutOfRecovery(len(c.nodes),
+		func(i int) (string, bool, bool) { return c.nodes[i].Name, c.Running(i), c.Hung(i) },
+		func(i int) (bool, error) {
+			rec, err := c.inRecovery(ctx, c.nodes[i])
+			if err != nil {
+				return false, fmt.Errorf("%s: %w", c.nodes[i].Name, err)
 			}
+			return rec, nil
 		})
-	}
-	wg.Wait()
-	var prim []int
-	for i := range c.nodes {
-		if errs[i] == nil && !rec[i] {
-			prim = append(prim, i)
-		}
-	}
 	switch len(prim) {
 	case 0:
 		return -1, fmt.Errorf("patroni: no node is out of recovery: %w", errors.Join(errs...))

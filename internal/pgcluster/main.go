@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/unifiedsql/unified/internal/childproc"
 )
 
 // Env is the environment variable that says what a test does when it needs
@@ -63,6 +65,14 @@ func NeedBinaries(tb testing.TB) string {
 	return dir
 }
 
+// CtxT returns a context that ends after d or with the test, for a test's
+// calls into its cluster.
+func CtxT(tb testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
 // Main runs a test package's tests with a cluster shared by the tests that
 // need one; call it from TestMain:
 //
@@ -75,33 +85,24 @@ func NeedBinaries(tb testing.TB) string {
 // stores it in *c, so `go test -run TestPure` starts no server. A cluster
 // that cannot be started is remembered, and every Need then skips or fails
 // its test as [Decide] says. After the tests Main closes the cluster, if
-// one was started (*c keeps pointing to the closed cluster), and returns the
-// exit code; when tests were skipped for want of a cluster it says so on
-// stderr. While it runs, SIGINT and SIGTERM cancel a start in progress,
-// close the cluster and exit the process, so Ctrl-C leaves no server behind.
-func Main(m *testing.M, opts Options, c **Cluster) int {
+// one was started (*c keeps pointing to the closed cluster), then, when
+// the tests passed, fails the run if a goroutine is still running that
+// leaks do not ignore (see [CheckLeaks]), and returns the exit code; when
+// tests were skipped for want of a cluster it says so on stderr. While it
+// runs, SIGINT and SIGTERM cancel a start in progress, close the cluster
+// and exit the process, so Ctrl-C leaves no server behind.
+func Main(m *testing.M, opts Options, c **Cluster, leaks ...goleak.Option) int {
 	s := newShared(opts, c, Start)
 	setCurrent(s)
 	defer setCurrent(nil)
 
-	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		select {
-		case sig := <-sigc:
-			fmt.Fprintf(os.Stderr, "pgcluster: %v: stopping the cluster\n", sig)
-			_ = s.close()
-			os.Exit(1)
-		case <-stop:
-		}
+	stopSignals := childproc.OnInterrupt(func(sig os.Signal) {
+		fmt.Fprintf(os.Stderr, "pgcluster: %v: stopping the cluster\n", sig)
+		_ = s.close()
+		os.Exit(1)
 	})
-
 	code := m.Run()
-	signal.Stop(sigc)
-	close(stop)
-	wg.Wait()
+	stopSignals()
 	if n, reason := s.skipped(); n > 0 {
 		fmt.Fprintf(os.Stderr, "pgcluster: %d tests that need the cluster were skipped (%s=skip): %s\n", n, Env, reason)
 	}
@@ -111,7 +112,23 @@ func Main(m *testing.M, opts Options, c **Cluster) int {
 			code = 1
 		}
 	}
-	return code
+	return CheckLeaks(code, leaks...)
+}
+
+// CheckLeaks is the goroutine check that ends [Main] and patroni.Main,
+// for a TestMain that has more to close after them: when code is 0 (the
+// tests passed and everything closed cleanly) it returns 1, naming the
+// goroutines on stderr, if any is still running that leaks (goleak
+// options) do not ignore; otherwise it returns code.
+func CheckLeaks(code int, leaks ...goleak.Option) int {
+	if code != 0 {
+		return code
+	}
+	if err := goleak.Find(leaks...); err != nil {
+		fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+		return 1
+	}
+	return 0
 }
 
 // Need returns the package's shared cluster, starting it on the first call

@@ -140,30 +140,13 @@ func (c *Cluster) InRecovery(ctx context.Context, i int) (bool, error) {
 // asked with a timeout of a few seconds; it is an error when no node or
 // more than one node is a primary.
 func (c *Cluster) Primary(ctx context.Context) (int, error) {
-	rec := make([]bool, len(c.nodes))
-	errs := make([]error, len(c.nodes))
-	var wg sync.WaitGroup
-	for i := range c.nodes {
-		if !c.Running(i) || c.Hung(i) {
-			rec[i], errs[i] = true, fmt.Errorf("%s is not running", c.nodes[i].Name)
-			if c.Hung(i) {
-				errs[i] = fmt.Errorf("%s is hung", c.nodes[i].Name)
-			}
-			continue
-		}
-		wg.Go(func() {
+	prim, errs := OutOfRecovery(len(c.nodes),
+		func(i int) (string, bool, bool) { return c.nodes[i].Name, c.Running(i), c.Hung(i) },
+		func(i int) (bool, error) {
 			ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
-			rec[i], errs[i] = c.InRecovery(ctx, i)
+			return c.InRecovery(ctx, i)
 		})
-	}
-	wg.Wait()
-	var prim []int
-	for i := range c.nodes {
-		if errs[i] == nil && !rec[i] {
-			prim = append(prim, i)
-		}
-	}
 	switch len(prim) {
 	case 1:
 		return prim[0], nil
@@ -172,6 +155,35 @@ func (c *Cluster) Primary(ctx context.Context) (int, error) {
 	default:
 		return -1, fmt.Errorf("pgcluster: several primaries: nodes %v", prim)
 	}
+}
+
+// OutOfRecovery asks the n nodes of a cluster at once whether they are in
+// recovery and returns, in index order, those that answered no (the
+// primaries), and for each other node why it does not count. state(i)
+// gives node i's name and whether it runs and is hung: a node that does
+// not run, or is hung, is not asked. inRecovery(i) asks node i. Primary
+// and patroni's Leader start from it.
+func OutOfRecovery(n int, state func(i int) (name string, running, hung bool), inRecovery func(i int) (bool, error)) (prim []int, errs []error) {
+	rec := make([]bool, n)
+	errs = make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		switch name, running, hung := state(i); {
+		case !running:
+			errs[i] = fmt.Errorf("%s is not running", name)
+		case hung:
+			errs[i] = fmt.Errorf("%s is hung", name)
+		default:
+			wg.Go(func() { rec[i], errs[i] = inRecovery(i) })
+		}
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] == nil && !rec[i] {
+			prim = append(prim, i)
+		}
+	}
+	return prim, errs
 }
 
 // waitReady waits until n accepts connections (an authentication failure
@@ -633,16 +645,9 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 // pg_stat_wal_receiver shows it streaming from primary. A standby that
 // has replayed past the new primary's fork point never streams: use Rejoin.
 func (c *Cluster) Repoint(ctx context.Context, i, primary int) error {
-	n, err := c.node(i)
+	n, p, err := c.standbyAndPrimary("repoint", i, primary)
 	if err != nil {
 		return err
-	}
-	p, err := c.node(primary)
-	if err != nil {
-		return err
-	}
-	if i == primary {
-		return fmt.Errorf("pgcluster: cannot repoint %s to itself", n.Name)
 	}
 	conn, err := c.Connect(ctx, i)
 	if err != nil {
@@ -670,6 +675,22 @@ func (c *Cluster) Repoint(ctx context.Context, i, primary int) error {
 	return nil
 }
 
+// standbyAndPrimary returns nodes i and primary for op (Repoint,
+// Rejoin), which makes i a standby of primary: an error when either does
+// not exist or both are the same node.
+func (c *Cluster) standbyAndPrimary(op string, i, primary int) (n, p *Node, err error) {
+	if n, err = c.node(i); err != nil {
+		return nil, nil, err
+	}
+	if p, err = c.node(primary); err != nil {
+		return nil, nil, err
+	}
+	if i == primary {
+		return nil, nil, fmt.Errorf("pgcluster: cannot %s %s to itself", op, n.Name)
+	}
+	return n, p, nil
+}
+
 // Rejoin turns node i (an old primary, or any node, running or not) into
 // a standby of node primary: it stops the node (fast), runs pg_rewind
 // against primary (after a CHECKPOINT there, so a fresh promotion is
@@ -679,16 +700,9 @@ func (c *Cluster) Repoint(ctx context.Context, i, primary int) error {
 // rebuilt with pg_basebackup instead. Rejoin drops the node's
 // synchronous_standby_names and primary_slot_name ALTER SYSTEM settings.
 func (c *Cluster) Rejoin(ctx context.Context, i, primary int) error {
-	n, err := c.node(i)
+	n, p, err := c.standbyAndPrimary("rejoin", i, primary)
 	if err != nil {
 		return err
-	}
-	p, err := c.node(primary)
-	if err != nil {
-		return err
-	}
-	if i == primary {
-		return fmt.Errorf("pgcluster: cannot rejoin %s to itself", n.Name)
 	}
 	ctx, cancel := WithDefault(ctx)
 	defer cancel()

@@ -116,9 +116,7 @@ func (n *Node) Addr() string { return net.JoinHostPort(n.Host, strconv.Itoa(n.Po
 
 // DSN returns a URL connecting to this node only, as user postgres (trust
 // authentication, no password) to database postgres, without TLS.
-func (n *Node) DSN() string {
-	return "postgres://postgres@" + n.Addr() + "/postgres?sslmode=disable"
-}
+func (n *Node) DSN() string { return URL([]string{n.Addr()}) }
 
 // LogPath returns the path of the node's server log (stdout and stderr of
 // every postmaster started for it).
@@ -649,7 +647,15 @@ func (c *Cluster) DSNOrder(order []int, params ...string) string {
 			hosts = append(hosts, n.Addr())
 		}
 	}
-	dsn := "postgres://postgres@" + strings.Join(hosts, ",") + "/postgres?sslmode=disable"
+	return URL(hosts, params...)
+}
+
+// URL returns the URL of the servers at addrs ("host:port"), in that
+// order, as user postgres to database postgres without TLS, with params
+// ("key=value", "" for none) appended to the query: the one form of the
+// DSNs of pgcluster's and patroni's clusters and nodes.
+func URL(addrs []string, params ...string) string {
+	dsn := "postgres://postgres@" + strings.Join(addrs, ",") + "/postgres?sslmode=disable"
 	for _, p := range params {
 		if p != "" {
 			dsn += "&" + p

@@ -19,10 +19,13 @@ import (
 	"github.com/unifiedsql/unified/internal/childproc"
 )
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
+// faultable starts a test that faults the shared cluster: the cluster,
+// restored when the test ends, and a context of d.
+func faultable(t *testing.T, d time.Duration) (*Cluster, context.Context) {
+	t.Helper()
+	c := Need(t, cluster)
+	restoreAfter(t, c)
+	return c, CtxT(t, d)
 }
 
 // restoreAfter restores the topology when the test ends.
@@ -50,14 +53,14 @@ func dumpLogs(t *testing.T, c *Cluster) {
 // table makes a fresh table on the primary named after the test.
 func table(t *testing.T, c *Cluster, primary int) string {
 	name := strings.ToLower(strings.NewReplacer("/", "_", "-", "_").Replace(t.Name()))
-	require.NoError(t, c.Exec(ctxT(t, 10*time.Second), primary,
+	require.NoError(t, c.Exec(CtxT(t, 10*time.Second), primary,
 		fmt.Sprintf("DROP TABLE IF EXISTS %s; CREATE TABLE %s (id int PRIMARY KEY, v text)", name, name)))
 	return name
 }
 
 func count(t *testing.T, c *Cluster, i int, tbl string, id int) int {
 	var n int
-	require.NoError(t, c.QueryRow(ctxT(t, 5*time.Second), i, "SELECT count(*) FROM "+tbl+" WHERE id = $1", id).Scan(&n))
+	require.NoError(t, c.QueryRow(CtxT(t, 5*time.Second), i, "SELECT count(*) FROM "+tbl+" WHERE id = $1", id).Scan(&n))
 	return n
 }
 
@@ -82,7 +85,7 @@ func TestDSN(t *testing.T) {
 	// pgx understands the multi-host URL and lands on the primary.
 	cfg, err := pgx.ParseConfig(c.DSNOrder([]int{2, 1, 0}, "target_session_attrs=read-write"))
 	require.NoError(t, err)
-	conn, err := pgx.ConnectConfig(ctxT(t, 10*time.Second), cfg)
+	conn, err := pgx.ConnectConfig(CtxT(t, 10*time.Second), cfg)
 	require.NoError(t, err)
 	defer conn.Close(context.Background())
 	var rec bool
@@ -93,7 +96,7 @@ func TestDSN(t *testing.T) {
 
 func TestReplication(t *testing.T) {
 	c := Need(t, cluster)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	p, err := c.Primary(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 0, p)
@@ -129,9 +132,7 @@ func TestReplication(t *testing.T) {
 }
 
 func TestKillAndStart(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	tbl := table(t, c, 0)
 	pid := c.PID(0)
 	require.NotZero(t, pid)
@@ -159,9 +160,7 @@ func TestKillAndStart(t *testing.T) {
 }
 
 func TestHangContinue(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	// A session opened before the hang must hang too: backends are not in
 	// the postmaster's process group.
 	before, err := c.Connect(ctx, 1)
@@ -192,9 +191,7 @@ func TestHangContinue(t *testing.T) {
 }
 
 func TestStopModes(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	assert.Error(t, c.Stop(2, "nicely"))
 	for _, mode := range []string{"smart", "fast", "immediate"} {
 		pid := c.PID(2)
@@ -212,9 +209,7 @@ func TestStopModes(t *testing.T) {
 // TestFailover: primary crash, promote, re-point, rejoin; Restore (in
 // cleanup) then switches back to node 0.
 func TestFailover(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := ctxT(t, 60*time.Second)
+	c, ctx := faultable(t, 60*time.Second)
 	tbl := table(t, c, 0)
 	require.NoError(t, c.WaitCatchUp(ctx, 1, 0))
 	require.NoError(t, c.WaitCatchUp(ctx, 2, 0))
@@ -252,9 +247,7 @@ func TestFailover(t *testing.T) {
 }
 
 func TestPauseResumeReplay(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	tbl := table(t, c, 0)
 	require.NoError(t, c.WaitCatchUp(ctx, 1, 0))
 	require.NoError(t, c.PauseReplay(ctx, 1))
@@ -290,9 +283,7 @@ func TestPauseResumeReplay(t *testing.T) {
 }
 
 func TestSetSynchronous(t *testing.T) {
-	c := Need(t, cluster)
-	restoreAfter(t, c)
-	ctx := ctxT(t, 30*time.Second)
+	c, ctx := faultable(t, 30*time.Second)
 	states := func() []string {
 		var s []string
 		require.NoError(t, c.QueryRow(ctx, 0, "SELECT array_agg(sync_state::text ORDER BY application_name) FROM pg_stat_replication").Scan(&s))
@@ -314,7 +305,7 @@ func TestSetSynchronous(t *testing.T) {
 
 func TestWriteHBA(t *testing.T) {
 	c := Need(t, cluster)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	t.Cleanup(func() { assert.NoError(t, c.WriteHBA(context.Background(), 0, nil)) })
 	require.NoError(t, c.Exec(ctx, 0, "DROP ROLE IF EXISTS app; CREATE ROLE app LOGIN"))
 	connectAs := func(user string) error {
@@ -348,7 +339,7 @@ func TestRestore(t *testing.T) {
 			dumpLogs(t, c)
 		}
 	})
-	ctx := ctxT(t, 60*time.Second)
+	ctx := CtxT(t, 60*time.Second)
 	tbl := table(t, c, 0)
 	// Split brain: node2 promoted while node0 is still primary; node1
 	// stopped; node0 synchronous with a pg_hba rejecting nobody useful.
@@ -396,7 +387,7 @@ func TestStartFailure(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(stale, "node0"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(stale, ownerFile), []byte("999999999 1\n"), 0o644))
 
-	c, err := Start(ctxT(t, 30*time.Second), Options{BinDir: c0.bin, TempDir: tmp, ExtraConf: []string{"no_such_setting = 1"}})
+	c, err := Start(CtxT(t, 30*time.Second), Options{BinDir: c0.bin, TempDir: tmp, ExtraConf: []string{"no_such_setting = 1"}})
 	require.Error(t, err)
 	assert.Nil(t, c)
 	assert.Contains(t, err.Error(), "no_such_setting")
@@ -406,7 +397,7 @@ func TestStartFailure(t *testing.T) {
 	if os.Geteuid() == 0 {
 		// As root, a TempDir the postgres user cannot reach is refused
 		// with a clear error.
-		_, err := Start(ctxT(t, 30*time.Second), Options{BinDir: c0.bin, TempDir: t.TempDir()})
+		_, err := Start(CtxT(t, 30*time.Second), Options{BinDir: c0.bin, TempDir: t.TempDir()})
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "not searchable")
 	}
@@ -416,7 +407,7 @@ func TestStartFailure(t *testing.T) {
 // replaying, synchronous off, default pg_hba.
 func checkInitialShape(t *testing.T, c *Cluster) {
 	t.Helper()
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	p, err := c.Primary(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 0, p)
@@ -442,7 +433,7 @@ func checkInitialShape(t *testing.T, c *Cluster) {
 // and checks Close cleans up.
 func TestCloseLeavesNothing(t *testing.T) {
 	c0 := Need(t, cluster)
-	ctx := ctxT(t, 30*time.Second)
+	ctx := CtxT(t, 30*time.Second)
 	c, err := Start(ctx, Options{Replicas: 1, BinDir: c0.bin, Synchronous: true, ExtraConf: []string{"work_mem = '8MB'"}})
 	require.NoError(t, err)
 	defer c.Close()
@@ -494,4 +485,30 @@ func TestFindBinDirFromEnv(t *testing.T) {
 	dir, err := FindBinDir()
 	require.NoError(t, err)
 	assert.Equal(t, bin, dir)
+}
+
+func TestStandbyAndPrimary(t *testing.T) {
+	c := &Cluster{nodes: []*Node{{Name: "node0"}, {Name: "node1"}}}
+	tests := []struct {
+		name       string
+		i, primary int
+		err        string
+	}{
+		{name: "ok", i: 1, primary: 0},
+		{name: "no standby", i: 2, primary: 0, err: "pgcluster: no node 2 (cluster has 2)"},
+		{name: "no primary", i: 1, primary: -1, err: "pgcluster: no node -1 (cluster has 2)"},
+		{name: "itself", i: 1, primary: 1, err: "pgcluster: cannot rejoin node1 to itself"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, p, err := c.standbyAndPrimary("rejoin", tt.i, tt.primary)
+			if tt.err != "" {
+				require.EqualError(t, err, tt.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Same(t, c.nodes[tt.i], n)
+			assert.Same(t, c.nodes[tt.primary], p)
+		})
+	}
 }

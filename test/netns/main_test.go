@@ -32,7 +32,7 @@ import (
 )
 
 var (
-	ctxT      = patronitest.CtxT
+	ctxT      = pgcluster.CtxT
 	waitFor   = patronitest.WaitFor
 	ports     = patronitest.Ports
 	readShare = patronitest.ReadShare
@@ -85,18 +85,16 @@ func TestMain(m *testing.M) {
 			nw.NodeHosts = append(nw.NodeHosts, h.Addr.String())
 			nw.NodeExec = append(nw.NodeExec, h.Exec())
 		}
-		// Main also fails when Close leaves a process.
-		return patroni.Main(m, patroni.Options{Synchronous: true, Network: nw, Logf: logf}, &cluster)
+		// Main also fails when Close leaves a process or a goroutine; the
+		// links' goroutines, running already, stop with n.Close and are
+		// checked below.
+		return patroni.Main(m, patroni.Options{Synchronous: true, Network: nw, Logf: logf}, &cluster, goleak.IgnoreCurrent())
 	}()
 	if left := netns.Own(); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "netns: namespaces left after Close: %v\n", left)
 		code = 1
 	}
-	if err := goleak.Find(); err != nil {
-		fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-		code = 1
-	}
-	os.Exit(code)
+	os.Exit(pgcluster.CheckLeaks(code))
 }
 
 // need returns the cluster, or skips the test saying why there is none.

@@ -35,17 +35,17 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	_ "github.com/unifiedsql/unified" // the "unified" driver
 	"github.com/unifiedsql/unified/internal/patroni"
 	"github.com/unifiedsql/unified/internal/patroni/patronitest"
+	"github.com/unifiedsql/unified/internal/pgcluster"
 )
 
 var cluster *patroni.Cluster
 
 var (
-	ctxT         = patronitest.CtxT
+	ctxT         = pgcluster.CtxT
 	waitFor      = patronitest.WaitFor
 	ports        = patronitest.Ports
 	readShare    = patronitest.ReadShare
@@ -63,12 +63,7 @@ func TestMain(m *testing.M) {
 	if testing.Verbose() {
 		opts.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000 ")+f+"\n", a...) }
 	}
-	code := patroni.Main(m, opts, &cluster) // also fails when Close leaves a process
-	if err := goleak.Find(); err != nil {
-		fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-		code = 1
-	}
-	os.Exit(code)
+	os.Exit(patroni.Main(m, opts, &cluster)) // also fails when Close leaves a process or a goroutine
 }
 
 // appName marks the test's unified connections on the servers, so that a

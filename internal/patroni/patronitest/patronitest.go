@@ -6,7 +6,6 @@
 package patronitest
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -14,14 +13,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/unifiedsql/unified/internal/patroni"
+	"github.com/unifiedsql/unified/internal/pgcluster"
 )
-
-// CtxT returns a context that ends after d or with the test.
-func CtxT(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 // WaitFor polls cond every 20 ms for up to d, and fails the test naming
 // what it waited for.
@@ -61,7 +54,7 @@ func ReadShare(ok, failed int) float64 {
 // Hung or stopped nodes are skipped.
 func NoConnectionsLeft(t *testing.T, c *patroni.Cluster, appName string, within time.Duration) {
 	t.Helper()
-	ctx := CtxT(t, within+15*time.Second)
+	ctx := pgcluster.CtxT(t, within+15*time.Second)
 	deadline := time.Now().Add(within)
 	for i := range c.Len() {
 		if !c.Running(i) || c.Hung(i) {
