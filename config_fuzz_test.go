@@ -32,12 +32,7 @@ func FuzzParseConfig(f *testing.F) {
 	for _, tc := range errorCases {
 		f.Add(tc.dsn)
 	}
-	for _, s := range []string{
-		"", " ", "=", "'", `\`, "host=", "postgres://", "postgresql://[",
-		"postgres://h/d?&", "postgres://h/d?unified_retry_max=1&", "postgres://@/?",
-		"postgres://[::1]?unified_retry_max=2", "host='a b' unified_retry_max='2'",
-		"unified_=1", "Unified_Retry_Max=2", "target_session_attrs=",
-	} {
+	for _, s := range dsn.SyntaxCorners {
 		f.Add(s)
 	}
 

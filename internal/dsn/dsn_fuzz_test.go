@@ -14,18 +14,12 @@ import (
 // password in the password position whatever follows.
 //
 // The seed corpus is the table of TestSplit, which holds the DSNs of the
-// driver's configuration tests, and the syntax corners below.
+// driver's configuration tests, and SyntaxCorners.
 func FuzzSplit(f *testing.F) {
 	for _, tc := range splitCases {
 		f.Add(tc.in)
 	}
-	for _, s := range []string{
-		"", " ", "=", "'", `\`, "host=", "postgres://", "postgresql://[",
-		"postgres://h/d?&", "postgres://h/d?unified_retry_max=1&", "postgres://@/?",
-		"postgres://[::1]?unified_retry_max=2", "host='a b' unified_retry_max='2'",
-		"unified_=1", "Unified_Retry_Max=2", "target_session_attrs=",
-		"postgres://h:1,:2,[::1]:3/d?port=4", "port=1,,2 port=", `a=\`, `a='\''`,
-	} {
+	for _, s := range SyntaxCorners {
 		f.Add(s)
 	}
 
