@@ -45,13 +45,10 @@ func Main(m *testing.M, opts Options, c **Cluster, leaks ...goleak.Option) int {
 // runTests is Main but for the goroutine check, which comes after its
 // signal handler has stopped.
 func runTests(m *testing.M, opts Options, c **Cluster) int {
-	required := os.Getenv(pgcluster.Env) == "require"
 	skip := func(reason string) int {
-		if required {
-			fmt.Fprintf(os.Stderr, "patroni: cluster required (%s=require) but unavailable: %s\n", pgcluster.Env, reason)
+		if !pgcluster.MainWithout("patroni", "Patroni tests", reason) {
 			return 1
 		}
-		fmt.Fprintf(os.Stderr, "patroni: skipping Patroni tests: %s\n", reason)
 		skipMu.Lock()
 		skipReason = reason
 		skipMu.Unlock()

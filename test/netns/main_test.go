@@ -49,13 +49,10 @@ var hostNames = []string{"etcd", "node0", "node1", "node2"}
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	required := os.Getenv(pgcluster.Env) == "require"
 	unavailable := func(reason string) int {
-		if required {
-			fmt.Fprintf(os.Stderr, "netns: required (%s=require) but unavailable: %s\n", pgcluster.Env, reason)
+		if !pgcluster.MainWithout("netns", "the network-namespace tests", reason) {
 			return 1
 		}
-		fmt.Fprintf(os.Stderr, "netns: skipping the network-namespace tests: %s\n", reason)
 		skipReason = reason
 		return m.Run()
 	}
