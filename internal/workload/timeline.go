@@ -100,19 +100,21 @@ func (o Outcomes) Timeline(s TimelineSpec) Timeline {
 	for i := range tl.Buckets {
 		tl.Buckets[i] = Bucket{T: float64(i) * tl.StepSeconds, Writes: make([]float64, len(s.Nodes)), Reads: make([]float64, len(s.Nodes))}
 	}
-	bucket := func(at time.Time) int {
+	// place returns the bucket of an outcome that returned at, after took,
+	// and adds took to that bucket's latencies lat; nil outside the span.
+	place := func(at time.Time, took time.Duration, lat [][]time.Duration) *Bucket {
 		if at.Before(s.Start) || !at.Before(s.End) {
-			return -1
+			return nil
 		}
-		return min(n-1, int(at.Sub(s.Start)/s.Step))
+		i := min(n-1, int(at.Sub(s.Start)/s.Step))
+		lat[i] = append(lat[i], took)
+		return &tl.Buckets[i]
 	}
 	for _, w := range o.Writes {
-		i := bucket(w.At)
-		if i < 0 {
+		b := place(w.At, w.Took, wlat)
+		if b == nil {
 			continue
 		}
-		b := &tl.Buckets[i]
-		wlat[i] = append(wlat[i], w.Took)
 		switch {
 		case w.Err == nil:
 			if p := primaryAt(s.Primaries, w.At); p >= 0 && p < len(b.Writes) {
@@ -126,12 +128,10 @@ func (o Outcomes) Timeline(s TimelineSpec) Timeline {
 		}
 	}
 	for _, r := range o.Reads {
-		i := bucket(r.At)
-		if i < 0 {
+		b := place(r.At, r.Took, rlat)
+		if b == nil {
 			continue
 		}
-		b := &tl.Buckets[i]
-		rlat[i] = append(rlat[i], r.Took)
 		switch {
 		case r.Err != nil:
 			b.ReadErrors += perSec
