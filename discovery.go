@@ -154,15 +154,13 @@ func (m *monitor) discover(now time.Time) {
 	}
 	if len(m.c.cfg.Patroni) > 0 && !d.patroniBusy && !now.Before(d.patroniNext) {
 		d.patroniBusy = true
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
+		m.wg.Go(func() {
 			c, err := m.fetchPatroni(m.ctx)
 			select {
 			case d.patroni <- patroniAnswer{c: c, err: err}:
 			case <-m.ctx.Done():
 			}
-		}()
+		})
 	}
 }
 
@@ -170,15 +168,13 @@ func (m *monitor) discover(now time.Time) {
 // comes back on d.resolved.
 func (m *monitor) lookupAsync(src *source) {
 	src.busy = true
-	m.wg.Add(1) // stop waits for it: Close ends every goroutine
-	go func() {
-		defer m.wg.Done()
+	m.wg.Go(func() { // stop waits for it: Close ends every goroutine
 		addrs, err := m.lookupOnce(m.ctx, src)
 		select {
 		case m.disc.resolved <- resolved{src: src, addrs: addrs, err: err}:
 		case <-m.ctx.Done():
 		}
-	}()
+	})
 }
 
 // refreshSoon asks for n's name to be resolved again within a second (its

@@ -133,16 +133,14 @@ func TestHungPrimary(t *testing.T) {
 	// Callers' deadlines are honoured while the primary hangs.
 	var wg sync.WaitGroup
 	for i := 0; i < 20; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 			defer cancel()
 			start := time.Now()
 			_, err := db.ExecContext(wctx, "INSERT INTO hung_writes VALUES (1)")
 			assert.Error(t, err)
 			assert.Less(t, time.Since(start), 500*time.Millisecond+time.Second, "the caller's deadline is honoured")
-		}()
+		})
 	}
 	waitFor(t, 5*time.Second, func() bool { return conn.Health(ctx).Nodes[primary].State == "down" }, "hung primary marked down")
 	markedDown := time.Since(hungAt)

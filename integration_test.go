@@ -281,9 +281,7 @@ func TestConcurrentUse(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 16)
 		for g := 0; g < 16; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				for i := 0; i < 25; i++ {
 					if _, err := db.ExecContext(ctx, "INSERT INTO "+table+" VALUES ($1, $2)", g, i); err != nil {
 						errs <- err
@@ -299,7 +297,7 @@ func TestConcurrentUse(t *testing.T) {
 						return
 					}
 				}
-			}()
+			})
 		}
 		wg.Wait()
 		close(errs)

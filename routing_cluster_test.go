@@ -74,9 +74,7 @@ func readSpread(t *testing.T, db *sql.DB, c *pgcluster.Cluster, workers, n int) 
 	var wg sync.WaitGroup
 	var failed atomic.Value
 	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := 0; i < n/workers; i++ {
 				var port int
 				if err := db.QueryRowContext(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
@@ -87,7 +85,7 @@ func readSpread(t *testing.T, db *sql.DB, c *pgcluster.Cluster, workers, n int) 
 				counts[ports[port]]++
 				mu.Unlock()
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if err, _ := failed.Load().(error); err != nil {
@@ -250,9 +248,7 @@ func TestBatchBulkhead(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
 	for i := 0; i < 50; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			var active int64
 			var sleep string
 			if err := db.QueryRowContext(ctx, q).Scan(&active, &sleep); err != nil {
@@ -265,7 +261,7 @@ func TestBatchBulkhead(t *testing.T) {
 					break
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)

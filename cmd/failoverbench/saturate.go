@@ -69,9 +69,7 @@ func runSaturation(ctx context.Context, cl *pgcluster.Cluster, cfg config, d tim
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range s.Spinners {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for x := 0; ; x++ {
 				if x%1_000_000 == 0 {
 					select {
@@ -81,7 +79,7 @@ func runSaturation(ctx context.Context, cl *pgcluster.Cluster, cfg config, d tim
 					}
 				}
 			}
-		}()
+		})
 	}
 	primary := conn.Health(ctx).Primary
 	seen := map[string]bool{}
