@@ -61,20 +61,25 @@ func MarkOwner(dir string) error { return writeOwner(dir) }
 // is false when dir has no owner file, when the owner lives, and when /proc
 // cannot tell.
 func OwnerGone(dir string) bool {
+	_, gone := ownerGone(dir)
+	return gone
+}
+
+// ownerGone is OwnerGone, with the pid of the process that made dir.
+func ownerGone(dir string) (pid int, gone bool) {
 	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
 	if err != nil {
-		return false
+		return 0, false // not a cluster's directory, or being created
 	}
-	var pid int
 	var start string
 	if n, _ := fmt.Sscanf(string(b), "%d %s", &pid, &start); n < 1 || pid <= 0 {
-		return false
+		return 0, false
 	}
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
-		return false
+		return pid, false // cannot tell
 	}
 	st := procStartTime(pid)
-	return st == "" || st != start
+	return pid, st == "" || st != start
 }
 
 // RemoveShm removes the System V shared memory segment recorded in the

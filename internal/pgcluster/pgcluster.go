@@ -300,20 +300,9 @@ func sweepStale(tmp, self string, logf func(string, ...any)) {
 		if d == self {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(d, ownerFile))
-		if err != nil {
-			continue // not ours, or being created
-		}
-		var pid int
-		var start string
-		if n, _ := fmt.Sscanf(string(b), "%d %s", &pid, &start); n < 1 || pid <= 0 {
+		pid, gone := ownerGone(d)
+		if !gone {
 			continue
-		}
-		if st := procStartTime(pid); st != "" && st == start {
-			continue // owner alive
-		}
-		if _, err := os.Stat("/proc/self/stat"); err != nil {
-			continue // cannot tell
 		}
 		logf("pgcluster: removing %s, left by dead process %d", d, pid)
 		nodes, _ := filepath.Glob(filepath.Join(d, "node*"))
