@@ -44,9 +44,9 @@ func Decide(env, reason string) (skip bool, msg string) {
 // MainWithout is what a TestMain does when the cluster its package's tests
 // share cannot be had for reason. With $UNIFIED_TEST_CLUSTER=require it
 // prints "prefix: required (...) but unavailable: reason" and returns
-// false: the run must fail without running the tests. Otherwise it prints
-// "prefix: skipping tests: reason" and returns true: run them, and
-// those that need the cluster skip.
+// false: the run must fail without running the tests. Otherwise (unset,
+// or skip) it prints "prefix: skipping <tests>: reason" and returns true:
+// run them, and those that need the cluster skip.
 func MainWithout(prefix, tests, reason string) bool {
 	if os.Getenv(Env) == "require" {
 		fmt.Fprintf(os.Stderr, "%s: required (%s=require) but unavailable: %s\n", prefix, Env, reason)
