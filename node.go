@@ -291,7 +291,15 @@ type view struct {
 	// leaving is the primary a scheduled switchover is about to demote
 	// (see monitor.leaving); nil when none.
 	leaving *node
+	// far says, by index, which eligible replicas PolicyLeastRTT does not
+	// pick (not near, see near); nil under the other policies. A read
+	// session on a far replica moves at its next statement (see
+	// Connector.rebalance).
+	far []bool
 }
+
+// isFar reports whether node i is a far replica (see view.far).
+func (v *view) isFar(i int) bool { return v.far != nil && v.far[i] }
 
 // writable is the node writes go to: the primary, unless a scheduled
 // switchover is about to take the role from it (leaving); nil otherwise.

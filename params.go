@@ -53,9 +53,10 @@ const (
 	PolicyRandom
 	// PolicyLeastRTT picks, round robin, among the near eligible
 	// replicas: those whose smoothed probe RTT is within twice the
-	// fastest's plus a millisecond. Read sessions on a replica that stops
-	// being near move at their next statement outside a transaction (DSN
-	// spelling "least-rtt").
+	// fastest's plus a millisecond. A read session on a replica that is
+	// not near (its link became slow, or a read ran there again because it
+	// failed on a near one) moves to a near one at its next statement
+	// outside a transaction (DSN spelling "least-rtt").
 	PolicyLeastRTT
 	// PolicyLeastLoaded picks, of two eligible replicas chosen at random,
 	// the one with fewer of this Connector's ReadOnly statements in flight,

@@ -52,6 +52,9 @@ func (m *monitor) publish() {
 		}
 	}
 	v := &view{s: s, nodes: nodes, leaving: m.leaving(now)}
+	if m.c.cfg.ReplicaPolicy == PolicyLeastRTT {
+		v.far = farReplicas(v)
+	}
 	m.c.view.Store(v)
 	m.interrupt(prev, v)
 	m.refillSpares(v)

@@ -159,8 +159,9 @@ func (c *Connector) readable(v *view, w readWant, exclude *node) func(i int) boo
 //  1. With a session floor of another cluster or timeline than the
 //     primary's, no replica can be known to have the write: the fallback.
 //  2. The read slot's replica while it may serve this statement (and the
-//     policy does not move it after a rebalance); else a replica the policy
-//     picks, dialed into the read slot.
+//     policy does not move it after a rebalance, or off a far replica: see
+//     Connector.rebalance); else a replica the policy picks, dialed into
+//     the read slot.
 //  3. With a floor: that replica if it is known to have replayed it (from
 //     its last probe or an earlier look), else one look at its replay
 //     position on the read session (one round trip); if it has not, another
@@ -192,7 +193,7 @@ func (c *Conn) readConn(ctx context.Context, exclude *node, a *attempt) (*physCo
 		if i := v.index(pc.node); i < 0 || !ok(i) || !pc.fit() {
 			c.drop(slotRead)
 			pc = nil
-		} else if n := c.c.rebalance(pc, v, ok); n != nil {
+		} else if n := c.c.rebalance(pc, v, w.floor.zero() && v.isFar(i), ok); n != nil {
 			c.drop(slotRead)
 			if pc, err := c.dialRead(ctx, n); err != nil {
 				return pc, err
@@ -271,20 +272,24 @@ func (c *Conn) fallbackConn(ctx context.Context, a *attempt, why sessionReason) 
 	return pc, nil
 }
 
-// rebalance returns the node a read connection chosen before a replica
-// became eligible should move to, nil to stay: the policy, asked again,
-// picks another node. It moves read sessions onto a replica that rejoined
-// (its node caught up again, or an old primary came back as a replica)
-// within a health interval or two, at a statement boundary outside a
-// transaction; the primary session is never touched for this.
-func (c *Connector) rebalance(pc *physConn, v *view, ok func(i int) bool) *node {
+// rebalance returns the node the read connection pc should move to, nil
+// to stay: the policy, asked again, picks another node. It asks after a
+// rebalance (a replica became eligible, or near or far: its node caught up
+// again, an old primary came back as a replica, a link became slow or
+// fast again), once per read connection, and at every statement on a far
+// replica (PolicyLeastRTT: the read ran there because the near ones failed
+// it or were not eligible) that has no session floor (one the far replica
+// alone has replayed keeps it there: moving would dial the near one, find
+// the floor missing, and dial back). Sessions move at a statement boundary
+// outside a transaction; the primary session is never touched for this.
+func (c *Connector) rebalance(pc *physConn, v *view, far bool, ok func(i int) bool) *node {
 	gen := c.balance.Load()
-	if pc.balance == gen || v == nil {
+	if (pc.balance == gen && !far) || v == nil {
 		return nil
 	}
 	pc.balance = gen
-	if i := pickReplica(v.s, c.cfg.ReplicaPolicy, c.cursor(), ok, loadOf(v)); i >= 0 && v.nodes[i] != pc.node {
-		return v.nodes[i]
+	if j := pickReplica(v.s, c.cfg.ReplicaPolicy, c.cursor(), ok, loadOf(v)); j >= 0 && v.nodes[j] != pc.node {
+		return v.nodes[j]
 	}
 	return nil
 }
@@ -437,22 +442,6 @@ func queryLSN(ctx context.Context, pc *physConn, query string) (uint64, error) {
 	return pgprobe.ParseLSN(s)
 }
 
-// sessionReason says why a session read was served where it was; it is the
-// unified.session.reason attribute.
-type sessionReason uint8
-
-const (
-	sessionReplayed      sessionReason = iota // a replica had replayed the floor
-	sessionNotReplayed                        // none had: the primary
-	sessionOtherTimeline                      // the floor is of another timeline or cluster: the primary
-	sessionNoReplica                          // no replica may serve the read: the primary
-	numSessionReasons
-)
-
-var sessionReasonNames = [...]string{"replayed", "not_replayed", "other_timeline", "no_replica"}
-
-func (r sessionReason) String() string { return sessionReasonNames[r] }
-
 // rebalance reports whether read sessions chosen before v may move (see
 // Conn.readConn): a replica is eligible in v that was not in prev, or,
 // under PolicyLeastRTT, an eligible replica is near in one of prev and v
@@ -473,6 +462,16 @@ func rebalance(prev, v *view, policy ReplicaPolicy) bool {
 		}
 	}
 	return false
+}
+
+// farReplicas says, by index of v, which eligible replicas are not near
+// (see near): the view's far.
+func farReplicas(v *view) []bool {
+	far := make([]bool, len(v.nodes))
+	for i, isNear := range nearReplicas(v) {
+		far[i] = !isNear
+	}
+	return far
 }
 
 // nearReplicas says, by index of v, which eligible replicas are near (see

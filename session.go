@@ -314,3 +314,19 @@ func (c *Conn) commitWithFloor(ctx context.Context, pc *physConn, inner driver.T
 	sess.raise(c.floorAt(pc.node, lsn))
 	return nil
 }
+
+// sessionReason says why a session read was served where it was; it is the
+// unified.session.reason attribute.
+type sessionReason uint8
+
+const (
+	sessionReplayed      sessionReason = iota // a replica had replayed the floor
+	sessionNotReplayed                        // none had: the primary
+	sessionOtherTimeline                      // the floor is of another timeline or cluster: the primary
+	sessionNoReplica                          // no replica may serve the read: the primary
+	numSessionReasons
+)
+
+var sessionReasonNames = [...]string{"replayed", "not_replayed", "other_timeline", "no_replica"}
+
+func (r sessionReason) String() string { return sessionReasonNames[r] }
