@@ -4,7 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -157,7 +159,22 @@ func TestSlowLossyReplica(t *testing.T) {
 	}
 	at := time.Now()
 	host(slow).Link.Set(netns.Impairment{Delay: 100 * time.Millisecond, Loss: 0.05})
-	time.Sleep(15 * time.Second)
+	// What unified saw every half second, logged if the test fails.
+	uc, _ := unified.ConnectorOf(db)
+	var seen []string
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("the topology every 500 ms after the link slowed:\n" + strings.Join(seen, "\n"))
+		}
+	})
+	for range 30 {
+		time.Sleep(500 * time.Millisecond)
+		line := fmt.Sprintf("%5.1fs", time.Since(at).Seconds())
+		for _, n := range uc.Health(context.Background()).Nodes {
+			line += fmt.Sprintf("  %s %s %s rtt=%v", n.Name, n.Role, n.State, n.RTT.Round(100*time.Microsecond))
+		}
+		seen = append(seen, line)
+	}
 	end := time.Now()
 	host(slow).Link.Heal()
 	outs := run.Stop()
