@@ -725,20 +725,37 @@ func queriesOf(n *fakepg.Node, q string) int {
 	return k
 }
 
+// belowFloor starts a fake cluster probed each second (and params) with
+// every node at LSN 150, below a session floor at 200 (see replayedBy).
+func belowFloor(t *testing.T, params string) (*Connector, []*fakepg.Node) {
+	t.Helper()
+	c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms"+params)
+	for _, n := range nodes {
+		n.Set(func(s *fakepg.State) { s.LSN = 150 })
+	}
+	require.True(t, c.Health(t.Context()).Readable)
+	return c, nodes
+}
+
+// replayedBy moves the primary n0, and the replicas by, to LSN 200 and
+// lets a probe round see it: a session floor at 200 is replayed there
+// only (the tests start every node at 150).
+func replayedBy(nodes []*fakepg.Node, by ...int) {
+	nodes[0].Set(func(s *fakepg.State) { s.LSN = 200 })
+	for _, i := range by {
+		nodes[i].Set(func(s *fakepg.State) { s.LSN = 200 })
+	}
+	time.Sleep(1100 * time.Millisecond)
+	synctest.Wait()
+}
+
 // A session read whose replica breaks before the first row runs again
 // only where the session's floor has been replayed (invariant 10): the
 // read run again from its rows asks what the first try asked.
 func TestAttemptRerunKeepsSessionFloor(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms")
-		for _, n := range nodes {
-			n.Set(func(s *fakepg.State) { s.LSN = 150 })
-		}
-		require.True(t, c.Health(t.Context()).Readable)
-		nodes[0].Set(func(s *fakepg.State) { s.LSN = 200 })
-		nodes[1].Set(func(s *fakepg.State) { s.LSN = 200 })
-		time.Sleep(1100 * time.Millisecond)
-		synctest.Wait()
+		c, nodes := belowFloor(t, "")
+		replayedBy(nodes, 1)
 		require.True(t, replicaEligible(c.viewNow().s, 2), "n2 is eligible, below the floor")
 		sess := &Session{floor: floor{lsn: 200, timeline: 1}}
 		ctx := WithSession(WithMode(t.Context(), ReadOnly), sess)
@@ -892,5 +909,72 @@ func TestAttemptSessionUsedByAFailedStatement(t *testing.T) {
 		_, err = conn.ExecContext(t.Context(), "SELECT pg_advisory_unlock(1)", nil)
 		assert.ErrorIs(t, err, driver.ErrBadConn)
 		assert.Equal(t, 1, n.Dials(), "no new session under the user's statements")
+	})
+}
+
+// Under least-rtt a read session that ran on a far replica, because its
+// read broke on the near one and ran again there, goes back to the near
+// one at its next statement. It used to stay on the far replica until the
+// next change of eligibility or nearness, which may never come: under a
+// loaded client the netns test saw a tenth of the reads on a 200 ms link.
+func TestLeastRTTSessionLeavesFarReplica(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, nodes := fakeCluster(t, "unified_health_interval=1s&unified_health_timeout=500ms&unified_replica_policy=least-rtt")
+		require.True(t, c.Health(t.Context()).Readable)
+		nodes[2].Set(func(s *fakepg.State) { s.Delay = 20 * time.Millisecond }) // n2 far, n1 near
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		require.True(t, c.viewNow().far[2], "n2 is far")
+		conn := logical(t, c)
+		readOn(t, conn)
+		require.Equal(t, 1, nodes[1].Sent(fakepg.Query), "least-rtt picks the near replica")
+		nodes[1].On(fakepg.Query, fakepg.BreakAfterSend())
+		readOn(t, conn)
+		require.Equal(t, 1, nodes[2].Sent(fakepg.Query), "the broken read ran again on the far replica")
+		for range 5 {
+			readOn(t, conn)
+		}
+		assert.Equal(t, 1, nodes[2].Sent(fakepg.Query), "no more reads on the far replica")
+		assert.Equal(t, 2+5, nodes[1].Sent(fakepg.Query), "back on the near one at the next statement")
+		require.NoError(t, conn.Close())
+		require.NoError(t, c.Close())
+	})
+}
+
+// A session read stays on the far replica while only that one has
+// replayed its floor: moving it back at every statement would dial the
+// near replica, find the floor not replayed there, and dial the far one
+// again, two dials a read.
+func TestLeastRTTSessionFloorStaysOnFarReplica(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// No lag bounds: the near replica stays eligible below the floor.
+		c, nodes := belowFloor(t, "&unified_replica_policy=least-rtt&unified_max_replica_lag=0s&unified_max_replica_lag_bytes=0")
+		nodes[2].Set(func(s *fakepg.State) { s.Delay = 20 * time.Millisecond }) // n2 far, n1 near
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		replayedBy(nodes, 2) // only the far replica has the write
+		require.True(t, replicaEligible(c.viewNow().s, 1), "n1 is eligible, below the floor")
+		require.True(t, c.viewNow().far[2], "n2 is far")
+		sess := &Session{floor: floor{lsn: 200, timeline: 1}}
+		ctx := WithSession(WithMode(t.Context(), ReadOnly), sess)
+		conn := logical(t, c)
+		read := func() {
+			rows, err := conn.QueryContext(ctx, "SELECT 1", nil)
+			require.NoError(t, err)
+			require.NoError(t, rows.Close())
+		}
+		read()
+		require.Equal(t, 1, nodes[2].Sent(fakepg.Query), "the far replica has replayed the floor")
+		dials1, dials2 := nodes[1].Dials(), nodes[2].Dials()
+		for range 5 {
+			read()
+		}
+		assert.Equal(t, 6, nodes[2].Sent(fakepg.Query), "every session read on the far replica")
+		assert.Equal(t, dials1, nodes[1].Dials(), "no dial to the near replica, which lacks the floor")
+		assert.Equal(t, dials2, nodes[2].Dials(), "no dial again to the far one")
+		readOn(t, conn) // no floor: back to the near replica
+		assert.Equal(t, 6, nodes[2].Sent(fakepg.Query))
+		require.NoError(t, conn.Close())
+		require.NoError(t, c.Close())
 	})
 }
