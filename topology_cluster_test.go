@@ -480,16 +480,16 @@ func TestHostNameAddressesAreNodes(t *testing.T) {
 	})
 }
 
-// 9. A replica that becomes eligible again gets reads from the pooled read
-// sessions within a couple of health intervals, at statement boundaries,
-// without a failed read.
+// 9. A replica that becomes eligible again gets reads from the read
+// sessions chosen before, at statement boundaries, without a failed read. How soon
+// is not asserted: it is a couple of health intervals on an idle machine,
+// but a loaded one replays the paused WAL slower, and the replica may be
+// lagging again for a while (DESIGN §7: no timing targets in tests).
 func TestReadsRebalanceToReadmittedReplica(t *testing.T) {
 	const table = "rebalance_writes"
 	c, primary := faultable(t, table)
 	ctx := t.Context()
 	db := openUnified(t, c, "unified_health_interval=200ms", "unified_max_replica_lag=500ms")
-	db.SetMaxOpenConns(8)
-	db.SetMaxIdleConns(8)
 	conn, _ := unified.ConnectorOf(db)
 	paused := c.Others(primary)[0]
 	pausedName := c.Node(paused).Addr()
@@ -503,12 +503,16 @@ func TestReadsRebalanceToReadmittedReplica(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	})
+	// Each reader holds one logical connection: only the rebalance can
+	// move its read session back (a pool's churn of connections would
+	// spread new ones too).
 	ro := unified.WithMode(ctx, unified.ReadOnly)
 	for range 8 {
+		rc := sqlConn(t, ctx, db)
 		wg.Go(func() {
 			for !stop.Load() {
 				var port int
-				if err := db.QueryRowContext(ro, "SELECT inet_server_port()").Scan(&port); err != nil {
+				if err := rc.QueryRowContext(ro, "SELECT inet_server_port()").Scan(&port); err != nil {
 					failed.Add(1)
 					continue
 				}
@@ -519,6 +523,7 @@ func TestReadsRebalanceToReadmittedReplica(t *testing.T) {
 			}
 		})
 	}
+	t.Cleanup(func() { stop.Store(true); wg.Wait() }) // before the DB closes
 	time.Sleep(500 * time.Millisecond)
 	require.NoError(t, c.PauseReplay(ctx, paused))
 	waitFor(t, 10*time.Second, func() bool {
@@ -531,17 +536,25 @@ func TestReadsRebalanceToReadmittedReplica(t *testing.T) {
 	assert.Zero(t, onPaused.Load(), "no reads on the lagging replica")
 
 	require.NoError(t, c.ResumeReplay(ctx, paused))
-	waitFor(t, 10*time.Second, func() bool {
+	// The reads counted while the replica is up: more than a fifth on it
+	// (it is one of two replicas under round robin).
+	resumed := time.Now()
+	var upSince time.Time
+	waitFor(t, 20*time.Second, func() bool {
 		n, _ := healthOf(conn.Health(ctx), pausedName)
-		return n.State == "up"
-	}, "the replica to be eligible again")
-	time.Sleep(400 * time.Millisecond) // two health intervals
-	onPaused.Store(0)
-	total.Store(0)
-	time.Sleep(time.Second)
-	share := float64(onPaused.Load()) / float64(max(total.Load(), 1))
-	t.Logf("reads on the re-admitted replica within two health intervals: %d of %d (%.0f %%)", onPaused.Load(), total.Load(), 100*share)
-	assert.Greater(t, share, 0.2, "pooled read sessions moved back")
+		if n.State != "up" {
+			onPaused.Store(0)
+			total.Store(0)
+			upSince = time.Time{}
+			return false
+		}
+		if upSince.IsZero() {
+			upSince = time.Now()
+		}
+		return total.Load() >= 1000 && float64(onPaused.Load())/float64(total.Load()) > 0.2
+	}, "read sessions to move back to the re-admitted replica")
+	t.Logf("reads on the re-admitted replica: %d of %d, %v after the resume, %v after it was last shown up",
+		onPaused.Load(), total.Load(), time.Since(resumed).Round(time.Millisecond), time.Since(upSince).Round(time.Millisecond))
 	stop.Store(true)
 	wg.Wait()
 	assert.Zero(t, failed.Load(), "no read failed")
