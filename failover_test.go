@@ -63,17 +63,29 @@ func runKillScenario(t *testing.T, synchronous bool) verdict {
 	w.halt()
 
 	resumed := w.firstAckAfter(promotedAt)
-	v := w.check(t, c, target, killedAt, resumed)
+	// The reads are judged from the kill to the writes' recovery, and for
+	// a second at least: a write outage of 100 ms is shorter than a
+	// scheduling stall of a loaded CI machine, where no read may end in
+	// it (a CI run saw none in 95 ms). A second with no read is a fault.
+	v := w.check(t, c, target, killedAt, later(resumed, killedAt.Add(time.Second)))
 	t.Logf("kill (synchronous=%v): %s; client recovery %v after promotion; write outage %v",
 		synchronous, v, resumed.Sub(promotedAt).Round(time.Millisecond), resumed.Sub(killedAt).Round(time.Millisecond))
 	assert.Zero(t, v.dup, "no write is stored twice")
 	assert.Zero(t, v.unflaggedStored, "every stored write that returned an error carries ErrCommitUnknown: %v", v.unflaggedErrs)
 	assert.False(t, resumed.IsZero(), "writes resumed by themselves")
 	if v.readsOK+v.readsFailed > 0 {
-		assert.GreaterOrEqual(t, float64(v.readsOK)/float64(v.readsOK+v.readsFailed), 0.999, "reads keep succeeding during the outage: %v", v.readErrs)
+		assert.GreaterOrEqual(t, float64(v.readsOK)/float64(v.readsOK+v.readsFailed), 0.999, "reads keep succeeding during the failover: %v", v.readErrs)
 	}
-	assert.Positive(t, v.readsOK, "reads were served during the outage")
+	assert.Positive(t, v.readsOK, "reads were served during the failover")
 	return v
+}
+
+// later is the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func TestFailoverKillSynchronous(t *testing.T) {
