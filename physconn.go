@@ -129,9 +129,6 @@ func (pc *physConn) close() {
 	_ = pc.dc.Close()
 }
 
-// broken reports whether the driver says the connection is gone (pgx
-// closes a connection whose network failed or whose context was canceled
-// mid-query).
 // inTxBlock reports whether the session is inside a transaction block:
 // pgx's transaction status, or that of another driver's connection that
 // tells it (TxStatus, as pgconn's: 'I' idle). Outside a driver.Tx this is
@@ -146,6 +143,9 @@ func (pc *physConn) inTxBlock() bool {
 	return false
 }
 
+// broken reports whether the driver says the connection is gone (pgx
+// closes a connection whose network failed or whose context was canceled
+// mid-query).
 func (pc *physConn) broken() bool {
 	switch {
 	case pc.closed:
