@@ -58,7 +58,7 @@ func (m *monitor) publish() {
 	m.c.view.Store(v)
 	m.interrupt(prev, v)
 	m.refillSpares(v)
-	if rebalance(prev, v, m.c.cfg.ReplicaPolicy) {
+	if rebalance(prev, v) {
 		m.c.balance.Add(1)
 	}
 	primary := v.primary()

@@ -443,21 +443,19 @@ func queryLSN(ctx context.Context, pc *physConn, query string) (uint64, error) {
 }
 
 // rebalance reports whether read sessions chosen before v may move (see
-// Conn.readConn): a replica is eligible in v that was not in prev, or,
-// under PolicyLeastRTT, an eligible replica is near in one of prev and v
-// and not in the other (its link became slow, or fast again: the reads
-// leave it, or share it again).
-func rebalance(prev, v *view, policy ReplicaPolicy) bool {
+// Conn.readConn): a replica is eligible in v that was not in prev, or is
+// far in one of prev and v and not in the other (PolicyLeastRTT, see
+// view.far: its link became slow, or fast again: the reads leave it, or
+// share it again).
+func rebalance(prev, v *view) bool {
 	if prev == nil {
 		return false
 	}
-	nearNow, nearBefore := nearReplicas(v), nearReplicas(prev)
 	for i, n := range v.nodes {
-		j := prev.index(n)
-		if replicaEligible(v.s, i) && !replicaEligible(prev.s, j) {
-			return true
+		if !replicaEligible(v.s, i) {
+			continue
 		}
-		if policy == PolicyLeastRTT && replicaEligible(v.s, i) && nearBefore[j] != nearNow[i] {
+		if j := prev.index(n); !replicaEligible(prev.s, j) || v.isFar(i) != prev.isFar(j) {
 			return true
 		}
 	}
@@ -465,31 +463,21 @@ func rebalance(prev, v *view, policy ReplicaPolicy) bool {
 }
 
 // farReplicas says, by index of v, which eligible replicas are not near
-// (see near): the view's far.
+// (see near): the view's far under PolicyLeastRTT.
 func farReplicas(v *view) []bool {
-	far := make([]bool, len(v.nodes))
-	for i, isNear := range nearReplicas(v) {
-		far[i] = !isNear
-	}
-	return far
-}
-
-// nearReplicas says, by index of v, which eligible replicas are near (see
-// near).
-func nearReplicas(v *view) map[int]bool {
 	var idx []int
 	for i := range v.nodes {
 		if replicaEligible(v.s, i) {
 			idx = append(idx, i)
 		}
 	}
-	out := make(map[int]bool, len(idx))
+	far := make([]bool, len(v.nodes))
 	if len(idx) == 0 {
-		return out
+		return far
 	}
 	best := fastest(v.s, idx)
 	for _, i := range idx {
-		out[i] = near(v.s.Nodes[i].RTT, best)
+		far[i] = !near(v.s.Nodes[i].RTT, best)
 	}
-	return out
+	return far
 }
