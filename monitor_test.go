@@ -288,9 +288,7 @@ func TestBatchIsNeverRetried(t *testing.T) {
 func TestOpSetsKeyedByAddressNotNode(t *testing.T) {
 	c, _ := staticFake(t, "")
 	tel := c.tel
-	key := func(n *node) opKey {
-		return opKey{reached: true, host: n.host, port: n.port, primary: true, mode: ReadWrite, name: "SELECT"}
-	}
+	key := func(n *node) opKey { return opKeyOf(n, true, ReadWrite, "SELECT", "", "") } // as opRecord.end
 	first := &node{name: "db/10.0.0.1:5432", host: "db", port: 5432}
 	tel.initNode(first)
 	tel.opSet(key(first))

@@ -169,10 +169,7 @@ func (r *opRecord) end(ctx context.Context, n *node, sl slot, err error) {
 		errType, code = errorType(ctx, err)
 	}
 	if r.metrics {
-		k := opKey{primary: primary, mode: r.mode, name: r.name, errType: errType, code: code}
-		if n != nil {
-			k.reached, k.host, k.port = true, n.host, n.port
-		}
+		k := opKeyOf(n, primary, r.mode, r.name, errType, code)
 		t.duration.Record(r.contextOr(ctx), time.Since(r.start).Seconds(), t.opSet(k)...)
 	}
 	if r.span != nil {
@@ -259,6 +256,15 @@ type opKey struct {
 	name    string
 	errType string
 	code    string
+}
+
+// opKeyOf is the key of an operation that reached node n (nil: none).
+func opKeyOf(n *node, primary bool, mode Mode, name, errType, code string) opKey {
+	k := opKey{primary: primary, mode: mode, name: name, errType: errType, code: code}
+	if n != nil {
+		k.reached, k.host, k.port = true, n.host, n.port
+	}
+	return k
 }
 
 // opSet returns the options Record needs for k, cached.
