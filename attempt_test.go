@@ -767,9 +767,10 @@ func TestAttemptRerunKeepsSessionFloor(t *testing.T) {
 		rows, err := conn.QueryContext(ctx, "SELECT 1", nil)
 		require.NoError(t, err)
 		require.Equal(t, 1, queriesOf(nodes[1], "SELECT 1"), "the read went to n1, which replayed the floor")
-		_ = rows.Next(make([]driver.Value, 1)) // n1 breaks before the first row: run again
-		_ = rows.Close()
+		require.NoError(t, rows.Next(make([]driver.Value, 1)), "n1 broke before the first row: run again")
+		require.NoError(t, rows.Close())
 		assert.Equal(t, 0, queriesOf(nodes[2], "SELECT 1"), "n2 has not replayed the floor: %q", nodes[2].Recorded())
+		assert.Equal(t, 1, queriesOf(nodes[0], "SELECT 1"), "run again on the primary, read-only: the floor is there")
 	})
 }
 
@@ -972,8 +973,10 @@ func TestLeastRTTSessionFloorStaysOnFarReplica(t *testing.T) {
 		assert.Equal(t, 6, nodes[2].Sent(fakepg.Query), "every session read on the far replica")
 		assert.Equal(t, dials1, nodes[1].Dials(), "no dial to the near replica, which lacks the floor")
 		assert.Equal(t, dials2, nodes[2].Dials(), "no dial again to the far one")
+		near := nodes[1].Sent(fakepg.Query)
 		readOn(t, conn) // no floor: back to the near replica
 		assert.Equal(t, 6, nodes[2].Sent(fakepg.Query))
+		assert.Equal(t, near+1, nodes[1].Sent(fakepg.Query))
 		require.NoError(t, conn.Close())
 		require.NoError(t, c.Close())
 	})
