@@ -148,6 +148,7 @@ func TestSessionCallersOwnBeginBlock(t *testing.T) {
 	c := pgcluster.Need(t, cluster)
 	const table = "session_own_begin"
 	newTable(t, c, table)
+	delayReplay(t, c, 200*time.Millisecond) // so that the last read can fail
 	db := openUnified(t, c)
 	sess := unified.NewSession()
 	ctx := unified.WithSession(t.Context(), sess)
