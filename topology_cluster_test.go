@@ -494,21 +494,26 @@ func TestReadsRebalanceToReadmittedReplica(t *testing.T) {
 	paused := c.Others(primary)[0]
 	pausedName := c.Node(paused).Addr()
 
+	// Each reader holds one logical connection: only the rebalance can
+	// move its read session back (a pool's churn of connections would
+	// spread new ones too). All are taken before any goroutine starts, and
+	// the goroutines stop before they close (the cleanups run last first).
+	readers := make([]*sql.Conn, 8)
+	for k := range readers {
+		readers[k] = sqlConn(t, ctx, db)
+	}
 	var stop atomic.Bool
 	var onPaused, total, failed atomic.Int64
 	var wg sync.WaitGroup
+	t.Cleanup(func() { stop.Store(true); wg.Wait() })
 	wg.Go(func() { // WAL keeps coming, so a paused replica falls behind
 		for i := 0; !stop.Load(); i++ {
 			_, _ = db.ExecContext(ctx, "INSERT INTO "+table+" VALUES ($1)", i)
 			time.Sleep(5 * time.Millisecond)
 		}
 	})
-	// Each reader holds one logical connection: only the rebalance can
-	// move its read session back (a pool's churn of connections would
-	// spread new ones too).
 	ro := unified.WithMode(ctx, unified.ReadOnly)
-	for range 8 {
-		rc := sqlConn(t, ctx, db)
+	for _, rc := range readers {
 		wg.Go(func() {
 			for !stop.Load() {
 				var port int
@@ -523,7 +528,6 @@ func TestReadsRebalanceToReadmittedReplica(t *testing.T) {
 			}
 		})
 	}
-	t.Cleanup(func() { stop.Store(true); wg.Wait() }) // before the DB closes
 	time.Sleep(500 * time.Millisecond)
 	require.NoError(t, c.PauseReplay(ctx, paused))
 	waitFor(t, 10*time.Second, func() bool {
