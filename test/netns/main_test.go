@@ -169,6 +169,11 @@ func closeAndCheck(t *testing.T, c *patroni.Cluster, db *sql.DB, leaks goleak.Op
 	// socket then: the FIN was dropped, and the kernel retransmits it with
 	// a doubling timeout (the eighth try ~50 s after the close), so its
 	// server backend may outlive the heal by tens of seconds. Wait for it.
+	// Every node is checked: the network tests stop none (NoConnectionsLeft
+	// skips stopped and hung ones, which Patroni's crash tests leave).
+	for i := range c.Len() {
+		require.True(t, c.Running(i) && !c.Hung(i), "%s is running, not hung: its connections can be checked", c.Node(i).Name)
+	}
 	patronitest.NoConnectionsLeft(t, c, appName, 60*time.Second)
 	patronitest.VerifyNoLeak(t, leaks)
 }
