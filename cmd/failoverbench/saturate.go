@@ -15,7 +15,7 @@ import (
 	"github.com/unifiedsql/unified/internal/workload"
 )
 
-// With -saturate D, after the trials (or alone, with -trials 0), the
+// With -saturate D, after the trials, the
 // command runs unified's workload on the healthy cluster for D with every
 // CPU of the machine kept busy by spinning goroutines (spinnersPerCPU per
 // CPU, beside the servers and the workload), and watches the Connector's Health every

@@ -158,8 +158,9 @@ func Descendants(pid int) []int {
 	return out
 }
 
-// Alive reports whether pid is a live (not zombie) process. Without /proc
-// it asks kill(pid, 0).
+// Alive reports whether pid is a live (not zombie) process, from
+// /proc/PID/stat: a missing one is a process gone (or no /proc); one that
+// exists but cannot be read (EACCES) is asked with kill(pid, 0).
 func Alive(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {

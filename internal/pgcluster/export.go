@@ -12,7 +12,8 @@ import (
 // The helpers below let other test-cluster packages (internal/patroni) run
 // servers the way pgcluster does: as the postgres user when root, on a
 // tmpfs, with stale directories swept, shared memory removed and process
-// groups reaped. They wrap pgcluster's own unexported functions.
+// groups reaped: most wrap pgcluster's own unexported functions, some
+// (ServerUser) are the implementation that Start calls too.
 
 // DefaultTempDir returns where a cluster's temporary directory goes by
 // default: /dev/shm when it is a writable tmpfs with at least 1 GiB free,
